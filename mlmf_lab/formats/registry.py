@@ -1,0 +1,155 @@
+"""The registry of weight-file formats: detection by content, first match wins.
+
+Adding a format means writing one module that calls ``register_format`` (and
+``register_writer`` if it can write) and importing it in ``formats/__init__``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from ..errors import FormatError, MLMFError, UnsupportedError
+from .base import WeightFile
+
+HEAD_BYTES = 64
+
+
+class Format(NamedTuple):
+    """One registered reader. ``detect(path, head)`` looks at content, never at the name."""
+
+    name: str
+    detect: Callable[[Path, bytes], bool]
+    open: Callable[[Path], WeightFile]
+
+
+class Writer(NamedTuple):
+    """One registered writer, chosen by the target's suffix (``""`` = a folder)."""
+
+    name: str
+    suffix: str
+    save: Callable[..., None]
+
+
+FORMATS: list[Format] = []
+WRITERS: dict[str, Writer] = {}
+
+
+def register_format(fmt: Format) -> None:
+    FORMATS.append(fmt)
+
+
+def register_writer(writer: Writer) -> None:
+    WRITERS[writer.suffix] = writer
+
+
+def _head(path: Path) -> bytes:
+    if path.is_dir():
+        return b""
+    with open(path, "rb") as f:
+        return f.read(HEAD_BYTES)
+
+
+def resolve(path: str | os.PathLike[str]) -> Path:
+    """The file to open for ``path``: a folder resolves to the weight file or index inside it."""
+    p = Path(path)
+    if not p.exists():
+        raise MLMFError("no such file or folder", p)
+    if p.is_dir():
+        candidates = sorted(p.glob("*.safetensors.index.json")) or sorted(p.glob("*.safetensors"))
+        candidates = candidates or sorted(p.glob("*.gguf")) or sorted(p.glob("*.bin"))
+        if len(candidates) != 1:
+            found = ", ".join(c.name for c in candidates) or "no weight file"
+            raise MLMFError(
+                "a folder must hold exactly one weight file or one *.index.json; "
+                f"found {found}. Pass the file itself.",
+                p,
+            )
+        return candidates[0]
+    return p
+
+
+def detect(path: str | os.PathLike[str]) -> Format:
+    """The registered format whose detector accepts this file's content."""
+    p = resolve(path)
+    try:
+        head = _head(p)
+    except OSError as e:
+        raise MLMFError(f"cannot read the file ({e.strerror})", p) from None
+    if not head:
+        raise FormatError("the file is empty; expected a weight file", p)
+    for fmt in FORMATS:
+        if fmt.detect(p, head):
+            return fmt
+    names = ", ".join(f.name for f in FORMATS)
+    raise UnsupportedError(
+        f"not a weight file this lab knows (first bytes {head[:8]!r}); supported: {names}", p
+    )
+
+
+def open_weights(path: str | os.PathLike[str]) -> WeightFile:
+    """Open a weight file lazily: headers only, tensors read on demand from a memory map.
+
+    Args:
+        path: a ``.safetensors`` file, an HF ``*.safetensors.index.json`` (or the folder
+            holding either), a ``.gguf`` file, or a PyTorch ``.bin``/``.pt`` file.
+
+    Returns:
+        A ``WeightFile``: iterate for names, ``.info(name)``, ``.tensor(name)``, ``.metadata``.
+
+    Raises:
+        MLMFError: missing, malformed or unsupported files (the message names the file).
+
+    Example:
+        >>> with ml.open_weights("model.safetensors") as wf:  # doctest: +SKIP
+        ...     w = wf.tensor("embeddings.word_embeddings.weight")
+    """
+    fmt = detect(path)
+    return fmt.open(resolve(path))
+
+
+def load_state_dict(
+    path: str | os.PathLike[str], dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """Every tensor of a weight file, memory-mapped (cast only when ``dtype`` is given)."""
+    wf = open_weights(path)
+    out = {name: wf.tensor(name, dtype=dtype) for name in wf}
+    aliases = getattr(wf, "aliases", {})
+    for alias, target in aliases.items():
+        if target in out and alias not in out:
+            out[alias] = out[target]
+    return out
+
+
+def save_state_dict(
+    tensors: dict[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    metadata: dict[str, Any] | None = None,
+    max_shard_size: int | str | None = None,
+    quant: str | None = None,
+) -> None:
+    """Save tensors atomically; the format follows the suffix, a folder gets the HF layout.
+
+    Args:
+        tensors: name -> tensor. Tensors sharing storage (tied weights) are written once.
+        path: ``x.safetensors``, ``x.gguf``, or a folder (HF sharded layout).
+        metadata: any JSON-able values; non-strings round-trip through JSON.
+        max_shard_size: bytes or ``"500MB"``-style; folders only.
+        quant: quantization scheme for formats that store quantized blocks (GGUF).
+
+    Raises:
+        MLMFError: unknown suffix, bad tensors or metadata.
+    """
+    p = Path(path)
+    suffix = p.suffix.lower() if not p.is_dir() else ""
+    writer = WRITERS.get(suffix)
+    if writer is None:
+        known = ", ".join(repr(s) if s else "a folder" for s in WRITERS)
+        raise UnsupportedError(f"cannot write {suffix!r} files; supported: {known}", p)
+    if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+        raise MLMFError("expected a dict of name -> torch.Tensor", p)
+    writer.save(tensors, p, metadata=metadata, max_shard_size=max_shard_size, quant=quant)

@@ -1,0 +1,189 @@
+"""safetensors files: strict header validation, then lazy memory-mapped tensors.
+
+The header (8-byte little-endian length + JSON) is validated here so that every
+problem gets a message naming the file; tensor data is read through the
+``safetensors`` package's ``safe_open`` (memory-mapped, no copy on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from ..errors import FormatError, MLMFError
+from . import atomic
+from .base import ST_DTYPES, TensorInfo, WeightFile, dtype_name, torch_dtype
+from .metadata import decode_metadata, encode_metadata
+from .registry import Format, Writer, register_format, register_writer
+
+MAX_HEADER = 100 * 1024 * 1024  # the safetensors package's own limit
+
+
+def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
+    """Parse and validate a safetensors header; returns (infos, raw metadata, data start)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        first = f.read(8)
+        if len(first) < 8:
+            raise FormatError(
+                f"truncated: {size} bytes, shorter than the 8-byte header length", path
+            )
+        (n,) = struct.unpack("<Q", first)
+        if n > MAX_HEADER or 8 + n > size:
+            raise FormatError(
+                f"header length {n} runs past the end of the file ({size} bytes); "
+                "the file is truncated or not safetensors",
+                path,
+            )
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"header is not valid UTF-8 JSON ({e})", path) from None
+    if not isinstance(header, dict):
+        raise FormatError(f"header must be a JSON object, found {type(header).__name__}", path)
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
+    ):
+        raise FormatError("__metadata__ must map strings to strings", path)
+    data_start = 8 + n
+    data_size = size - data_start
+    infos: dict[str, TensorInfo] = {}
+    spans: list[tuple[int, int, str]] = []
+    for name, entry in header.items():
+        infos[name] = _entry_info(path, name, entry, data_start, data_size)
+        begin, end = entry["data_offsets"]
+        if end > begin:
+            spans.append((begin, end, name))
+    spans.sort()
+    for (_, end_a, a), (begin_b, _, b) in zip(spans, spans[1:], strict=False):
+        if begin_b < end_a:
+            raise FormatError(f"tensors {a!r} and {b!r} overlap in the data section", path)
+    return infos, meta, data_start
+
+
+def _entry_info(path: Path, name: str, entry: Any, start: int, data_size: int) -> TensorInfo:
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+        raise FormatError(f"tensor {name!r}: expected dtype, shape and data_offsets", path)
+    dtype = torch_dtype(entry["dtype"], path)
+    shape, offsets = entry["shape"], entry["data_offsets"]
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise FormatError(f"tensor {name!r}: shape {shape!r} is not a list of sizes", path)
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(type(o) is int for o in offsets)
+    ):
+        raise FormatError(f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end]", path)
+    begin, end = offsets
+    if not 0 <= begin <= end <= data_size:
+        raise FormatError(
+            f"tensor {name!r}: data_offsets [{begin}, {end}] out of range; "
+            f"the data section holds {data_size} bytes",
+            path,
+        )
+    expected = math.prod(shape) * dtype.itemsize
+    if end - begin != expected:
+        raise FormatError(
+            f"tensor {name!r}: {end - begin} bytes for shape {shape} of {entry['dtype']}, "
+            f"expected {expected}",
+            path,
+        )
+    return TensorInfo(name, tuple(shape), dtype_name(dtype), end - begin, os.fspath(path), start + begin)
+
+
+class SafetensorsFile(WeightFile):
+    """One ``.safetensors`` file, memory-mapped."""
+
+    format = "safetensors"
+
+    def __init__(self, path: Path) -> None:
+        infos, raw_meta, _ = read_header(path)
+        meta, aliases = decode_metadata(raw_meta, path)
+        super().__init__(path=path, metadata=meta, _infos=infos)
+        self.aliases = aliases
+        try:
+            self._handle: Any = safe_open(os.fspath(path), framework="pt", device="cpu")
+        except (SafetensorError, OSError) as e:
+            raise FormatError(f"safetensors refused the file: {e}", path) from None
+
+    def _read(self, info: TensorInfo) -> torch.Tensor:
+        if self._handle is None:
+            raise MLMFError("the file is closed", self.path)
+        return self._handle.get_tensor(info.name)
+
+    def get_slice(self, name: str) -> Any:
+        """A lazy slice object: ``get_slice(name)[a:b]`` reads only those rows."""
+        self.info(name)
+        return self._handle.get_slice(name)
+
+    def close(self) -> None:
+        self._handle = None
+
+
+def _detect(path: Path, head: bytes) -> bool:
+    if len(head) < 10 or path.is_dir():
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    # A JSON header starts with "{"; a length that cannot fit still says "safetensors, broken".
+    return head[8:9] == b"{" or (n > 0 and head[8:9] in (b" ", b"\n"))
+
+
+def dedupe_shared(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Drop tensors that alias another's storage (tied weights); returns (kept, alias->kept)."""
+    kept: dict[str, torch.Tensor] = {}
+    seen: dict[tuple[int, int, tuple[int, ...], tuple[int, ...], torch.dtype], str] = {}
+    aliases: dict[str, str] = {}
+    for name, t in tensors.items():
+        if t.device.type == "meta":
+            raise MLMFError(f"tensor {name!r} is on the meta device and has no data")
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if t.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        kept[name] = t
+    return kept, aliases
+
+
+def write_file(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, Any] | None = None
+) -> int:
+    """Write one safetensors file atomically; returns the bytes of tensor data written."""
+    from safetensors.torch import save_file
+
+    kept, aliases = dedupe_shared(tensors)
+    for name, t in kept.items():
+        if t.dtype not in ST_DTYPES.values():
+            raise MLMFError(f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store", path)
+    header_meta = encode_metadata(metadata, aliases)
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in kept.items()}
+    with atomic.replacing(path) as tmp:
+        save_file(cpu, os.fspath(tmp), metadata=header_meta)
+    return sum(t.numel() * t.element_size() for t in cpu.values())
+
+
+def _save(
+    tensors: dict[str, torch.Tensor],
+    path: Path,
+    metadata: dict[str, Any] | None = None,
+    max_shard_size: int | str | None = None,
+    quant: str | None = None,
+) -> None:
+    if quant is not None:
+        raise MLMFError(f"safetensors stores no quantized blocks (quant={quant!r}); use .gguf", path)
+    if max_shard_size is not None:
+        raise MLMFError("max_shard_size needs a folder target (the HF sharded layout)", path)
+    write_file(tensors, path, metadata)
+
+
+register_format(Format("safetensors", _detect, SafetensorsFile))
+register_writer(Writer("safetensors", ".safetensors", _save))

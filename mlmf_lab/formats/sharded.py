@@ -1,0 +1,170 @@
+"""Hugging Face sharded checkpoints: ``model.safetensors.index.json`` + shards.
+
+The index is validated strictly before anything is trusted: every shard exists
+and stays inside the folder (no ``..``, no absolute names, no symlink escaping
+it), every listed tensor is in its shard, and no tensor sits in two shards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import MLMFError, ShardError, UnsafeFileError
+from . import atomic
+from .base import TensorInfo, WeightFile
+from .registry import Format, Writer, register_format, register_writer
+from .safetensors import SafetensorsFile, dedupe_shared, write_file
+
+INDEX_NAME = "model.safetensors.index.json"
+DEFAULT_MAX_SHARD = 5 * 1000**3  # transformers' default, "5GB"
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(size: int | str) -> int:
+    """``"500MB"`` -> 500_000_000 (decimal units, as transformers; ``MiB`` is binary)."""
+    if isinstance(size, int):
+        if size <= 0:
+            raise MLMFError(f"max_shard_size must be positive, got {size}")
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]I?B|B)\s*", str(size).upper())
+    if not m:
+        raise MLMFError(f"max_shard_size {size!r} is not like 500MB, 2GiB or a byte count")
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def safe_member(folder: Path, name: Any, index: Path) -> Path:
+    """``folder/name`` if ``name`` is a plain file name that stays inside ``folder``."""
+    if not isinstance(name, str) or not name:
+        raise ShardError(f"shard name {name!r} is not a file name", index)
+    if os.path.isabs(name) or ".." in Path(name).parts or "\\" in name:
+        raise UnsafeFileError(f"shard name {name!r} escapes the checkpoint folder", index)
+    p = folder / name
+    try:
+        real = p.resolve(strict=True)
+    except (FileNotFoundError, RuntimeError):
+        raise ShardError(f"shard {name!r} listed in the index does not exist", index) from None
+    if not real.is_relative_to(folder.resolve()):
+        raise UnsafeFileError(f"shard {name!r} is a link that leaves the folder ({real})", index)
+    return p
+
+
+class ShardedFile(WeightFile):
+    """A sharded checkpoint seen as one weight file; shards open lazily by header."""
+
+    format = "safetensors"
+
+    def __init__(self, index: Path) -> None:
+        try:
+            doc = json.loads(index.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ShardError(f"index is not valid JSON ({e})", index) from None
+        wmap = doc.get("weight_map") if isinstance(doc, dict) else None
+        if not isinstance(wmap, dict) or not wmap:
+            raise ShardError("index has no weight_map object mapping tensors to shards", index)
+        folder = index.parent
+        shards: dict[str, SafetensorsFile] = {}
+        for shard_name in sorted(set(map(str, wmap.values()))):
+            shards[shard_name] = SafetensorsFile(safe_member(folder, shard_name, index))
+        where: dict[str, str] = {}
+        for shard_name, sf in shards.items():
+            for tname in sf:
+                if tname in where:
+                    raise ShardError(
+                        f"tensor {tname!r} is in two shards: {where[tname]} and {shard_name}", index
+                    )
+                where[tname] = shard_name
+        infos: dict[str, TensorInfo] = {}
+        for tname, shard_name in wmap.items():
+            if where.get(tname) != shard_name:
+                found = f"found in {where[tname]}" if tname in where else "in no shard"
+                raise ShardError(
+                    f"tensor {tname!r} is listed in {shard_name} but is {found}", index
+                )
+            infos[tname] = shards[shard_name].info(tname)
+        unlisted = sorted(set(where) - set(wmap))
+        if unlisted:
+            raise ShardError(f"shards hold tensors the index omits: {unlisted[:5]}", index)
+        meta = dict(doc.get("metadata") or {})
+        meta.update(next(iter(shards.values())).metadata)
+        super().__init__(path=index, metadata=meta, _infos=infos)
+        self.shards = shards
+        self._where = where
+        self.aliases: dict[str, str] = {}
+        for sf in shards.values():
+            self.aliases.update(sf.aliases)
+
+    def _read(self, info: TensorInfo) -> torch.Tensor:
+        return self.shards[self._where[info.name]].tensor(info.name)
+
+    def get_slice(self, name: str) -> Any:
+        self.info(name)
+        return self.shards[self._where[name]].get_slice(name)
+
+    def close(self) -> None:
+        for sf in self.shards.values():
+            sf.close()
+
+
+def _detect(path: Path, head: bytes) -> bool:
+    return path.name.endswith(".json") and head.lstrip()[:1] == b"{" and _has_weight_map(path)
+
+
+def _has_weight_map(path: Path) -> bool:
+    try:
+        return "weight_map" in json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError):
+        return False
+
+
+def plan_shards(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[list[str]]:
+    """Greedy in-order packing, as transformers: a new shard when the next tensor overflows."""
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, t in tensors.items():
+        n = t.numel() * t.element_size()
+        if shards[-1] and size + n > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += n
+    return shards
+
+
+def save_sharded(
+    tensors: dict[str, torch.Tensor],
+    folder: Path,
+    metadata: dict[str, Any] | None = None,
+    max_shard_size: int | str | None = None,
+    quant: str | None = None,
+) -> None:
+    """Write the HF layout into ``folder`` atomically (one file needs no index, as HF)."""
+    if quant is not None:
+        raise MLMFError(f"the sharded safetensors layout stores no quant blocks ({quant!r})", folder)
+    limit = parse_size(max_shard_size if max_shard_size is not None else DEFAULT_MAX_SHARD)
+    kept, aliases = dedupe_shared(tensors)
+    groups = plan_shards(kept, limit)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.replacing_dir(folder) as tmp:
+        n = len(groups)
+        weight_map: dict[str, str] = {}
+        total = 0
+        for k, names in enumerate(groups, 1):
+            shard = "model.safetensors" if n == 1 else f"model-{k:05d}-of-{n:05d}.safetensors"
+            part = {name: kept[name] for name in names}
+            # Tied names travel with their target so the shard's metadata records them.
+            part.update({a: kept[t] for a, t in aliases.items() if t in part})
+            total += write_file(part, tmp / shard, metadata)
+            weight_map.update(dict.fromkeys(names, shard))
+        if n > 1:
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+register_format(Format("safetensors-sharded", _detect, ShardedFile))
+register_writer(Writer("safetensors-sharded", "", save_sharded))

@@ -1,0 +1,11 @@
+"""Static matplotlib figures of the lab's data (reports, nbval, export).
+
+One module per capability; each function takes library records and returns a
+``matplotlib.figure.Figure``. Import matplotlib only here, never below the line.
+"""
+
+from __future__ import annotations
+
+from .loading import plot_memory_trace
+
+__all__ = ["plot_memory_trace"]
