@@ -1,0 +1,22 @@
+"""``mlmf-lab convert IN OUT [--quant SCHEME]``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..convert import convert
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("convert", help="convert between safetensors, HF sharded, GGUF, ...")
+    p.add_argument("src", help="input weight file or folder")
+    p.add_argument("dst", help="output: x.safetensors, x.gguf, or a folder (HF sharded)")
+    p.add_argument("--quant", default=None, help="quantization scheme for the output (GGUF)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = convert(args.src, args.dst, quant=args.quant)
+    print(f"wrote {out}")
+    return 0

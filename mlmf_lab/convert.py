@@ -1,0 +1,57 @@
+"""Conversions between weight-file layouts, first matching converter wins.
+
+The generic converter reads anything ``open_weights`` reads and writes anything
+``save_state_dict`` writes (safetensors, HF sharded folder, GGUF once registered),
+with an optional quantization scheme. Other converters (e.g. PyTorch DCP folders)
+register themselves in ``CONVERTERS`` from their own module, listed in ``PLUGINS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from . import events
+from .errors import UnsupportedError
+from .formats import load_state_dict, open_weights, save_state_dict
+
+
+class Converter(NamedTuple):
+    name: str
+    matches: Callable[[Path, Path], bool]
+    run: Callable[..., None]
+
+
+CONVERTERS: list[Converter] = []
+# Modules that register extra converters when imported (missing ones are skipped).
+PLUGINS: list[str] = []
+
+
+def _generic(src: Path, dst: Path, quant: str | None = None, **_: Any) -> None:
+    with open_weights(src) as wf:
+        metadata = dict(wf.metadata)
+    state = load_state_dict(src)
+    save_state_dict(state, dst, metadata=metadata, quant=quant)
+
+
+def convert(
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], quant: str | None = None
+) -> Path:
+    """Convert ``src`` into ``dst`` (format by ``dst``'s suffix; a folder = HF sharded).
+
+    Raises:
+        MLMFError: when ``src`` cannot be read or no converter handles the pair.
+    """
+    s, d = Path(src), Path(dst)
+    for module in PLUGINS:
+        importlib.import_module(module)
+    for conv in [*CONVERTERS, Converter("weights", lambda a, b: True, _generic)]:
+        if conv.matches(s, d):
+            with events.activity("convert", used=[s], params={"quant": quant, "via": conv.name}) as act:
+                conv.run(s, d, quant=quant)
+                act.generated.append(d)
+            return d
+    raise UnsupportedError(f"no converter from {s} to {d}")

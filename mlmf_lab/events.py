@@ -1,0 +1,62 @@
+"""Operation events: how library operations report themselves to the lineage store.
+
+Library code wraps an operation in ``with events.activity("quantize", used=[...]) as act:``
+and adds what it produced with ``act.generated.append(...)``. When no listener is
+registered (no ``ml.Lineage`` active) the context manager does nothing but yield,
+so recording costs nothing. ``mlmf_lab.provenance`` registers the listener.
+
+Items in ``used``/``generated`` are file paths (``str``/``PathLike``) or live
+objects (an ``nn.Module``, a state dict); the listener decides how to identify them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+ACTIVITIES = (
+    "load", "save", "convert", "quantize", "lora-inject", "lora-train", "lora-load",
+    "lora-save", "merge", "unmerge", "checkpoint", "checkpoint-load",
+)
+
+
+@dataclass
+class Event:
+    """One finished operation: what it used, what it generated, with which parameters."""
+
+    activity: str
+    used: list[Any] = field(default_factory=list)
+    generated: list[Any] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    started: float = 0.0
+    ended: float = 0.0
+
+
+LISTENERS: list[Callable[[Event], None]] = []
+
+
+def active() -> bool:
+    """True when some listener (a lineage store) wants events."""
+    return bool(LISTENERS)
+
+
+def emit(event: Event) -> None:
+    for listener in list(LISTENERS):
+        listener(event)
+
+
+@contextlib.contextmanager
+def activity(
+    name: str, used: list[Any] | None = None, params: dict[str, Any] | None = None
+) -> Iterator[Event]:
+    """Time an operation and emit it on success (nothing is emitted when it raises)."""
+    if name not in ACTIVITIES:
+        raise ValueError(f"unknown activity {name!r}; known: {', '.join(ACTIVITIES)}")
+    event = Event(name, list(used or []), [], dict(params or {}), time.time())
+    yield event
+    if LISTENERS:
+        event.ended = time.time()
+        emit(event)
