@@ -1,0 +1,5 @@
+"""Quantization: a registry of schemes (GGUF block types, int8, int4) and quantized layers."""
+
+from .base import SCHEMES, QTensor, Scheme, dequantize, get_scheme, quantize, register_scheme
+
+__all__ = ["SCHEMES", "QTensor", "Scheme", "dequantize", "get_scheme", "quantize", "register_scheme"]

@@ -1,0 +1,117 @@
+"""The quantized-tensor record and the registry of quantization schemes.
+
+A scheme is registered once (``register_scheme``) with its two pure functions;
+``quantize``/``dequantize`` dispatch by name, and an unknown name gets an error
+listing the supported ones.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+
+from ..errors import MLMFError, UnsupportedError
+
+
+@dataclass(frozen=True)
+class QTensor:
+    """A tensor kept in a quantized layout.
+
+    Attributes:
+        scheme: registry name, e.g. ``"q8_0"``, ``"q4_k"``, ``"int8"``, ``"int4"``.
+        shape: the logical (dequantized) shape, PyTorch order.
+        data: the stored bytes/codes (``uint8`` blocks for GGUF types, codes for int8/int4).
+        params: extra tensors a scheme keeps beside ``data`` (scales, zero points); empty for
+            GGUF block types, whose scales live inside the blocks.
+        options: scheme options that dequantization needs (e.g. ``{"group_size": 128}``).
+    """
+
+    scheme: str
+    shape: tuple[int, ...]
+    data: torch.Tensor
+    params: dict[str, torch.Tensor] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if any(d < 0 for d in self.shape):
+            raise MLMFError(f"QTensor shape {self.shape} has a negative size")
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: data plus every parameter tensor."""
+        return self.data.numel() * self.data.element_size() + sum(
+            p.numel() * p.element_size() for p in self.params.values()
+        )
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.nbytes / self.numel if self.numel else 0.0
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize(self, dtype=dtype)
+
+    def __repr__(self) -> str:
+        return (f"QTensor({self.scheme}, shape={list(self.shape)}, "
+                f"{self.bits_per_weight:.2f} bits/weight, {self.nbytes} bytes)")
+
+
+class Scheme(NamedTuple):
+    """One quantization scheme: pure functions tensor -> QTensor -> tensor."""
+
+    name: str
+    quantize: Callable[..., QTensor]  # (tensor: Tensor, **options) -> QTensor
+    dequantize: Callable[..., torch.Tensor]  # (qt: QTensor, out: Tensor | None) -> float32 Tensor
+    description: str = ""
+
+
+SCHEMES: dict[str, Scheme] = {}
+
+
+def register_scheme(scheme: Scheme) -> None:
+    SCHEMES[scheme.name] = scheme
+
+
+def get_scheme(name: str) -> Scheme:
+    """The registered scheme ``name`` (case-insensitive), or an error listing them all."""
+    key = str(name).lower()
+    if key not in SCHEMES:
+        raise UnsupportedError(
+            f"unknown quantization scheme {name!r}; supported: {', '.join(sorted(SCHEMES))}"
+        )
+    return SCHEMES[key]
+
+
+def quantize(tensor: torch.Tensor, scheme: str, **options: Any) -> QTensor:
+    """Quantize ``tensor`` with a registered scheme.
+
+    Args:
+        tensor: a floating-point tensor (any shape the scheme accepts).
+        scheme: e.g. ``"q8_0"``, ``"q4_0"``, ``"int8"``, ``"int4"``.
+        **options: scheme options (``group_size=`` for ``int4``).
+
+    Returns:
+        A ``QTensor``.
+
+    Raises:
+        UnsupportedError: the scheme is unknown (the message lists the supported ones).
+
+    Example:
+        >>> qt = ml.quant.quantize(torch.randn(64, 64), "q8_0")  # doctest: +SKIP
+    """
+    return get_scheme(scheme).quantize(tensor, **options)
+
+
+def dequantize(
+    qt: QTensor, dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Back to a float tensor of ``qt.shape``; ``out`` (float32) is filled in place if given."""
+    result = get_scheme(qt.scheme).dequantize(qt, out=out)
+    return result if result.dtype == dtype else result.to(dtype)
