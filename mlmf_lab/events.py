@@ -7,11 +7,17 @@ so recording costs nothing. ``mlmf_lab.provenance`` registers the listener.
 
 Items in ``used``/``generated`` are file paths (``str``/``PathLike``) or live
 objects (an ``nn.Module``, a state dict); the listener decides how to identify them.
+
+Only the outermost activity is emitted: ``convert`` calls ``load_state_dict`` and
+``save_state_dict``, which are activities of their own, but the user asked for one
+conversion, so the nested ``load``/``save`` stay silent. Listeners run while the
+activity is still open, so library calls a listener makes are never recorded either.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +42,8 @@ class Event:
 
 
 LISTENERS: list[Callable[[Event], None]] = []
+# How many activities are open in this thread/task; only depth 0 -> 1 emits.
+_DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("mlmf_activity_depth", default=0)
 
 
 def active() -> bool:
@@ -52,11 +60,18 @@ def emit(event: Event) -> None:
 def activity(
     name: str, used: list[Any] | None = None, params: dict[str, Any] | None = None
 ) -> Iterator[Event]:
-    """Time an operation and emit it on success (nothing is emitted when it raises)."""
+    """Time an operation and emit it on success (nothing is emitted when it raises).
+
+    Activities opened inside another one are not emitted: the outermost stands for them.
+    """
     if name not in ACTIVITIES:
         raise ValueError(f"unknown activity {name!r}; known: {', '.join(ACTIVITIES)}")
     event = Event(name, list(used or []), [], dict(params or {}), time.time())
-    yield event
-    if LISTENERS:
-        event.ended = time.time()
-        emit(event)
+    token = _DEPTH.set(_DEPTH.get() + 1)
+    try:
+        yield event
+        if LISTENERS and token.old_value == 0:
+            event.ended = time.time()
+            emit(event)
+    finally:
+        _DEPTH.reset(token)

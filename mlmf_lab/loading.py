@@ -8,6 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from . import events
 from .errors import StateDictError
 from .formats import load_state_dict
 
@@ -74,14 +75,16 @@ def load_into(
         ...     model = MyModel()
         >>> ml.load_into(model, "model.safetensors")  # doctest: +SKIP
     """
-    state = load_state_dict(path)
-    report = compare_keys(model, state)
-    if strict and not report.ok:
-        raise StateDictError(f"the model and the file disagree: {report.describe()}", path)
-    bad = {k for k, _, _ in report.mismatched}
-    usable = {k: v for k, v in state.items() if k not in bad and k not in report.unexpected}
-    model.load_state_dict(usable, strict=False, assign=True)
-    tie = getattr(model, "tie_weights", None)
-    if callable(tie):
-        tie()
+    with events.activity("load", used=[path], params={"into": type(model).__name__}) as act:
+        state = load_state_dict(path)
+        report = compare_keys(model, state)
+        if strict and not report.ok:
+            raise StateDictError(f"the model and the file disagree: {report.describe()}", path)
+        bad = {k for k, _, _ in report.mismatched}
+        usable = {k: v for k, v in state.items() if k not in bad and k not in report.unexpected}
+        model.load_state_dict(usable, strict=False, assign=True)
+        tie = getattr(model, "tie_weights", None)
+        if callable(tie):
+            tie()
+        act.generated.append(model)
     return report

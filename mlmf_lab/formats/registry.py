@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .. import events
 from ..errors import FormatError, MLMFError, UnsupportedError
 from .base import WeightFile
 
@@ -116,13 +117,19 @@ def load_state_dict(
     path: str | os.PathLike[str], dtype: torch.dtype | None = None
 ) -> dict[str, torch.Tensor]:
     """Every tensor of a weight file, memory-mapped (cast only when ``dtype`` is given)."""
-    wf = open_weights(path)
-    out = {name: wf.tensor(name, dtype=dtype) for name in wf}
-    aliases = getattr(wf, "aliases", {})
-    for alias, target in aliases.items():
-        if target in out and alias not in out:
-            out[alias] = out[target]
+    with events.activity("load", used=[path], params={"dtype": _dtype_param(dtype)}) as act:
+        wf = open_weights(path)
+        out = {name: wf.tensor(name, dtype=dtype) for name in wf}
+        aliases = getattr(wf, "aliases", {})
+        for alias, target in aliases.items():
+            if target in out and alias not in out:
+                out[alias] = out[target]
+        act.generated.append(out)
     return out
+
+
+def _dtype_param(dtype: torch.dtype | None) -> str | None:
+    return None if dtype is None else str(dtype).removeprefix("torch.")
 
 
 def save_state_dict(
@@ -150,6 +157,11 @@ def save_state_dict(
     if writer is None:
         known = ", ".join(repr(s) if s else "a folder" for s in WRITERS)
         raise UnsupportedError(f"cannot write {suffix!r} files; supported: {known}", p)
-    if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+    if not isinstance(tensors, dict) or not all(
+        isinstance(t, torch.Tensor) for t in tensors.values()
+    ):
         raise MLMFError("expected a dict of name -> torch.Tensor", p)
-    writer.save(tensors, p, metadata=metadata, max_shard_size=max_shard_size, quant=quant)
+    params = {"format": writer.name, "quant": quant, "max_shard_size": max_shard_size}
+    with events.activity("save", used=[tensors], params=params) as act:
+        writer.save(tensors, p, metadata=metadata, max_shard_size=max_shard_size, quant=quant)
+        act.generated.append(p)
