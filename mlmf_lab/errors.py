@@ -50,6 +50,10 @@ class ConfigError(MLMFError):
     """A configuration value that cannot work (bad rank, unknown strategy, ...)."""
 
 
+class CacheError(MLMFError):
+    """An object that cannot be cached: larger than the budget, or a key that is not there."""
+
+
 __all__ = [
     "MLMFError",
     "FormatError",
@@ -60,4 +64,5 @@ __all__ = [
     "ChecksumError",
     "DistributedError",
     "ConfigError",
+    "CacheError",
 ]
