@@ -156,3 +156,14 @@ def test_unsupported_target_and_bad_tensors(tmp_path: Path) -> None:
         ml.save_state_dict({"a": [1, 2]}, tmp_path / "x.safetensors")  # type: ignore[dict-item]
     with pytest.raises(MLMFError, match="not like 500MB"):
         ml.save_state_dict({"a": torch.ones(1)}, tmp_path / "d", max_shard_size="lots")
+
+
+@pytest.mark.parametrize("header_pad", range(0, 260, 7))
+def test_detection_is_by_structure_for_any_header_length(tmp_path: Path, header_pad: int) -> None:
+    """A header length whose first byte looks like a pickle opcode (0x80) is still safetensors."""
+    path = tmp_path / "x.bin"  # the name says nothing
+    ml.save_state_dict({"a": torch.ones(2)}, tmp_path / "x.safetensors",
+                       metadata={"pad": "p" * header_pad})
+    (tmp_path / "x.safetensors").rename(path)
+    wf = ml.open_weights(path)
+    assert wf.format == "safetensors" and wf.metadata["pad"] == "p" * header_pad

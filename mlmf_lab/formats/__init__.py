@@ -3,7 +3,9 @@
 Order matters only for detection: the first detector that accepts a file wins.
 """
 
-from . import pickle, safetensors, sharded  # noqa: F401  (each registers itself)
+# Detection order: the strict structural checks first, the loosest (pickle) last.
+from . import safetensors, sharded  # noqa: F401, I001  (each registers itself)
+from . import pickle  # noqa: F401, E402
 from .base import TensorInfo, WeightFile, human_bytes
 from .registry import (
     FORMATS,

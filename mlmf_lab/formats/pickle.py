@@ -71,7 +71,10 @@ class PickleFile(WeightFile):
 
 
 def _detect(path: Path, head: bytes) -> bool:
-    return head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_PROTOCOL_BYTE)
+    # torch's zip container, or a bare pickle (PROTO opcode 0x80 then protocol 2-5).
+    return head.startswith(_ZIP_MAGIC) or (
+        head.startswith(_PICKLE_PROTOCOL_BYTE) and len(head) > 1 and 2 <= head[1] <= 5
+    )
 
 
 register_format(Format("pytorch", _detect, PickleFile))
