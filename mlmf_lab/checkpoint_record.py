@@ -1,0 +1,195 @@
+"""What a checkpoint folder says about itself: ``CheckpointRecord`` and the list of them."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import os
+import platform
+import re
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .checkpoint_io import read_manifest
+from .checkpoint_state import join_state
+from .errors import FormatError
+from .formats.base import human_bytes
+
+META = "meta.json"
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def step_dir_name(step: int) -> str:
+    """``120`` -> ``"step-000120"`` (zero-padded for humans; order is always numeric)."""
+    return f"step-{step:06d}"
+
+
+def parse_step_dir(name: str) -> int | None:
+    """The step of a finished checkpoint folder name, or None for anything else."""
+    m = STEP_DIR.match(name)
+    if not m:
+        return None
+    step = int(m.group(1))
+    return step if name == step_dir_name(step) else None
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """One finished checkpoint, as its ``meta.json`` and manifest describe it.
+
+    Attributes:
+        step: the training step it was saved at.
+        time: when it was saved (Unix seconds).
+        metrics: the metrics passed to ``save``.
+        size: bytes of all its files.
+        path: its folder.
+        extra: the ``extra`` passed to ``save`` (JSON values).
+        files: the files its manifest lists.
+        versions: library versions at save time; ``git``: the commit of the working directory.
+    """
+
+    step: int
+    time: float
+    metrics: dict[str, Any] = field(hash=False)
+    size: int
+    path: Path
+    extra: Any = field(default=None, hash=False, repr=False)
+    files: tuple[str, ...] = field(default=(), repr=False)
+    versions: dict[str, str] = field(default_factory=dict, hash=False, repr=False)
+    git: str | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def datetime(self) -> _dt.datetime:
+        return _dt.datetime.fromtimestamp(self.time, tz=_dt.UTC)
+
+    def has(self, part: str) -> bool:
+        """Whether the checkpoint holds ``part`` ("optimizer", "scheduler" or "rng")."""
+        return f"{part}.json" in self.files
+
+    def _repr_html_(self) -> str:
+        return CheckpointList([self])._repr_html_()
+
+
+def read_record(folder: Path) -> CheckpointRecord:
+    """The record of a finished checkpoint folder (no checksums are verified here).
+
+    Raises:
+        FormatError: the manifest or ``meta.json`` is missing or malformed, naming it.
+    """
+    files = read_manifest(folder)
+    path = folder / META
+    if META not in files:
+        raise FormatError(f"the manifest does not list {META}", folder)
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"cannot read the checkpoint's metadata ({e})", path) from None
+    if not isinstance(meta, dict) or type(meta.get("step")) is not int:
+        raise FormatError("expected a JSON object with an integer 'step'", path)
+    metrics = join_state(meta.get("metrics") or {}, {}, path)
+    extra = join_state(meta.get("extra"), {}, path)
+    if not isinstance(metrics, dict):
+        raise FormatError(f"'metrics' must be an object, found {type(metrics).__name__}", path)
+    size = sum(int(e["size"]) for e in files.values()) + (folder / "manifest.json").stat().st_size
+    return CheckpointRecord(
+        step=meta["step"], time=float(meta.get("time", 0.0)), metrics=metrics, size=size,
+        path=folder, extra=extra, files=tuple(files), versions=dict(meta.get("versions") or {}),
+        git=meta.get("git"),
+    )
+
+
+class CheckpointList(tuple[CheckpointRecord, ...]):
+    """Checkpoints in step order; a table in a notebook, the best one marked with ★."""
+
+    best_step: int | None
+    metric: str | None
+
+    def __new__(
+        cls, records: Iterable[CheckpointRecord], best_step: int | None = None,
+        metric: str | None = None,
+    ) -> CheckpointList:
+        self = super().__new__(cls, sorted(records, key=lambda r: r.step))
+        self.best_step = best_step
+        self.metric = metric
+        return self
+
+    @property
+    def steps(self) -> list[int]:
+        return [r.step for r in self]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Plain rows (step, time, size, folder, each metric) for printing or a DataFrame."""
+        return [
+            {"step": r.step, "time": r.datetime.isoformat(timespec="seconds"),
+             "size": r.size, "folder": r.name, **r.metrics, "best": r.step == self.best_step}
+            for r in self
+        ]
+
+    def _repr_html_(self) -> str:
+        esc = html.escape
+        keys: list[str] = []
+        for r in self:
+            keys.extend(k for k in r.metrics if k not in keys)
+        head = "".join(f"<th>{esc(k)}{' ★' if k == self.metric else ''}</th>" for k in keys)
+        body = []
+        for r in self:
+            best = r.step == self.best_step
+            cells = "".join(f"<td>{esc(_fmt(r.metrics.get(k)))}</td>" for k in keys)
+            style = " style='font-weight:bold'" if best else ""
+            body.append(
+                f"<tr{style}><td>{r.step}{' ★' if best else ''}</td>"
+                f"<td>{r.datetime.strftime('%Y-%m-%d %H:%M:%S')}</td>{cells}"
+                f"<td>{human_bytes(r.size)}</td><td><code>{esc(r.name)}</code></td></tr>"
+            )
+        where = esc(os.fspath(self[0].path.parent)) if self else ""
+        marked = ""
+        if self.metric and self.best_step is not None:
+            marked = f" (★ best by {esc(self.metric)})"
+        return (
+            f"<div>{len(self)} checkpoint{'s' if len(self) != 1 else ''}"
+            f"{f' in <code>{where}</code>' if where else ''}"
+            f"{marked}"
+            f"<table><thead><tr><th>step</th><th>saved (UTC)</th>{head}<th>size</th>"
+            f"<th>folder</th></tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+        )
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the libraries a checkpoint depends on."""
+    import safetensors
+
+    from . import __version__
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "safetensors": safetensors.__version__,
+            "mlmf_lab": __version__}
+
+
+def git_head() -> str | None:
+    """The commit checked out in the working directory, or None outside a git work tree."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    head = out.stdout.strip()
+    return head if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40,64}", head) else None
