@@ -1,5 +1,8 @@
 """Quantization: a registry of schemes (GGUF block types, int8, int4) and quantized layers."""
 
+from . import ggml  # noqa: F401  (registers the GGUF block types)
 from .base import SCHEMES, QTensor, Scheme, dequantize, get_scheme, quantize, register_scheme
 
-__all__ = ["SCHEMES", "QTensor", "Scheme", "dequantize", "get_scheme", "quantize", "register_scheme"]
+__all__ = [
+    "SCHEMES", "QTensor", "Scheme", "dequantize", "get_scheme", "quantize", "register_scheme",
+]

@@ -67,7 +67,7 @@ class Scheme(NamedTuple):
     """One quantization scheme: pure functions tensor -> QTensor -> tensor."""
 
     name: str
-    quantize: Callable[..., QTensor]  # (tensor: Tensor, **options) -> QTensor
+    quantize: Callable[..., QTensor] | None  # (tensor, **options) -> QTensor; None = read-only
     dequantize: Callable[..., torch.Tensor]  # (qt: QTensor, out: Tensor | None) -> float32 Tensor
     description: str = ""
 
@@ -106,7 +106,14 @@ def quantize(tensor: torch.Tensor, scheme: str, **options: Any) -> QTensor:
     Example:
         >>> qt = ml.quant.quantize(torch.randn(64, 64), "q8_0")  # doctest: +SKIP
     """
-    return get_scheme(scheme).quantize(tensor, **options)
+    found = get_scheme(scheme)
+    if found.quantize is None:
+        writable = sorted(k for k, s in SCHEMES.items() if s.quantize is not None)
+        raise UnsupportedError(
+            f"scheme {found.name!r} can be read (dequantized) but not produced; "
+            f"quantizable: {', '.join(writable)}"
+        )
+    return found.quantize(tensor, **options)
 
 
 def dequantize(
