@@ -67,10 +67,11 @@ def activity(
     if name not in ACTIVITIES:
         raise ValueError(f"unknown activity {name!r}; known: {', '.join(ACTIVITIES)}")
     event = Event(name, list(used or []), [], dict(params or {}), time.time())
+    outermost = _DEPTH.get() == 0
     token = _DEPTH.set(_DEPTH.get() + 1)
     try:
         yield event
-        if LISTENERS and token.old_value == 0:
+        if LISTENERS and outermost:
             event.ended = time.time()
             emit(event)
     finally:

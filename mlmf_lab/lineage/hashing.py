@@ -1,0 +1,163 @@
+"""Content hashes: the identity of weights, independent of file layout.
+
+The *tensor hash* is a sha256 over every tensor in sorted-name order. Each tensor
+contributes a record line ``name \\0 type \\0 d0,d1,... \\0 nbytes \\n`` (``type`` is the
+quant type where there is one, else the dtype, e.g. ``float32``) followed by its raw
+bytes. Files are hashed straight from a memory map in chunks, so a 10 GB file costs
+10 GB of reads but no extra memory. Because only names, types, shapes and bytes
+count, a state dict in memory and the safetensors file it was saved to have the
+same hash, and so do a single file and the same tensors in an HF sharded folder.
+
+Files that are not weight files (a config, a folder of mixed files) get a *bytes
+hash*: sha256 over the relative file names and their bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from ..errors import MLMFError
+
+CHUNK = 8 * 1024 * 1024
+# Formats whose TensorInfo.offset/nbytes locate the stored bytes in TensorInfo.file.
+RAW_FORMATS = frozenset({"safetensors", "gguf"})
+
+
+class ContentHash(NamedTuple):
+    """A sha256 digest and what it covers: ``"tensors"`` or ``"bytes"``."""
+
+    sha256: str
+    kind: str
+
+    def short(self) -> str:
+        return self.sha256[:12]
+
+
+def record_line(name: str, kind: str, shape: Iterable[int], nbytes: int) -> bytes:
+    """The header that precedes one tensor's bytes in the tensor hash."""
+    dims = ",".join(str(int(d)) for d in shape)
+    return f"{name}\0{kind}\0{dims}\0{nbytes}\n".encode()
+
+
+def _update_from_file(h: hashlib._Hash, mm: mmap.mmap, offset: int, nbytes: int) -> None:
+    view = memoryview(mm)
+    try:
+        for start in range(offset, offset + nbytes, CHUNK):
+            h.update(view[start : min(start + CHUNK, offset + nbytes)])
+    finally:
+        view.release()
+
+
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The bytes of ``t`` in row-major order (a copy only if it is not contiguous on CPU)."""
+    flat = t.detach().to("cpu").contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy().data)
+
+
+def file_tensor_hash(path: str | os.PathLike[str]) -> ContentHash:
+    """Tensor hash of any file ``ml.open_weights`` reads, streamed from its memory map.
+
+    Raises:
+        MLMFError: when the file cannot be opened as weights.
+    """
+    from ..formats import open_weights
+
+    h = hashlib.sha256()
+    maps: dict[str, tuple[mmap.mmap, int]] = {}
+    with open_weights(path) as wf:
+        try:
+            for name in sorted(wf):
+                info = wf.info(name)
+                h.update(record_line(name, info.quant or info.dtype, info.shape, info.nbytes))
+                if wf.format in RAW_FORMATS:
+                    if info.file not in maps:
+                        maps[info.file] = _map(info.file)
+                    mm, size = maps[info.file]
+                    if info.offset + info.nbytes > size:
+                        raise MLMFError(
+                            f"tensor {name!r} ends at byte {info.offset + info.nbytes}, "
+                            f"past the end of the file ({size} bytes)", info.file)
+                    _update_from_file(h, mm, info.offset, info.nbytes)
+                else:
+                    h.update(tensor_bytes(wf.tensor(name)))
+        finally:
+            for mm, _ in maps.values():
+                mm.close()
+    return ContentHash(h.hexdigest(), "tensors")
+
+
+def _map(file: str) -> tuple[mmap.mmap, int]:
+    with open(file, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise MLMFError("the file is empty", file)
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), size
+
+
+def unique_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop names that alias an earlier tensor (tied weights), as the writers do."""
+    seen: set[tuple[Any, ...]] = set()
+    out: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        if t.device.type != "meta" and t.numel():
+            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
+                   t.stride(), t.dtype)
+            if key in seen:
+                continue
+            seen.add(key)
+        out[name] = t
+    return out
+
+
+def state_hash(tensors: Mapping[str, torch.Tensor]) -> ContentHash:
+    """Tensor hash of an in-memory state dict (equal to the file it would be saved to).
+
+    Raises:
+        MLMFError: a tensor is on the meta device (it has no bytes to hash).
+    """
+    h = hashlib.sha256()
+    kept = unique_tensors(tensors)
+    for name in sorted(kept):
+        t = kept[name]
+        if t.device.type == "meta":
+            raise MLMFError(f"tensor {name!r} is on the meta device and has no data to hash")
+        nbytes = t.numel() * t.element_size()
+        h.update(record_line(name, str(t.dtype).removeprefix("torch."), t.shape, nbytes))
+        h.update(tensor_bytes(t))
+    return ContentHash(h.hexdigest(), "tensors")
+
+
+def bytes_hash(path: str | os.PathLike[str]) -> ContentHash:
+    """sha256 over a file's bytes, or over a folder's relative names and bytes."""
+    p = Path(path)
+    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+    h = hashlib.sha256()
+    for f in files:
+        if p.is_dir():
+            h.update(f"{f.relative_to(p).as_posix()}\0{f.stat().st_size}\n".encode())
+        with open(f, "rb") as fh:
+            while chunk := fh.read(CHUNK):
+                h.update(chunk)
+    return ContentHash(h.hexdigest(), "bytes")
+
+
+def content_hash(path: str | os.PathLike[str]) -> ContentHash:
+    """The tensor hash of a weight file, or the bytes hash of anything else.
+
+    Raises:
+        MLMFError: the path does not exist.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise MLMFError("no such file or folder to hash", p)
+    try:
+        return file_tensor_hash(p)
+    except MLMFError:
+        return bytes_hash(p)

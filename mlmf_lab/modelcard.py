@@ -1,0 +1,130 @@
+"""Hugging Face style model cards: README.md with YAML front matter, from a description.
+
+``base_model`` and ``base_model_relation`` (``adapter``, ``merge``, ``quantized``,
+``finetune``, as the Hub defines them) come from, in order: the arguments, the
+lineage store's history of the file, the file's own metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import MLMFError
+from .formats import atomic, human_bytes
+
+if TYPE_CHECKING:
+    from .lineage import History, Lineage
+    from .metadata import ModelDescription
+
+RELATIONS = ("adapter", "merge", "quantized", "finetune")
+_TUNING = {"lora-inject", "lora-train", "lora-load", "merge", "checkpoint"}
+
+
+def relation_from_history(history: History) -> str | None:
+    """The Hub relation a chain of activities amounts to (training beats quantization)."""
+    names = {a.name for a in history.steps}
+    if history.steps and history.steps[-1].name == "lora-save":
+        return "adapter"
+    if names & _TUNING:
+        return "finetune"
+    quantized = "quantize" in names or any(
+        a.params.get("quant") for a in history.steps if a.name in ("convert", "save"))
+    return "quantized" if quantized else None
+
+
+def _yaml_scalar(v: Any) -> str:
+    # JSON strings are valid YAML double-quoted scalars; numbers and booleans too.
+    return json.dumps(v)
+
+
+def front_matter(fields: dict[str, Any]) -> str:
+    """``---`` YAML block for the given fields (strings, numbers, lists of strings)."""
+    lines = ["---"]
+    for key, value in fields.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            lines.append(f"{key}:")
+            lines += [f"- {_yaml_scalar(v)}" for v in value]
+        else:
+            lines.append(f"{key}: {_yaml_scalar(value)}")
+    lines.append("---")
+    return "\n".join(lines) + "\n"
+
+
+def model_card(
+    desc: ModelDescription,
+    base_model: str | None = None,
+    base_model_relation: str | None = None,
+    lineage: Lineage | None = None,
+    license: str | None = None,  # noqa: A002 - the Hub's field name
+    tags: list[str] | None = None,
+) -> str:
+    """README.md text for ``desc``: YAML front matter, a description table, the provenance.
+
+    Args:
+        desc: from ``ml.describe``.
+        base_model, base_model_relation: override what lineage and metadata say.
+        lineage: a store that recorded how the file was made (adds its history).
+        license: e.g. ``"apache-2.0"``.
+        tags: extra Hub tags.
+
+    Raises:
+        MLMFError: an unknown ``base_model_relation``.
+    """
+    history = None
+    if lineage is not None and desc.format != "in-memory":
+        history = lineage.history(desc.source)
+        roots = [e for e in history.origins if e.path and e.id != history.target.id]
+        if base_model is None and roots:
+            base_model = roots[0].label
+        if base_model_relation is None and base_model is not None:
+            base_model_relation = relation_from_history(history)
+    if base_model is None:
+        base_model = desc.base_model
+    if base_model_relation is None and base_model is not None:
+        if desc.is_adapter:
+            base_model_relation = "adapter"
+        elif any(k.upper() == k and not k.startswith("F") for k in desc.bytes_by_type):
+            base_model_relation = "quantized"  # GGUF block types: Q8_0, Q4_K, ...
+    if base_model_relation is not None and base_model_relation not in RELATIONS:
+        raise MLMFError(f"unknown base_model_relation {base_model_relation!r}; "
+                        f"supported: {', '.join(RELATIONS)}")
+    arch = desc.architecture.split(" ")[0] if desc.architecture else None
+    fields: dict[str, Any] = {
+        "library_name": "mlmf_lab" if desc.format != "gguf" else "gguf",
+        "license": license,
+        "base_model": base_model,
+        "base_model_relation": base_model_relation if base_model else None,
+        "tags": ["mlmf-lab", *([arch] if arch else []), *(tags or [])],
+    }
+    body = [f"# {desc.name}", "", "| field | value |", "|---|---|"]
+    body += [f"| {k} | `{v}` |" for k, v in desc.rows()]
+    body += ["", "## Storage", "", "| type | bytes |", "|---|---|"]
+    body += [f"| {k} | {human_bytes(v)} |" for k, v in desc.bytes_by_type.items()]
+    if desc.modalities_guessed:
+        body += ["", "Modalities are a guess from tensor names; nothing in the files "
+                 "declares them."]
+    if history is not None:
+        body += ["", "## Provenance", "", "Recorded by the mlmf_lab lineage store:", "", "```",
+                 str(history), "```"]
+    if desc.content_hash:
+        body += ["", f"Content sha256 (tensor hash): `{desc.content_hash}`"]
+    return front_matter(fields) + "\n" + "\n".join(body) + "\n"
+
+
+def save_model_card(desc: ModelDescription, path: str | os.PathLike[str],
+                    **kwargs: Any) -> Path:
+    """Write ``model_card(desc, **kwargs)`` atomically (a folder gets ``README.md``)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "README.md"
+    if not p.parent.is_dir():
+        raise MLMFError("the folder for the model card does not exist", p)
+    text = model_card(desc, **kwargs)
+    with atomic.replacing(p) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
+    return p
