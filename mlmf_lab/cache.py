@@ -1,0 +1,444 @@
+"""An in-memory model cache whose byte budget is never exceeded.
+
+>>> cache = ml.ModelCache("2GiB", ttl=3600, min_available_memory="1GiB")  # doctest: +SKIP
+>>> sd = cache.get_or_load("model.safetensors")  # miss: loads with ml.load_state_dict
+>>> sd = cache.get_or_load("model.safetensors")  # hit: the same dict, no I/O
+
+Sizes are measured (``mlmf_lab.sizing.measure``), never guessed: each storage is counted
+once, whether it sits in anonymous memory or is memory-mapped from the file. **Both count
+against the budget**: the budget bounds the bytes the cache keeps alive, and a memory-mapped
+state dict pins its file's pages in the page cache as soon as it is used. ``stats()``
+reports the two apart.
+
+Rules: least recently used goes first; pinned entries are never evicted (not by the
+budget, nor by TTL, nor by memory pressure; only ``evict``/``clear`` remove them); when
+available memory (psutil) drops below ``min_available_memory``, unpinned entries are
+evicted in LRU order until it recovers. A file's key includes its size, mtime and inode, so
+a changed file is reloaded, never served stale. Every method is thread-safe; loading
+happens outside the lock, and two threads asking for the same missing key load it once.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .cache_keys import NOT_A_FILE, Ident, Stamp, file_stamp, parse_bytes
+from .cache_stats import EVICTION_REASONS, CacheEvent, CacheStats, html_table
+from .errors import CacheError, ConfigError
+from .formats.base import human_bytes
+from .sizing import Footprint, measure
+from .warmup import WarmUp
+
+
+def _default_available() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+@dataclass
+class _Entry:
+    label: str
+    value: Any
+    size: Footprint
+    stamp: Stamp
+    loaded_at: float
+    load_seconds: float
+    pinned: bool = False
+    hits: int = 0
+
+
+class _Pending:
+    """A load in progress that other threads asking for the same key wait for."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+class ModelCache:
+    """A thread-safe LRU cache of loaded models under a byte budget.
+
+    Args:
+        max_bytes: the budget, e.g. ``2**30`` or ``"1GiB"``; bytes held never exceed it.
+        ttl: seconds an unpinned entry may stay after it was loaded; None = forever.
+        min_available_memory: evict (LRU, unpinned) while the system's available memory is
+            below this, e.g. ``"1GiB"``; None = ignore memory pressure.
+        available_memory: function returning available bytes (default: psutil's); tests
+            inject their own.
+        clock: monotonic seconds, for TTL and the event log (default ``time.monotonic``).
+        max_events: the event log keeps the latest this many events.
+
+    Raises:
+        ConfigError: a budget, TTL or threshold that is not a positive number.
+    """
+
+    PRESSURE_INTERVAL = 0.25  # seconds between memory readings on the lookup path
+
+    def __init__(
+        self,
+        max_bytes: int | str,
+        ttl: float | None = None,
+        min_available_memory: int | str | None = None,
+        *,
+        available_memory: Callable[[], int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        max_events: int = 100_000,
+    ) -> None:
+        self.max_bytes = parse_bytes(max_bytes, "max_bytes")
+        if ttl is not None and not ttl > 0:
+            raise ConfigError(f"ttl must be a positive number of seconds or None, found {ttl!r}")
+        self.ttl = ttl
+        self.min_available_memory = (None if min_available_memory is None else
+                                     parse_bytes(min_available_memory, "min_available_memory"))
+        self._available = available_memory or _default_available
+        self._clock = clock
+        self._t0 = clock()
+        self._lock = threading.RLock()
+        self._entries: OrderedDict[Ident, _Entry] = OrderedDict()  # LRU first
+        self._pending: dict[tuple[Ident, Stamp], _Pending] = {}
+        self._events: deque[CacheEvent] = deque(maxlen=max_events)
+        self._held = self._pinned_bytes = 0
+        self._next_pressure_check = self._t0
+        self._counts = dict.fromkeys(("lookups", "hits", "misses", "loads", "load_errors",
+                                      "puts"), 0)
+        self._evictions = dict.fromkeys(EVICTION_REASONS, 0)
+        self._load_seconds = self._saved_seconds = 0.0
+
+    # -- keys ---------------------------------------------------------------------------
+    @staticmethod
+    def _identify(key: Any, must_be_file: bool = False) -> tuple[Ident, Stamp, str]:
+        """(identity, stamp, label): a path's identity is its absolute path, its stamp the stat."""
+        if isinstance(key, os.PathLike) or (isinstance(key, str) and (
+                must_be_file or os.path.exists(key))):
+            path = os.path.abspath(os.fspath(key))
+            return ("file", path), file_stamp(path), path
+        try:
+            hash(key)
+        except TypeError:
+            raise CacheError(f"cache keys must be hashable, found {type(key).__name__}") from None
+        return ("key", key), NOT_A_FILE, repr(key)[:200]
+
+    # -- the lookup path ----------------------------------------------------------------
+    def get_or_load(
+        self, path_or_key: Any, loader: Callable[[Any], Any] | None = None, *,
+        uncached_ok: bool = False,
+    ) -> Any:
+        """The cached value for a file or key, loading it on a miss.
+
+        Args:
+            path_or_key: a weight file or folder (keyed by path + size + mtime + inode), or
+                any hashable key.
+            loader: called as ``loader(path_or_key)`` on a miss; default ``ml.load_state_dict``
+                (files only).
+            uncached_ok: when the loaded value cannot fit the budget, return it without
+                caching instead of raising.
+
+        Returns:
+            The value (the same object on every hit).
+
+        Raises:
+            CacheError: the value is larger than the budget (or than what pinned entries
+                leave free) and ``uncached_ok`` is False; or no loader for a non-file key.
+            Exception: whatever the loader raises (every waiting thread gets it too).
+        """
+        ident, stamp, label = self._identify(path_or_key, must_be_file=loader is None)
+        if loader is None:
+            from .formats import load_state_dict
+
+            loader = load_state_dict
+        with self._lock:
+            entry = self._lookup(ident, stamp, label)
+            if entry is not None:
+                return entry.value
+            pending = self._pending.get((ident, stamp))
+            owner = pending is None
+            if pending is None:
+                pending = self._pending[(ident, stamp)] = _Pending()
+        if not owner:
+            pending.done.wait()
+            if pending.error is not None:
+                raise pending.error
+            return pending.value
+        try:
+            start = time.perf_counter()
+            try:
+                value = loader(path_or_key)
+            except BaseException:
+                with self._lock:
+                    self._counts["load_errors"] += 1
+                raise
+            seconds = time.perf_counter() - start
+            size = measure(value)
+            with self._lock:
+                self._counts["loads"] += 1
+                self._load_seconds += seconds
+                self._log("load", label, size.total)
+                self._store(ident, stamp, label, value, size, seconds, uncached_ok)
+            pending.value = value
+            return value
+        except BaseException as e:
+            pending.error = e
+            raise
+        finally:
+            with self._lock:
+                del self._pending[(ident, stamp)]
+            pending.done.set()
+
+    def get(self, path_or_key: Any, default: Any = None) -> Any:
+        """The cached value, or ``default`` on a miss (counted as a lookup either way)."""
+        ident, stamp, label = self._identify(path_or_key)
+        with self._lock:
+            entry = self._lookup(ident, stamp, label)
+            return default if entry is None else entry.value
+
+    def _lookup(self, ident: Ident, stamp: Stamp, label: str) -> _Entry | None:
+        """Count a lookup; a hit refreshes recency, an expired or stale entry is dropped."""
+        now = self._clock()
+        if self.min_available_memory is not None and now >= self._next_pressure_check:
+            self._relieve_pressure()
+        self._counts["lookups"] += 1
+        entry = self._entries.get(ident)
+        if entry is not None and entry.stamp != stamp:
+            self._drop(ident, "stale")
+            entry = None
+        elif entry is not None and self._expired(entry, now):
+            self._drop(ident, "ttl")
+            entry = None
+        if entry is None:
+            self._counts["misses"] += 1
+            self._log("miss", label, 0)
+            return None
+        self._entries.move_to_end(ident)
+        entry.hits += 1
+        self._counts["hits"] += 1
+        self._saved_seconds += entry.load_seconds
+        self._log("hit", label, entry.size.total)
+        return entry
+
+    # -- storing ------------------------------------------------------------------------
+    def put(self, path_or_key: Any, value: Any, *, pin: bool = False,
+            uncached_ok: bool = False) -> Footprint:
+        """Store a value (replacing any entry under the same key); returns its measured size.
+
+        Raises:
+            CacheError: as in ``get_or_load`` when it cannot fit and ``uncached_ok`` is False.
+        """
+        ident, stamp, label = self._identify(path_or_key)
+        size = measure(value)
+        with self._lock:
+            self._counts["puts"] += 1
+            self._log("put", label, size.total)
+            if self._store(ident, stamp, label, value, size, 0.0, uncached_ok) and pin:
+                self.pin(path_or_key)
+        return size
+
+    def _store(self, ident: Ident, stamp: Stamp, label: str, value: Any, size: Footprint,
+               seconds: float, uncached_ok: bool) -> bool:
+        """Under the lock: expire, make room (LRU, unpinned), insert; False = served uncached."""
+        old = self._entries.get(ident)
+        if old is not None:  # a newer value for the same key replaces the old one
+            self._drop(ident, "stale" if old.stamp != stamp else "manual")
+        self.expire()
+        free_at_most = self.max_bytes - self._pinned_bytes
+        if size.total > free_at_most:
+            why = (f"{label}: {human_bytes(size.total)} ({size.total} bytes: "
+                   f"{size.anonymous} anonymous, {size.mapped} memory-mapped) ")
+            why += (f"is larger than the whole budget of {human_bytes(self.max_bytes)}"
+                    if size.total > self.max_bytes else
+                    f"does not fit: pinned entries hold {human_bytes(self._pinned_bytes)} of the "
+                    f"{human_bytes(self.max_bytes)} budget; unpin some")
+            self._log("uncached" if uncached_ok else "refused", label, size.total)
+            if uncached_ok:
+                return False
+            raise CacheError(why + "; raise max_bytes, or pass uncached_ok=True to get the "
+                             "value without caching it")
+        while self._held + size.total > self.max_bytes:
+            self._drop(self._lru_unpinned(), "budget")
+        self._entries[ident] = _Entry(label, value, size, stamp, self._clock(), seconds)
+        self._held += size.total
+        assert self._held <= self.max_bytes, "budget invariant"
+        if self.min_available_memory is not None:
+            self._relieve_pressure()
+        return True
+
+    def _lru_unpinned(self) -> Ident:
+        return next(k for k, e in self._entries.items() if not e.pinned)
+
+    def _drop(self, ident: Ident, reason: str) -> None:
+        entry = self._entries.pop(ident)
+        self._held -= entry.size.total
+        if entry.pinned:
+            self._pinned_bytes -= entry.size.total
+        self._evictions[reason] += 1
+        self._log("evict", entry.label, entry.size.total, reason)
+
+    def _expired(self, entry: _Entry, now: float) -> bool:
+        return self.ttl is not None and not entry.pinned and now - entry.loaded_at >= self.ttl
+
+    def _log(self, event: str, label: str, nbytes: int, reason: str = "") -> None:
+        self._events.append(CacheEvent(self._clock() - self._t0, event, label, nbytes,
+                                       self._held, reason))
+
+    # -- eviction by policy ---------------------------------------------------------------
+    def expire(self) -> int:
+        """Drop every unpinned entry older than the TTL; returns how many were dropped."""
+        with self._lock:
+            if self.ttl is None:
+                return 0
+            now = self._clock()
+            old = [k for k, e in self._entries.items() if self._expired(e, now)]
+            for k in old:
+                self._drop(k, "ttl")
+            return len(old)
+
+    def check_memory(self) -> int:
+        """Evict unpinned entries (LRU first) while available memory is below the threshold.
+
+        Returns:
+            How many entries were evicted (0 without ``min_available_memory``).
+        """
+        with self._lock:
+            return self._relieve_pressure() if self.min_available_memory is not None else 0
+
+    def _relieve_pressure(self) -> int:
+        assert self.min_available_memory is not None
+        self._next_pressure_check = self._clock() + self.PRESSURE_INTERVAL
+        evicted = 0
+        while self._available() < self.min_available_memory:
+            ident = next((k for k, e in self._entries.items() if not e.pinned), None)
+            if ident is None:
+                break
+            self._drop(ident, "memory")
+            evicted += 1
+        return evicted
+
+    # -- explicit control ---------------------------------------------------------------
+    def _entry(self, path_or_key: Any) -> tuple[Ident, _Entry]:
+        """The entry under a path (by its absolute path) or a key; CacheError when absent."""
+        candidates: list[Ident] = []
+        if isinstance(path_or_key, str | os.PathLike):
+            candidates.append(("file", os.path.abspath(os.fspath(path_or_key))))
+        if not isinstance(path_or_key, os.PathLike):
+            candidates.append(("key", path_or_key))
+        for ident in candidates:
+            try:
+                return ident, self._entries[ident]
+            except (KeyError, TypeError):
+                continue
+        cached = ", ".join(e.label for e in self._entries.values()) or "nothing"
+        raise CacheError(f"{path_or_key!r} is not in the cache; cached: {cached}")
+
+    def pin(self, path_or_key: Any) -> None:
+        """Keep an entry whatever happens (budget, TTL, memory pressure) until ``unpin``."""
+        with self._lock:
+            _, entry = self._entry(path_or_key)
+            if not entry.pinned:
+                entry.pinned = True
+                self._pinned_bytes += entry.size.total
+                self._log("pin", entry.label, entry.size.total)
+
+    def unpin(self, path_or_key: Any) -> None:
+        """Make a pinned entry evictable again."""
+        with self._lock:
+            _, entry = self._entry(path_or_key)
+            if entry.pinned:
+                entry.pinned = False
+                self._pinned_bytes -= entry.size.total
+                self._log("unpin", entry.label, entry.size.total)
+
+    def evict(self, path_or_key: Any) -> bool:
+        """Remove an entry (pinned or not); False when it was not cached."""
+        with self._lock:
+            try:
+                ident, _ = self._entry(path_or_key)
+            except CacheError:
+                return False
+            self._drop(ident, "manual")
+            return True
+
+    def clear(self) -> None:
+        """Remove every entry, pinned ones included (counted as manual evictions)."""
+        with self._lock:
+            for ident in list(self._entries):
+                self._drop(ident, "manual")
+
+    # -- warm-up ------------------------------------------------------------------------
+    def warm(self, paths: Iterable[Any], loader: Callable[[Any], Any] | None = None, *,
+             progress: bool = True) -> WarmUp:
+        """Load ``paths`` into the cache in a background thread (with a tqdm progress bar).
+
+        Errors do not stop the warm-up; they are collected in ``WarmUp.errors``.
+
+        Returns:
+            A ``WarmUp`` handle: ``.wait()`` blocks until every path was tried.
+        """
+        return WarmUp(self, list(paths), loader, progress)
+
+    # -- views --------------------------------------------------------------------------
+    def stats(self) -> CacheStats:
+        """A consistent snapshot of every counter and the event log."""
+        with self._lock:
+            entries = list(self._entries.values())
+            return CacheStats(
+                max_bytes=self.max_bytes, bytes_held=self._held,
+                anonymous_bytes=sum(e.size.anonymous + e.size.device for e in entries),
+                mapped_bytes=sum(e.size.mapped for e in entries),
+                pinned_bytes=self._pinned_bytes, entries=len(entries),
+                pinned=sum(e.pinned for e in entries), evictions=dict(self._evictions),
+                load_seconds=self._load_seconds, saved_seconds=self._saved_seconds,
+                events=tuple(self._events), **self._counts,
+            )
+
+    @property
+    def bytes_held(self) -> int:
+        return self._held
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, path_or_key: Any) -> bool:
+        """True when cached and fresh (no lookup is counted)."""
+        with self._lock:
+            try:
+                ident, entry = self._entry(path_or_key)
+            except CacheError:
+                return False
+            kind, name = ident
+            try:
+                fresh = kind != "file" or entry.stamp == file_stamp(name)
+            except CacheError:  # the file is gone
+                return False
+            return fresh and not self._expired(entry, self._clock())
+
+    def keys(self) -> list[str]:
+        """Labels of the cached entries, least recently used first."""
+        with self._lock:
+            return [e.label for e in self._entries.values()]
+
+    def __repr__(self) -> str:
+        return (f"ModelCache({len(self)} entries, {human_bytes(self._held)} of "
+                f"{human_bytes(self.max_bytes)})")
+
+    def _repr_html_(self) -> str:
+        with self._lock:
+            rows = [(os.path.basename(e.label) or e.label, human_bytes(e.size.total),
+                     human_bytes(e.size.anonymous + e.size.device), human_bytes(e.size.mapped),
+                     "yes" if e.pinned else "", str(e.hits))
+                    for e in reversed(self._entries.values())]
+        s = self.stats()
+        caption = (f"ModelCache: {human_bytes(s.bytes_held)} of {human_bytes(s.max_bytes)}, "
+                   f"{s.hits} hits / {s.misses} misses, evictions: "
+                   f"{s.evictions_total} (most recently used first)")
+        return html_table(("entry", "bytes", "anonymous", "memory-mapped", "pinned", "hits"),
+                          rows, caption)
+
+
+__all__ = ["ModelCache", "WarmUp"]

@@ -1,0 +1,417 @@
+"""A content-addressed disk cache for derived artifacts (dequantized, converted, merged models).
+
+The layout follows the Hugging Face hub cache::
+
+    root/blobs/<sha256>                 file contents, named by their hash, read-only
+    root/snapshots/<key>/<name>         the artifact's files (hard links to the blobs)
+    root/refs/<key>.json                what <key> holds: files -> sha256, size, meta, created
+
+Identical files across artifacts are stored once. Snapshots hold hard links rather than
+symlinks so that a sharded checkpoint's folder stays self-contained (``ml.load_state_dict``
+refuses links that leave the folder). Writes are atomic and in this order: blobs, then the
+snapshot (swapped in whole), then the ref; an entry exists once its ref does, so a crash
+leaves either the old entry or the new one. A ref's mtime records its last use; ``prune``
+removes by age and by total size (least recently used first), then deletes blobs no ref
+holds. Changes are serialised across processes with an ``flock`` on ``root/.lock``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from .cache_keys import file_stamp
+from .cache_stats import html_table
+from .errors import ChecksumError, ConfigError, MLMFError
+from .formats import atomic
+from .formats.base import human_bytes
+
+KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_CHUNK = 1 << 20
+
+
+class DiskEntry(NamedTuple):
+    """One cached artifact.
+
+    Attributes:
+        key: its name in the cache.
+        path: the file to load (single-file artifacts) or the snapshot folder.
+        files: relative file name -> sha256 of its blob.
+        size: bytes of its files (shared blobs counted in each entry).
+        created: Unix time it was stored.
+        last_used: Unix time it was last stored or fetched.
+        meta: what the caller attached (operation, parameters, sources).
+    """
+
+    key: str
+    path: Path
+    files: Mapping[str, str]
+    size: int
+    created: float
+    last_used: float
+    meta: Mapping[str, Any]
+
+
+class PruneReport(NamedTuple):
+    """What ``prune`` removed (or would remove, with ``dry_run``)."""
+
+    removed: tuple[DiskEntry, ...]
+    freed_bytes: int
+    remaining_bytes: int
+
+
+def default_root() -> Path:
+    """``$MLMF_LAB_CACHE``, else ``$XDG_CACHE_HOME/mlmf_lab``, else ``~/.cache/mlmf_lab``."""
+    if env := os.environ.get("MLMF_LAB_CACHE"):
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mlmf_lab"
+
+
+def parse_age(value: float | str) -> float:
+    """``"7d"`` / ``"12h"`` / ``"30m"`` / ``"45s"`` / ``"2w"`` / seconds -> seconds.
+
+    Raises:
+        ConfigError: anything else.
+    """
+    if isinstance(value, int | float) and value >= 0:
+        return float(value)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", str(value).lower())
+    if not m:
+        raise ConfigError(f"an age must be like 7d, 12h, 30m, 45s or a number of seconds, "
+                          f"found {value!r}")
+    return float(m.group(1)) * _AGE_UNITS[m.group(2) or "s"]
+
+
+def derive_key(operation: str, inputs: Sequence[Any],
+               params: Mapping[str, Any] | None = None) -> str:
+    """A key naming "``operation`` applied to ``inputs`` with ``params``".
+
+    Input files are fingerprinted by absolute path, size, mtime and inode, so a changed
+    source gives a new key. Other inputs and the params go in by their JSON (or ``repr``).
+
+    Example:
+        >>> derive_key("dequantize", ["model.gguf"], {"dtype": "float16"})  # doctest: +SKIP
+        'dequantize-3f1c...'
+    """
+    parts: list[Any] = [operation]
+    for item in inputs:
+        if isinstance(item, os.PathLike) or (isinstance(item, str) and os.path.exists(item)):
+            path = os.path.abspath(os.fspath(item))
+            parts.append([path, file_stamp(path)])
+        else:
+            parts.append(repr(item))
+    parts.append(params or {})
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=repr).encode()).hexdigest()
+    safe_op = re.sub(r"[^A-Za-z0-9._-]", "-", operation)[:60] or "artifact"
+    return f"{safe_op}-{digest[:24]}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class DiskCache:
+    """A content-addressed folder of derived artifacts; see the module docstring.
+
+    Args:
+        root: the cache folder (created if missing); default ``default_root()``.
+    """
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root) if root is not None else default_root()
+        for sub in ("blobs", "snapshots", "refs", "tmp"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    # -- paths and locking ----------------------------------------------------------------
+    def _check_key(self, key: str) -> str:
+        if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
+            raise ConfigError(f"a disk-cache key must match {KEY_PATTERN.pattern} "
+                              f"(letters, digits, '.', '_', '-'), found {key!r}", self.root)
+        return key
+
+    def _ref(self, key: str) -> Path:
+        return self.root / "refs" / f"{self._check_key(key)}.json"
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        import fcntl
+
+        with open(self.root / ".lock", "a+b") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    # -- writing --------------------------------------------------------------------------
+    def _store_blob(self, src: Path, move: bool) -> str:
+        """Copy (or move) one file into blobs/, hashing it; returns its sha256."""
+        tmp = self.root / "tmp" / f"blob-{uuid.uuid4().hex}"
+        if move:
+            os.replace(src, tmp)
+            digest = _sha256(tmp)
+        else:
+            h = hashlib.sha256()
+            with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                while chunk := fin.read(_CHUNK):
+                    h.update(chunk)
+                    fout.write(chunk)
+            digest = h.hexdigest()
+        blob = self.root / "blobs" / digest
+        if blob.exists():
+            tmp.unlink()
+        else:
+            atomic.fsync_path(tmp)
+            os.chmod(tmp, 0o444)  # a blob is shared by every artifact that holds these bytes
+            os.replace(tmp, blob)
+        return digest
+
+    def put(self, key: str, source: str | os.PathLike[str], meta: Mapping[str, Any] | None = None,
+            *, move: bool = False) -> DiskEntry:
+        """Store a file or a folder of files under ``key`` (replacing what was there).
+
+        Args:
+            key: letters, digits, ``.``, ``_``, ``-`` (see ``derive_key``).
+            source: the artifact: one file, or a folder (e.g. a sharded checkpoint).
+            meta: JSON-able facts to keep with it (operation, parameters, sources).
+            move: move the files in instead of copying them (for temporary outputs).
+
+        Returns:
+            The stored entry.
+
+        Raises:
+            ConfigError: a bad key. MLMFError: a source that is missing or empty.
+        """
+        self._check_key(key)
+        src = Path(source)
+        kind = "folder" if src.is_dir() else "file"
+        if src.is_dir():
+            members = sorted(p for p in src.rglob("*") if p.is_file())
+            names = [p.relative_to(src).as_posix() for p in members]
+        elif src.is_file():
+            members, names = [src], [src.name]
+        else:
+            raise MLMFError("nothing to cache: expected a file or a folder", src)
+        if not members:
+            raise MLMFError("nothing to cache: the folder holds no files", src)
+        with self._locked():
+            files = {n: self._store_blob(p, move) for n, p in zip(names, members, strict=True)}
+            snap = self.root / "snapshots" / key
+            with atomic.replacing_dir(snap) as tmp:
+                for name, digest in files.items():
+                    (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                    self._link(self.root / "blobs" / digest, tmp / name)
+            size = sum((self.root / "blobs" / d).stat().st_size for d in files.values())
+            record = {"key": key, "files": files, "size": size, "created": time.time(),
+                      "kind": kind, "meta": dict(meta or {})}
+            with atomic.replacing(self._ref(key)) as tmp_ref:
+                tmp_ref.write_text(json.dumps(record, indent=1, default=repr), encoding="utf-8")
+        entry = self._entry(key)
+        assert entry is not None
+        return entry
+
+    @staticmethod
+    def _link(blob: Path, dest: Path) -> None:
+        try:
+            os.link(blob, dest)
+        except OSError:  # a file system without hard links: a (read-only) copy instead
+            shutil.copyfile(blob, dest)
+            os.chmod(dest, 0o444)
+
+    def put_tensors(self, key: str, tensors: dict[str, Any], metadata: Mapping[str, Any] | None
+                    = None, *, filename: str = "model.safetensors",
+                    meta: Mapping[str, Any] | None = None) -> DiskEntry:
+        """Save a state dict with ``ml.save_state_dict`` and store it under ``key``."""
+        return self.get_or_create(
+            key, lambda p: _save(tensors, p, metadata), filename=filename, meta=meta, force=True)
+
+    def get_or_create(self, key: str, build: Callable[[Path], None], *,
+                      filename: str = "model.safetensors", meta: Mapping[str, Any] | None = None,
+                      force: bool = False) -> DiskEntry:
+        """The entry for ``key``; on a miss ``build(path)`` writes it and it is stored.
+
+        Args:
+            build: writes the artifact at the path it gets (a file, or a folder there).
+            filename: the name the artifact gets inside the snapshot.
+            force: build and store even when the key is present.
+        """
+        if not force and (entry := self.get(key)) is not None:
+            return entry
+        work = self.root / "tmp" / f"build-{uuid.uuid4().hex}"
+        work.mkdir()
+        try:
+            out = work / filename
+            build(out)
+            if not out.exists():
+                raise MLMFError(f"the build function wrote nothing at {filename!r}", work)
+            return self.put(key, out, meta, move=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    # -- reading --------------------------------------------------------------------------
+    def _entry(self, key: str) -> DiskEntry | None:
+        ref = self._ref(key)
+        try:
+            record = json.loads(ref.read_text(encoding="utf-8"))
+            last_used = ref.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        except (OSError, json.JSONDecodeError) as e:
+            raise MLMFError(f"unreadable cache ref ({e}); `mlmf-lab cache prune` removes it",
+                            ref) from None
+        snap = self.root / "snapshots" / key
+        files: dict[str, str] = record["files"]
+        path = snap / next(iter(files)) if record.get("kind") == "file" else snap
+        return DiskEntry(key, path, files, int(record["size"]), float(record["created"]),
+                         last_used, record.get("meta", {}))
+
+    def get(self, key: str) -> DiskEntry | None:
+        """The entry for ``key`` (marking it used), or None when absent or incomplete."""
+        entry = self._entry(key)
+        if entry is None or not all((self.root / "blobs" / d).is_file()
+                                    for d in entry.files.values()):
+            return None
+        if not all((self.root / "snapshots" / key / n).is_file() for n in entry.files):
+            return None
+        now = time.time()
+        os.utime(self._ref(key), (now, now))
+        return entry._replace(last_used=now)
+
+    def __contains__(self, key: str) -> bool:
+        return self._entry(key) is not None
+
+    def ls(self) -> list[DiskEntry]:
+        """Every entry, most recently used first."""
+        entries = [self._entry(p.stem) for p in (self.root / "refs").glob("*.json")
+                   if KEY_PATTERN.fullmatch(p.stem)]
+        return sorted((e for e in entries if e is not None), key=lambda e: -e.last_used)
+
+    def total_bytes(self) -> int:
+        """Bytes on disk: every blob once (snapshots are hard links to them)."""
+        return sum(p.stat().st_size for p in (self.root / "blobs").iterdir() if p.is_file())
+
+    def verify(self, key: str) -> DiskEntry:
+        """Re-hash an entry's blobs.
+
+        Raises:
+            MLMFError: the key is absent. ChecksumError: a blob's bytes no longer match its name.
+        """
+        entry = self._entry(key)
+        if entry is None:
+            raise MLMFError(f"{key!r} is not in the disk cache", self.root)
+        for name, digest in entry.files.items():
+            blob = self.root / "blobs" / digest
+            found = _sha256(blob) if blob.is_file() else "missing"
+            if found != digest:
+                raise ChecksumError(f"{name}: expected sha256 {digest}, found {found}", blob)
+        return entry
+
+    # -- removing -------------------------------------------------------------------------
+    def remove(self, key: str) -> bool:
+        """Delete one entry (its blobs go when no other entry holds them); False if absent."""
+        with self._locked():
+            if not self._ref(key).exists():
+                return False
+            self._unlink_entry(key)
+            self._collect()
+        return True
+
+    def _unlink_entry(self, key: str) -> None:
+        self._ref(key).unlink(missing_ok=True)  # first: the entry is gone from here on
+        shutil.rmtree(self.root / "snapshots" / key, ignore_errors=True)
+
+    def _collect(self, stale_tmp: float = 3600.0) -> int:
+        """Delete unreferenced blobs, orphan snapshots and old temporaries; returns bytes freed."""
+        entries = self.ls()
+        keep = {d for e in entries for d in e.files.values()}
+        keys = {e.key for e in entries}
+        freed = 0
+        for blob in (self.root / "blobs").iterdir():
+            if blob.name not in keep:
+                freed += blob.stat().st_size
+                blob.unlink()
+        now = time.time()
+        # Leftovers of interrupted writes: temporaries (by age: another process may be
+        # building right now) and snapshots whose ref never got written.
+        leftovers = [p for p in (self.root / "snapshots").iterdir() if p.name.startswith(".")]
+        leftovers += list((self.root / "tmp").iterdir())
+        for p in leftovers:
+            if now - p.stat().st_mtime > stale_tmp:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        for snap in (self.root / "snapshots").iterdir():
+            if snap.name not in keys and not snap.name.startswith("."):
+                shutil.rmtree(snap, ignore_errors=True)
+        return freed
+
+    def prune(self, max_bytes: int | str | None = None, older_than: float | str | None = None,
+              *, dry_run: bool = False) -> PruneReport:
+        """Remove entries unused for longer than ``older_than``, then least recently used
+        ones until the blobs total at most ``max_bytes``.
+
+        Args:
+            max_bytes: e.g. ``"10GB"``; None = no size limit.
+            older_than: e.g. ``"7d"`` or seconds since last use; None = no age limit.
+            dry_run: report what would go, delete nothing.
+
+        Returns:
+            A ``PruneReport``: removed entries, bytes freed, bytes remaining.
+        """
+        from .cache_keys import parse_bytes
+
+        limit = None if max_bytes is None else parse_bytes(max_bytes, "max_bytes")
+        age = None if older_than is None else parse_age(older_than)
+        with self._locked():
+            entries = sorted(self.ls(), key=lambda e: e.last_used)  # least recently used first
+            sizes = {d: (self.root / "blobs" / d).stat().st_size
+                     for e in entries for d in e.files.values()
+                     if (self.root / "blobs" / d).is_file()}
+            now = time.time()
+            removed = [e for e in entries if age is not None and now - e.last_used > age]
+            kept = [e for e in entries if e not in removed]
+
+            def held(es: list[DiskEntry]) -> int:
+                return sum(sizes.get(d, 0) for d in {d for e in es for d in e.files.values()})
+
+            while limit is not None and kept and held(kept) > limit:
+                removed.append(kept.pop(0))
+            before, after = held(entries), held(kept)
+            if not dry_run:
+                for e in removed:
+                    self._unlink_entry(e.key)
+                self._collect()
+        return PruneReport(tuple(removed), before - after, after)
+
+    # -- views ----------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"DiskCache({self.root}, {len(self.ls())} entries)"
+
+    def _repr_html_(self) -> str:
+        rows = [(e.key, human_bytes(e.size), str(len(e.files)),
+                 str(e.meta.get("operation", "")),
+                 time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used)))
+                for e in self.ls()]
+        caption = f"DiskCache: {len(rows)} entries, {human_bytes(self.total_bytes())} on disk"
+        return html_table(("key", "size", "files", "operation", "last used"), rows, caption)
+
+
+def _save(tensors: dict[str, Any], path: Path, metadata: Mapping[str, Any] | None) -> None:
+    from .formats import save_state_dict
+
+    save_state_dict(tensors, path, metadata=dict(metadata) if metadata else None)
+
+
+__all__ = ["DiskCache", "DiskEntry", "PruneReport", "default_root", "derive_key", "parse_age"]
