@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from ..errors import MLMFError
 
 # Modules under mlmf_lab.cli, each with register(subparsers) setting func=run(args) -> int.
-COMMANDS = ["inspect", "convert", "cache"]
+COMMANDS = ["inspect", "convert", "cache", "lineage"]
 
 
 def build_parser() -> argparse.ArgumentParser:
