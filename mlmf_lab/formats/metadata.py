@@ -48,7 +48,8 @@ def decode_metadata(
     raw: dict[str, str], path: str | os.PathLike[str] | None = None
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """safetensors header strings -> (metadata with JSON values decoded, tied aliases)."""
-    meta: dict[str, Any] = {k: v for k, v in raw.items() if k not in RESERVED}
+    # Sorted: safetensors stores metadata in a hash map, so the order on disk varies.
+    meta: dict[str, Any] = {k: raw[k] for k in sorted(raw) if k not in RESERVED}
     try:
         json_keys = json.loads(raw.get(JSON_KEYS, "[]"))
         aliases = json.loads(raw.get(TIED_KEY, "{}"))
