@@ -6,6 +6,7 @@ One module per capability; each function takes library records and returns a
 
 from __future__ import annotations
 
+from .lineage import plot_lineage
 from .loading import plot_memory_trace
 
-__all__ = ["plot_memory_trace"]
+__all__ = ["plot_lineage", "plot_memory_trace"]

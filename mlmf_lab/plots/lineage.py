@@ -1,0 +1,96 @@
+"""The lineage graph as a static figure: data flows left to right, files, models, activities."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+ENTITY_COLORS = {
+    "weights": "#8fb3de", "adapter": "#b7d7a8", "checkpoint": "#f6d28b", "folder": "#d9d9d9",
+    "file": "#d9d9d9", "model": "#e8a3a3", "state_dict": "#f2c4c4", "tensor": "#f2c4c4",
+    "object": "#eeeeee",
+}
+ACTIVITY_COLOR = "#ffffff"
+
+
+def _layers(g: Any) -> dict[str, tuple[int, int, int]]:
+    """node -> (layer, index in layer, layer size), layers from the sources onwards."""
+    import networkx as nx
+
+    pos: dict[str, tuple[int, int, int]] = {}
+    for depth, layer in enumerate(nx.topological_generations(g)):
+        ordered = sorted(layer, key=lambda n: (str(g.nodes[n].get("label", "")), str(n)))
+        for i, n in enumerate(ordered):
+            pos[n] = (depth, i, len(ordered))
+    return pos
+
+
+def _activity_text(data: dict[str, Any]) -> str:
+    params = data.get("params") or {}
+    shown = [f"{k}={v}" for k, v in params.items()
+             if v is not None and k in ("scheme", "quant", "rank", "step", "format")][:2]
+    return "\n".join([str(data.get("label", "?")), *shown])
+
+
+def plot_lineage(source: Any, focus: Any = None, title: str | None = None) -> Figure:
+    """Draw a lineage graph: boxes are entities (coloured by kind), white tags are activities.
+
+    Args:
+        source: an ``ml.Lineage`` (drawn whole, or around ``focus``) or the networkx graph
+            from ``Lineage.graph()``.
+        focus: a path, entity or live object to centre on (outlined in the figure).
+        title: figure title (default: "Lineage").
+
+    Returns:
+        A ``matplotlib.figure.Figure``.
+    """
+    import networkx as nx
+
+    focus_id = None
+    if isinstance(source, nx.DiGraph):
+        g = source
+    else:
+        g = source.graph(focus)
+        if focus is not None:
+            focus_id = source.entity(focus).id
+    pos = _layers(g) if g.number_of_nodes() else {}
+    n_layers = max((p[0] for p in pos.values()), default=0) + 1
+    tallest = max((p[2] for p in pos.values()), default=1)
+    fig = Figure(figsize=(max(6.0, 1.75 * n_layers), max(2.4, 0.85 * tallest + 1.0)))
+    ax = fig.add_subplot()
+    xy = {n: (float(d), (s - 1) / 2.0 - i) for n, (d, i, s) in pos.items()}
+    for u, v, data in g.edges(data=True):
+        dashed = data.get("relation") == "same content"
+        ax.annotate("", xy=xy[v], xytext=xy[u], zorder=1,
+                    arrowprops={"arrowstyle": "-|>", "color": "#555555", "lw": 1.0,
+                                "shrinkA": 22, "shrinkB": 22,
+                                "linestyle": "--" if dashed else "-"})
+    kinds: set[str] = set()
+    for n, (x, y) in xy.items():
+        data = g.nodes[n]
+        if data.get("node") == "activity":
+            ax.text(x, y, _activity_text(data), ha="center", va="center", fontsize=7.5,
+                    style="italic", zorder=3,
+                    bbox={"boxstyle": "round4,pad=0.35", "fc": ACTIVITY_COLOR, "ec": "#555555"})
+            continue
+        kind = str(data.get("kind", "object"))
+        kinds.add(kind)
+        label = str(data.get("label", n)).replace("@", "\n@", 1)
+        ax.text(x, y, label, ha="center", va="center", fontsize=7.5, zorder=3,
+                bbox={"boxstyle": "round,pad=0.4", "fc": ENTITY_COLORS.get(kind, "#eeeeee"),
+                      "ec": "black" if n == focus_id else "#777777",
+                      "lw": 2.2 if n == focus_id else 0.8})
+    ax.set_xlim(-0.6, n_layers - 0.4)
+    ax.set_ylim(-tallest / 2.0 - 0.2, tallest / 2.0 + 0.2)
+    ax.axis("off")
+    if kinds:
+        handles = [Patch(fc=ENTITY_COLORS.get(k, "#eeeeee"), ec="#777777", label=k)
+                   for k in sorted(kinds)]
+        handles.append(Patch(fc=ACTIVITY_COLOR, ec="#555555", label="activity"))
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                  ncol=min(len(handles), 6), fontsize=7, frameon=False)
+    ax.set_title(title or "Lineage", fontsize=10)
+    fig.tight_layout()
+    return fig
