@@ -34,7 +34,8 @@ def _activity_text(data: dict[str, Any]) -> str:
     return "\n".join([str(data.get("label", "?")), *shown])
 
 
-def plot_lineage(source: Any, focus: Any = None, title: str | None = None) -> Figure:
+def plot_lineage(source: Any, focus: Any = None, title: str | None = None,
+                 orientation: str = "auto") -> Figure:
     """Draw a lineage graph: boxes are entities (coloured by kind), white tags are activities.
 
     Args:
@@ -42,6 +43,8 @@ def plot_lineage(source: Any, focus: Any = None, title: str | None = None) -> Fi
             from ``Lineage.graph()``.
         focus: a path, entity or live object to centre on (outlined in the figure).
         title: figure title (default: "Lineage").
+        orientation: ``"horizontal"`` (left to right), ``"vertical"`` (top to bottom), or
+            ``"auto"``: vertical for long chains, which would be too wide.
 
     Returns:
         A ``matplotlib.figure.Figure``.
@@ -58,14 +61,22 @@ def plot_lineage(source: Any, focus: Any = None, title: str | None = None) -> Fi
     pos = _layers(g) if g.number_of_nodes() else {}
     n_layers = max((p[0] for p in pos.values()), default=0) + 1
     tallest = max((p[2] for p in pos.values()), default=1)
-    fig = Figure(figsize=(max(6.0, 1.75 * n_layers), max(2.4, 0.85 * tallest + 1.0)))
+    if orientation not in ("auto", "horizontal", "vertical"):
+        raise ValueError(f"orientation must be auto, horizontal or vertical, not {orientation!r}")
+    vertical = orientation == "vertical" or (orientation == "auto" and n_layers > 6)
+    if vertical:
+        fig = Figure(figsize=(max(5.0, 2.4 * tallest), max(2.4, 0.62 * n_layers + 1.0)))
+        xy = {n: (((s - 1) / 2.0 - i) * -1.0, -float(d)) for n, (d, i, s) in pos.items()}
+    else:
+        fig = Figure(figsize=(max(6.0, 1.75 * n_layers), max(2.4, 0.85 * tallest + 1.0)))
+        xy = {n: (float(d), (s - 1) / 2.0 - i) for n, (d, i, s) in pos.items()}
     ax = fig.add_subplot()
-    xy = {n: (float(d), (s - 1) / 2.0 - i) for n, (d, i, s) in pos.items()}
     for u, v, data in g.edges(data=True):
         dashed = data.get("relation") == "same content"
         ax.annotate("", xy=xy[v], xytext=xy[u], zorder=1,
                     arrowprops={"arrowstyle": "-|>", "color": "#555555", "lw": 1.0,
-                                "shrinkA": 22, "shrinkB": 22,
+                                "shrinkA": 12 if vertical else 22,
+                                "shrinkB": 12 if vertical else 22,
                                 "linestyle": "--" if dashed else "-"})
     kinds: set[str] = set()
     for n, (x, y) in xy.items():
@@ -77,13 +88,18 @@ def plot_lineage(source: Any, focus: Any = None, title: str | None = None) -> Fi
             continue
         kind = str(data.get("kind", "object"))
         kinds.add(kind)
-        label = str(data.get("label", n)).replace("@", "\n@", 1)
+        label = str(data.get("label", n))
+        label = label.replace("@", "  @", 1) if vertical else label.replace("@", "\n@", 1)
         ax.text(x, y, label, ha="center", va="center", fontsize=7.5, zorder=3,
                 bbox={"boxstyle": "round,pad=0.4", "fc": ENTITY_COLORS.get(kind, "#eeeeee"),
                       "ec": "black" if n == focus_id else "#777777",
                       "lw": 2.2 if n == focus_id else 0.8})
-    ax.set_xlim(-0.6, n_layers - 0.4)
-    ax.set_ylim(-tallest / 2.0 - 0.2, tallest / 2.0 + 0.2)
+    if vertical:
+        ax.set_xlim(-tallest / 2.0, tallest / 2.0)
+        ax.set_ylim(-n_layers + 0.5, 0.5)
+    else:
+        ax.set_xlim(-0.6, n_layers - 0.4)
+        ax.set_ylim(-tallest / 2.0 - 0.2, tallest / 2.0 + 0.2)
     ax.axis("off")
     if kinds:
         handles = [Patch(fc=ENTITY_COLORS.get(k, "#eeeeee"), ec="#777777", label=k)
