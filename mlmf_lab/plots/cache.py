@@ -60,8 +60,8 @@ def plot_cache_timeline(stats: CacheStats, x: str = "time") -> Figure:
                   f"{stats.evictions_total} evictions")
     for row, name in enumerate(("hit", "miss")):
         label, colour, marker = _MARKS[name]
-        pts = [xv for xv, e in zip(xs, events, strict=True) if e.event == name]
-        strip.scatter(pts, [row] * len(pts), marker=marker, color=colour, s=60, label=label)
+        ticks = [xv for xv, e in zip(xs, events, strict=True) if e.event == name]
+        strip.scatter(ticks, [row] * len(ticks), marker=marker, color=colour, s=60, label=label)
     strip.set_yticks([0, 1], ["hit", "miss"], fontsize=8)
     strip.set_ylim(-0.6, 1.6)
     strip.set_xlabel("seconds since the cache was created" if x == "time" else "event number")
