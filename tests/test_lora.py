@@ -1,0 +1,199 @@
+"""LoRA on a small hand-made model: forward formula, freezing, adapters, exact merge/unmerge."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import mlmf_lab as ml
+from mlmf_lab import events
+from mlmf_lab.errors import ConfigError, UnsupportedError
+
+
+class Block(nn.Module):
+    def __init__(self, d: int = 16) -> None:
+        super().__init__()
+        self.q_proj = nn.Linear(d, d)
+        self.v_proj = nn.Linear(d, 8, bias=False)
+        self.up = nn.Linear(8, d)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.up(self.v_proj(torch.relu(self.q_proj(x)))))
+
+
+def net(dtype: torch.dtype = torch.float32) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(Block(), Block()).to(dtype).eval()
+
+
+X = torch.randn(3, 5, 16, generator=torch.Generator().manual_seed(1))
+
+
+def nonzero(model: nn.Module, seed: int = 2) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".lora_" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+
+
+def test_forward_is_base_plus_scaled_low_rank_path() -> None:
+    model = net()
+    summary = ml.lora.inject(model, rank=2, alpha=6, targets=["q_proj", "v_proj"])
+    assert summary.modules == ["0.q_proj", "0.v_proj", "1.q_proj", "1.v_proj"]
+    nonzero(model)
+    layer = ml.lora.lora_layers(model)["0.v_proj"]
+    A, B = layer.lora_A["default"], layer.lora_B["default"]
+    x = torch.randn(4, 16)
+    want = layer.base_layer(x) + 3.0 * (x @ A.T) @ B.T
+    torch.testing.assert_close(layer(x), want)
+
+
+def test_injection_freezes_the_base_and_only_lora_gets_gradients() -> None:
+    model = net()
+    ml.lora.inject(model, rank=2, alpha=4, targets=["up"])
+    nonzero(model)
+    trainable, total = ml.lora.parameter_counts(model)
+    assert trainable == 2 * (2 * 8 + 16 * 2)
+    assert total == sum(p.numel() for p in net().parameters()) + trainable
+    model(X).square().mean().backward()
+    for n, p in model.named_parameters():
+        assert (p.grad is not None) == (".lora_" in n), n
+
+
+def test_target_errors_say_what_exists() -> None:
+    model = net()
+    with pytest.raises(ConfigError, match=r"matched no module; .* end in: q_proj, v_proj, up"):
+        ml.lora.inject(model, rank=2, alpha=4, targets=["k_proj"])
+    with pytest.raises(UnsupportedError, match=r"'0.norm' is a LayerNorm.*supported: nn.Linear"):
+        ml.lora.inject(model, rank=2, alpha=4, targets=["norm", "q_proj"])
+    assert ml.lora.lora_layers(model) == {}  # nothing wrapped when one target is bad
+    with pytest.raises(ConfigError, match="positive integer"):
+        ml.lora.inject(model, rank=0, alpha=4, targets=["q_proj"])
+    ml.lora.inject(model, rank=2, alpha=4, targets=["q_proj"])
+    with pytest.raises(ConfigError, match="'default' already exists"):
+        ml.lora.inject(model, rank=2, alpha=4, targets=["v_proj"])
+
+
+def test_merge_unmerge_cycles_restore_the_base_exactly() -> None:
+    model = net()
+    before = copy.deepcopy(model.state_dict())
+    ml.lora.inject(model, rank=4, alpha=8, targets=["q_proj", "v_proj", "up"])
+    nonzero(model)
+    with torch.no_grad():
+        out = model(X)
+    for _ in range(5):
+        report = ml.lora.merge(model)
+        assert len(report.modules) == 6 and report.max_store_error == 0.0
+        with torch.no_grad():
+            torch.testing.assert_close(model(X), out, atol=1e-5, rtol=0)
+        assert ml.lora.summary(model).rows[0].merged
+        ml.lora.unmerge(model)
+    after = {k.replace(".base_layer", ""): v for k, v in model.state_dict().items()
+             if ".lora_" not in k}
+    assert after.keys() == before.keys()
+    assert max((after[k] - before[k]).abs().max().item() for k in before) <= 1e-6
+    for k in before:  # in fact bit for bit: the original tensors come back
+        assert torch.equal(after[k], before[k])
+
+
+def test_half_precision_base_unmerges_bit_exactly_and_reports_rounding() -> None:
+    model = net(torch.bfloat16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ml.lora.inject(model, rank=2, alpha=4, targets=["q_proj"])
+    nonzero(model)
+    report = ml.lora.merge(model)
+    assert 0 < report.max_store_error < 0.05  # bf16 rounding of W + ΔW
+    ml.lora.unmerge(model)
+    for k, v in before.items():
+        assert torch.equal(model.state_dict()[k.replace("q_proj.", "q_proj.base_layer.")], v)
+
+
+def test_safe_merge_refuses_nan_and_changes_nothing() -> None:
+    model = net()
+    ml.lora.inject(model, rank=2, alpha=4, targets=["q_proj", "v_proj"])
+    nonzero(model)
+    with torch.no_grad():
+        ml.lora.lora_layers(model)["1.v_proj"].lora_B["default"][0, 0] = float("nan")
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ConfigError, match=r"'1.v_proj' gives NaN/Inf; no layer was changed"):
+        ml.lora.merge(model, safe=True)
+    assert not any(layer.merged for layer in ml.lora.lora_layers(model).values())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, base[k]) or torch.isnan(v).any(), k
+
+
+def test_several_adapters_combine_deltas_and_disable_enable() -> None:
+    model = net()
+    base_out = model(X).detach()
+    ml.lora.inject(model, rank=2, alpha=4, targets=["q_proj"], name="a")
+    ml.lora.inject(model, rank=3, alpha=3, targets=["q_proj", "up"], name="b")
+    nonzero(model)
+    assert ml.lora.active_adapters(model) == [("b", 1.0)]  # the newest is active
+    ml.lora.set_active(model, ["a", "b"], weights=[0.5, 2.0])
+
+    naive = net()
+    with torch.no_grad():
+        for path, layer in ml.lora.lora_layers(model).items():
+            delta = sum(w * layer.delta(n) for n, w in [("a", 0.5), ("b", 2.0)] if n in layer.specs)
+            naive.get_submodule(path).weight += delta
+    torch.testing.assert_close(model(X), naive(X), atol=1e-5, rtol=0)
+
+    ml.lora.disable(model)
+    torch.testing.assert_close(model(X), base_out)
+    ml.lora.enable(model)
+    torch.testing.assert_close(model(X), naive(X), atol=1e-5, rtol=0)
+
+    ml.lora.merge(model)
+    torch.testing.assert_close(model(X), naive(X), atol=1e-5, rtol=0)
+    with pytest.raises(ConfigError, match="while adapters are merged; call ml.lora.unmerge"):
+        ml.lora.set_active(model, ["a"])
+    with pytest.raises(ConfigError, match="merged"):
+        ml.lora.disable(model)
+    ml.lora.unmerge(model)
+    with pytest.raises(ConfigError, match=r"unknown adapter\(s\) \['c'\]; the model has \['a', 'b"):
+        ml.lora.set_active(model, ["a", "c"])
+    with pytest.raises(ConfigError, match="no merged adapter"):
+        ml.lora.unmerge(model)
+
+
+def test_summary_table_unload_and_delete() -> None:
+    model = net()
+    ml.lora.inject(model, rank=2, alpha=4, targets=["q_proj"], name="a")
+    nonzero(model)
+    s = ml.lora.summary(model)
+    row = s.rows[0]
+    layer = ml.lora.lora_layers(model)[row.module]
+    assert row.delta_norm == pytest.approx(float(torch.linalg.norm(layer.delta("a"))), rel=1e-5)
+    assert (row.rank, row.params, row.weight) == (2, 2 * 16 + 16 * 2, 1.0)
+    html = s._repr_html_()
+    assert "<table>" in html and "‖ΔW‖" in html and "0.q_proj" in html
+    assert "2 rows, 2 modules, 128 LoRA parameters" in str(s)
+
+    merged = ml.lora.unload(copy.deepcopy(model), merge_first=True)
+    assert ml.lora.lora_layers(merged) == {}
+    torch.testing.assert_close(merged(X), model(X), atol=1e-5, rtol=0)
+    ml.lora.delete_adapter(model, "a")
+    assert ml.lora.lora_layers(model) == {}
+    torch.testing.assert_close(model(X), net()(X))
+
+
+def test_operations_emit_events(tmp_path: object) -> None:
+    seen: list[events.Event] = []
+    events.LISTENERS.append(seen.append)
+    try:
+        model = net()
+        ml.lora.inject(model, rank=2, alpha=4, targets=["q_proj"])
+        ml.lora.merge(model)
+        ml.lora.unmerge(model)
+        ml.lora.save_peft_adapter(model, f"{tmp_path}/ad")
+        ml.lora.load_peft_adapter(net(), f"{tmp_path}/ad")
+    finally:
+        events.LISTENERS.remove(seen.append)
+    names = [e.activity for e in seen if e.activity != "load"]  # "load": the file read inside
+    assert names == ["lora-inject", "merge", "unmerge", "lora-save", "lora-load"]
+    assert seen[0].params["rank"] == 2 and seen[0].generated == [model]
