@@ -1,0 +1,57 @@
+"""Shared helpers for the benchmarks: subprocess cases, medians, markdown tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def median_time(fn: Callable[[], object], repeat: int = 5) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeat`` runs (after one warm-up)."""
+    import time
+
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def run_case(script: str, *args: str, timeout: float = 600) -> dict:
+    """Run ``python script args`` in a fresh interpreter; it prints one JSON line last."""
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                         timeout=timeout, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{script} {args} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def machine() -> str:
+    return (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"{dt.date.today().isoformat()}")
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def publish(name: str, title: str, how: str, body: str, quick: bool) -> None:
+    """Print the result and, for full runs, store it as ``results/<name>.md``."""
+    text = f"### {title}\n\n{how}\n\nMeasured: {machine()}.\n\n{body}\n"
+    print(text)
+    if not quick:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / f"{name}.md").write_text(text)
