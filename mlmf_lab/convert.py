@@ -27,7 +27,7 @@ class Converter(NamedTuple):
 
 CONVERTERS: list[Converter] = []
 # Modules that register extra converters when imported (missing ones are skipped).
-PLUGINS: list[str] = []
+PLUGINS: list[str] = ["mlmf_lab.distributed.dcp"]
 
 
 def _generic(src: Path, dst: Path, quant: str | None = None, **_: Any) -> None:
@@ -50,7 +50,9 @@ def convert(
         importlib.import_module(module)
     for conv in [*CONVERTERS, Converter("weights", lambda a, b: True, _generic)]:
         if conv.matches(s, d):
-            with events.activity("convert", used=[s], params={"quant": quant, "via": conv.name}) as act:
+            with events.activity(
+                "convert", used=[s], params={"quant": quant, "via": conv.name}
+            ) as act:
                 conv.run(s, d, quant=quant)
                 act.generated.append(d)
             return d

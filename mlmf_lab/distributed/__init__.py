@@ -1,0 +1,53 @@
+"""Distributed loading on torch.distributed: plans from headers, each rank reads its bytes.
+
+>>> plan = ml.distributed.plan("model.safetensors", "layers", world_size=4)  # doctest: +SKIP
+>>> rank, world_size = ml.distributed.setup()          # under torchrun  # doctest: +SKIP
+>>> shard = ml.distributed.load_shard("model.safetensors", plan)       # doctest: +SKIP
+>>> full = ml.distributed.gather_state_dict(shard)     # on rank 0      # doctest: +SKIP
+
+Modules: ``plans`` (ShardPlan, layers/replicate), ``rules`` (tensor parallel rule tables),
+``modality`` (modality -> ranks), ``read`` (counted byte-range reads), ``load``
+(load_shard, broadcast mode, gather), ``tp`` (tensor-parallel forward), ``runtime``
+(setup, fail-fast checks), ``launcher`` (local N-rank runs), ``dcp`` (DCP conversion).
+"""
+
+from __future__ import annotations
+
+from . import modality, rules  # noqa: F401  (each registers its strategy)
+from .dcp import is_dcp, load_dcp, save_dcp
+from .launcher import RankResult, launch
+from .load import MODES, Shard, gather_state_dict, load_shard
+from .modality import declared_modalities
+from .plans import STRATEGIES, Piece, ShardPlan, local_shape, plan, register_strategy
+from .read import RangeReader
+from .rules import ARCH_RULES, Rule
+from .runtime import DEFAULT_TIMEOUT, setup, teardown, world
+from .tp import TensorParallelStack, tp_linear_stack
+
+__all__ = [
+    "ARCH_RULES",
+    "DEFAULT_TIMEOUT",
+    "MODES",
+    "STRATEGIES",
+    "Piece",
+    "RangeReader",
+    "RankResult",
+    "Rule",
+    "Shard",
+    "ShardPlan",
+    "TensorParallelStack",
+    "declared_modalities",
+    "gather_state_dict",
+    "is_dcp",
+    "launch",
+    "load_dcp",
+    "load_shard",
+    "local_shape",
+    "plan",
+    "register_strategy",
+    "save_dcp",
+    "setup",
+    "teardown",
+    "tp_linear_stack",
+    "world",
+]

@@ -1,0 +1,289 @@
+"""Load each rank's part of a weight file, directly or via rank 0, and gather it back."""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from .. import events
+from ..errors import ConfigError, FormatError
+from ..formats import TensorInfo, WeightFile, human_bytes, open_weights
+from .plans import Piece, ShardPlan, local_shape
+from .read import RangeReader, read_piece
+from .runtime import checked, require_group, world
+
+MODES = ("direct", "broadcast")
+PROGRESS_BYTES = 256 * 2**20  # show a progress bar for shards larger than this
+
+
+@dataclass(frozen=True)
+class Shard(Mapping[str, torch.Tensor]):
+    """One rank's tensors (whole, or the slices the plan gives it) and what loading cost.
+
+    Attributes:
+        rank, world_size: who holds it.
+        plan: the plan it follows.
+        tensors: name -> tensor (slices have the shape ``local_shape``).
+        bytes_read: bytes this rank read from the file itself (counted per read call).
+        bytes_received: bytes received from rank 0 (``broadcast`` mode).
+        seconds: wall time of the load.
+        mode: ``direct`` or ``broadcast``.
+    """
+
+    rank: int
+    world_size: int
+    plan: ShardPlan
+    tensors: dict[str, torch.Tensor] = field(repr=False)
+    bytes_read: int = 0
+    bytes_received: int = 0
+    seconds: float = 0.0
+    mode: str = "direct"
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.tensors[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def piece(self, name: str) -> Piece:
+        p = self.plan.piece(name, self.rank)
+        if p is None:
+            raise ConfigError(f"rank {self.rank} holds no part of {name!r}", self.plan.source)
+        return p
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+    def __repr__(self) -> str:
+        return (f"<Shard rank {self.rank}/{self.world_size} {self.plan.strategy}: {len(self)} "
+                f"tensors, {human_bytes(self.nbytes)}, read {human_bytes(self.bytes_read)}>")
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td style='text-align:left'><code>{html.escape(n)}</code></td>"
+            f"<td>{list(t.shape)}</td><td>{html.escape(self.piece(n).role)}</td></tr>"
+            for n, t in list(self.tensors.items())[:40]
+        )
+        return (f"<div><b>Shard</b> rank {self.rank} of {self.world_size} · "
+                f"{html.escape(self.plan.strategy)} · {len(self)} tensors · "
+                f"{human_bytes(self.nbytes)} held · {human_bytes(self.bytes_read)} read · "
+                f"{human_bytes(self.bytes_received)} received<table><thead><tr><th>name</th>"
+                f"<th>shape</th><th>role</th></tr></thead><tbody>{rows}</tbody></table></div>")
+
+
+def piece_nbytes(info: TensorInfo, piece: Piece) -> int:
+    """Bytes of the loaded piece (the dtype ``tensor()`` returns, after any dequantization)."""
+    return math.prod(local_shape(info, piece)) * _dtype(info).itemsize
+
+
+def _dtype(info: TensorInfo) -> torch.dtype:
+    dtype = getattr(torch, info.dtype, None)
+    if not isinstance(dtype, torch.dtype):
+        raise FormatError(f"tensor {info.name!r} has unknown dtype {info.dtype!r}", info.file)
+    return dtype
+
+
+def check_against_plan(wf: WeightFile, plan: ShardPlan, pieces: Sequence[Piece]) -> None:
+    """Raise ``FormatError`` if the file's header disagrees with the plan for these pieces."""
+    for p in pieces:
+        want, got = plan.info(p.name), wf.info(p.name)
+        if (want.shape, want.dtype, want.nbytes) != (got.shape, got.dtype, got.nbytes):
+            raise FormatError(
+                f"tensor {p.name!r}: the plan expects shape {list(want.shape)} {want.dtype} "
+                f"({want.nbytes} bytes), this file has {list(got.shape)} {got.dtype} "
+                f"({got.nbytes} bytes); recompute the plan from this file", wf.path)
+
+
+def _read_all(wf: WeightFile, reader: RangeReader, pieces: Sequence[Piece],
+              progress: bool) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    with tqdm(total=sum(p.nbytes for p in pieces), unit="B", unit_scale=True,
+              disable=not progress, desc=f"rank {pieces[0].rank if pieces else 0}") as bar:
+        for p in pieces:
+            out[p.name] = read_piece(reader, wf, p)
+            bar.update(p.nbytes)
+    return out
+
+
+def pack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Concatenate the bytes of ``tensors`` into one flat uint8 buffer."""
+    if not tensors:
+        return torch.empty(0, dtype=torch.uint8)
+    return torch.cat([t.contiguous().view(torch.uint8).reshape(-1) for t in tensors])
+
+
+def unpack(buf: torch.Tensor, plan: ShardPlan, pieces: Sequence[Piece]) -> dict[str, torch.Tensor]:
+    """Views into ``buf`` shaped as ``pieces`` (the inverse of ``pack``)."""
+    out, at = {}, 0
+    for p in pieces:
+        info = plan.info(p.name)
+        n = piece_nbytes(info, p)
+        out[p.name] = buf[at:at + n].view(_dtype(info)).reshape(local_shape(info, p))
+        at += n
+    return out
+
+
+def _same_everywhere(plan: ShardPlan) -> bool:
+    first = [(p.name, p.dim, p.spans) for p in plan.for_rank(0)]
+    return all([(p.name, p.dim, p.spans) for p in plan.for_rank(r)] == first
+               for r in range(1, plan.world_size))
+
+
+def load_shard(
+    path: str | os.PathLike[str],
+    plan: ShardPlan,
+    rank: int | None = None,
+    world_size: int | None = None,
+    mode: str = "direct",
+    progress: bool | None = None,
+) -> Shard:
+    """Load this rank's part of ``path`` as ``plan`` says, reading only those bytes.
+
+    In a process group every rank learns whether every other rank succeeded: a missing or
+    corrupt file, or a rank that dies, raises ``DistributedError`` on all ranks, naming the
+    failing rank and the file, within the process group's timeout.
+
+    Args:
+        path: the weight file (may differ per rank, e.g. a node-local copy).
+        plan: from ``ml.distributed.plan(...)``, the same on every rank.
+        rank, world_size: default to the process group (or torchrun's environment).
+        mode: ``direct`` (each rank reads its own bytes) or ``broadcast`` (rank 0 reads
+            and sends each rank its part; needs a process group).
+        progress: show a progress bar; default: for shards over 256 MiB.
+
+    Returns:
+        The ``Shard``: a mapping name -> tensor, plus ``bytes_read`` and timings.
+
+    Raises:
+        ConfigError: bad rank, world size or mode.
+        DistributedError: in a process group, when any rank failed.
+        MLMFError: without a process group, the file's own error.
+
+    Example:
+        >>> plan = ml.distributed.plan("model.safetensors", "tensor")  # doctest: +SKIP
+        >>> shard = ml.distributed.load_shard("model.safetensors", plan)  # doctest: +SKIP
+    """
+    if mode not in MODES:
+        raise ConfigError(f"unknown mode {mode!r}; supported: {', '.join(MODES)}", path)
+    r, n = world(rank, world_size)
+    if n != plan.world_size:
+        raise ConfigError(f"the plan is for {plan.world_size} ranks, this run has {n}", path)
+    pieces = plan.for_rank(r)
+    show = progress if progress is not None else sum(p.nbytes for p in pieces) > PROGRESS_BYTES
+    start = time.perf_counter()
+    with events.activity("load", used=[os.fspath(path)],
+                         params={"strategy": plan.strategy, "rank": r, "world_size": n,
+                                 "mode": mode}):
+        if mode == "direct":
+            tensors, nread = checked("reading", path, lambda: _direct(path, plan, pieces, show))
+            received = 0
+        else:
+            require_group(n, "broadcast mode")
+            tensors, nread, received = _broadcast(path, plan, r, show)
+    return Shard(r, n, plan, tensors, nread, received, time.perf_counter() - start, mode)
+
+
+def _direct(path: str | os.PathLike[str], plan: ShardPlan, pieces: Sequence[Piece],
+            progress: bool) -> tuple[dict[str, torch.Tensor], int]:
+    with open_weights(path) as wf, RangeReader() as reader:
+        check_against_plan(wf, plan, pieces)
+        return _read_all(wf, reader, pieces, progress), reader.bytes_read
+
+
+def _broadcast(path: str | os.PathLike[str], plan: ShardPlan, rank: int,
+               progress: bool) -> tuple[dict[str, torch.Tensor], int, int]:
+    def validate() -> None:
+        if rank == 0:
+            with open_weights(path) as wf:
+                check_against_plan(wf, plan, plan.pieces)
+
+    checked("opening", path, validate)  # every rank learns if rank 0 cannot read the file
+
+    def transfer() -> tuple[dict[str, torch.Tensor], int, int]:
+        mine = plan.for_rank(rank)
+        size = sum(piece_nbytes(plan.info(p.name), p) for p in mine)
+        if rank != 0:
+            buf = torch.empty(size, dtype=torch.uint8)
+            if _same_everywhere(plan):
+                dist.broadcast(buf, src=0)
+            else:
+                dist.recv(buf, src=0)
+            return unpack(buf, plan, mine), 0, size
+        with open_weights(path) as wf, RangeReader() as reader:
+            if _same_everywhere(plan):
+                own = _read_all(wf, reader, mine, progress)
+                dist.broadcast(pack(list(own.values())), src=0)
+                return own, reader.bytes_read, 0
+            for dst in range(1, plan.world_size):
+                theirs = _read_all(wf, reader, plan.for_rank(dst), progress)
+                dist.send(pack(list(theirs.values())), dst=dst)
+                del theirs
+            return _read_all(wf, reader, mine, progress), reader.bytes_read, 0
+
+    return checked("sending" if rank == 0 else "receiving", path, transfer, collective=True)
+
+
+def gather_state_dict(shard: Shard, dst: int = 0) -> dict[str, torch.Tensor] | None:
+    """Rebuild the full state dict on rank ``dst`` from every rank's shard.
+
+    Each tensor element travels once (replicas are not sent); ranks send one packed buffer
+    each. Collective: every rank must call it.
+
+    Returns:
+        On ``dst``: name -> full tensor in file order, equal to a single-process load.
+        On the other ranks: None.
+
+    Raises:
+        DistributedError: when a rank fails or dies during the exchange.
+    """
+    plan = shard.plan
+    if shard.world_size > 1:
+        require_group(shard.world_size, "gather_state_dict")
+    primary = {r: [p for p in plan.for_rank(r) if p.primary] for r in range(plan.world_size)}
+
+    def step() -> dict[str, torch.Tensor] | None:
+        if shard.rank != dst:
+            dist.send(pack([_primary_part(shard, p) for p in primary[shard.rank]]), dst=dst)
+            return None
+        full = {i.name: torch.empty(i.shape, dtype=_dtype(i)) for i in plan.tensors}
+        for r in range(plan.world_size):
+            if r == dst:
+                parts = {p.name: _primary_part(shard, p) for p in primary[r]}
+            else:
+                size = sum(piece_nbytes(plan.info(p.name), p) for p in primary[r])
+                buf = torch.empty(size, dtype=torch.uint8)
+                dist.recv(buf, src=r)
+                parts = unpack(buf, plan, primary[r])
+            for p in primary[r]:
+                place(full[p.name], p, parts[p.name])
+        return full
+
+    with events.activity("load", used=[plan.source], params={"gather": True, "dst": dst}):
+        return checked("gathering", plan.source, step, collective=True)
+
+
+def _primary_part(shard: Shard, piece: Piece) -> torch.Tensor:
+    return shard.tensors[piece.name]
+
+
+def place(full: torch.Tensor, piece: Piece, part: torch.Tensor) -> None:
+    """Copy ``part`` (the piece's local tensor) into its place in ``full``."""
+    if piece.dim is None:
+        full.copy_(part)
+        return
+    at = 0
+    for a, b in piece.spans:
+        full.narrow(piece.dim, a, b - a).copy_(part.narrow(piece.dim, at, b - a))
+        at += b - a

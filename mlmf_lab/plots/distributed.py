@@ -1,0 +1,71 @@
+"""Figures for distributed loading: who holds which bytes, and what each rank read."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+if TYPE_CHECKING:
+    from ..distributed import ShardPlan
+
+ROLE_COLORS = {
+    "whole": "#4c72b0", "column": "#55a868", "row": "#dd8452", "vocab": "#8172b3",
+    "replicate": "#b0b0b0", "shared": "#c0a060",
+}
+
+
+def plot_shard_plan(plan: ShardPlan, bytes_read: Sequence[int] | None = None) -> Figure:
+    """Left: the file's bytes in order (x) against ranks (y), coloured by how each piece is
+    split. Right: bytes per rank by role, the ideal ``total / N`` dashed, and the bytes each
+    rank actually read (black ticks) when ``bytes_read`` is given."""
+    fig = Figure(figsize=(10, 1.2 + 0.55 * plan.world_size))
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 1.4]})
+    mib = 2**20
+    start, offsets = 0, {}
+    for info in sorted(plan.tensors, key=lambda i: (i.file, i.offset)):  # as laid out on disk
+        offsets[info.name] = start
+        start += info.nbytes
+    for p in plan.pieces:
+        info = plan.info(p.name)
+        x0 = offsets[p.name]
+        color = ROLE_COLORS.get(p.role, "#4c72b0")
+        boxes: list[tuple[float, float]]
+        if p.dim is None:
+            boxes = [(x0, info.nbytes)]
+        else:  # draw the piece's spans as fractions of the tensor's extent
+            n = info.shape[p.dim]
+            boxes = [(x0 + info.nbytes * a / n, info.nbytes * (b - a) / n) for a, b in p.spans]
+        left.broken_barh([(x / mib, w / mib) for x, w in boxes], (p.rank - 0.4, 0.8),
+                         facecolors=color, alpha=1.0 if p.primary else 0.45, linewidth=0)
+    left.set_yticks(range(plan.world_size), [f"rank {r}" for r in range(plan.world_size)])
+    left.invert_yaxis()
+    left.set_xlim(0, max(start, 1) / mib)
+    left.set_xlabel("position in the file (MiB of tensor data)")
+    left.set_title(f"{plan.strategy!r} plan over {plan.world_size} ranks", fontsize=10)
+    roles = sorted({p.role for p in plan.pieces}, key=list(ROLE_COLORS).index)
+    left.legend(handles=[Patch(color=ROLE_COLORS[r], label=r) for r in roles],
+                fontsize=7, loc="upper center",
+                bbox_to_anchor=(0.5, -0.35 - 0.02 * plan.world_size),
+                ncol=len(roles), frameon=False)
+
+    ranks = range(plan.world_size)
+    bottom = [0.0] * plan.world_size
+    for role in roles:
+        vals = [plan.roles(r).get(role, 0) / mib for r in ranks]
+        right.barh(list(ranks), vals, left=bottom, color=ROLE_COLORS[role], height=0.6)
+        bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+    right.axvline(plan.total_bytes / plan.world_size / mib, color="#c44e52", ls="--", lw=1,
+                  label="total / N")
+    if bytes_read is not None:
+        right.scatter([b / mib for b in bytes_read], list(ranks), marker="|", s=300, color="k",
+                      label="bytes read", zorder=3)
+    right.set_yticks(list(ranks), [str(r) for r in ranks])
+    right.invert_yaxis()
+    right.set_xlabel("MiB per rank")
+    right.legend(fontsize=7, loc="lower right")
+    right.set_title(f"imbalance {plan.imbalance:.2f}", fontsize=10)
+    fig.tight_layout()
+    return fig
