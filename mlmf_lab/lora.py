@@ -226,6 +226,24 @@ def delete_adapter(model: nn.Module, name: str) -> None:
             set_submodule(model, path, layer.base_layer)
 
 
+def delta_spectra(model: nn.Module, name: str | None = None) -> dict[str, torch.Tensor]:
+    """Singular values of each layer's ``ΔW`` for adapter ``name`` (default: the first active
+    one, else the first added), by module path; ``r`` values each, descending."""
+    if name is None:
+        active = active_adapters(model) or [(n, 1.0) for n in adapter_names(model)]
+        if not active:
+            raise ConfigError("the model has no LoRA adapter")
+        name = active[0][0]
+    out = {}
+    for path, layer in lora_layers(model).items():
+        if name in layer.specs:
+            out[path] = delta_singular_values(layer.lora_A[name], layer.lora_B[name],
+                                              layer.specs[name].scaling)
+    if not out:
+        raise ConfigError(f"no adapter {name!r} in the model; it has {adapter_names(model)}")
+    return out
+
+
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
     """``(trainable, total)`` parameter counts of ``model`` (shared tensors counted once)."""
     seen: dict[int, tuple[int, bool]] = {}
@@ -237,8 +255,8 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
 __all__ = [
     "BASE_KINDS", "AdapterRow", "AdapterSpec", "BaseKind", "LoraLayer", "LoraSummary",
     "MergeReport", "active_adapters", "adapter_names", "combine_deltas", "delete_adapter",
-    "delta_norm", "delta_singular_values", "disable", "enable", "freeze_base", "inject",
-    "load_peft_adapter", "lora_delta", "lora_layers", "lora_scaling", "matches_target",
-    "merge", "parameter_counts", "register_base_kind", "save_peft_adapter", "scaled_delta",
-    "set_active", "summary", "unload", "unmerge", "wrap_module",
+    "delta_norm", "delta_singular_values", "delta_spectra", "disable", "enable", "freeze_base",
+    "inject", "load_peft_adapter", "lora_delta", "lora_layers", "lora_scaling",
+    "matches_target", "merge", "parameter_counts", "register_base_kind", "save_peft_adapter",
+    "scaled_delta", "set_active", "summary", "unload", "unmerge", "wrap_module",
 ]

@@ -10,5 +10,7 @@ from .cache import plot_cache_timeline
 from .distributed import plot_shard_plan
 from .lineage import plot_lineage
 from .loading import plot_memory_trace
+from .lora import plot_delta_spectra, plot_lora_loss
 
-__all__ = ["plot_lineage", "plot_shard_plan", "plot_cache_timeline", "plot_memory_trace"]
+__all__ = ["plot_lineage", "plot_shard_plan", "plot_cache_timeline", "plot_memory_trace",
+           "plot_lora_loss", "plot_delta_spectra"]
