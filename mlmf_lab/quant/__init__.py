@@ -1,6 +1,6 @@
 """Quantization: a registry of schemes (GGUF block types, int8, int4) and quantized layers."""
 
-from . import ggml  # noqa: F401  (registers the GGUF block types)
+from . import ggml, intx  # noqa: F401  (register the GGUF block types; int8 and int4)
 from .base import SCHEMES, QTensor, Scheme, dequantize, get_scheme, quantize, register_scheme
 
 __all__ = [

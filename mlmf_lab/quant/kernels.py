@@ -1,0 +1,254 @@
+"""CPU kernels behind quantized linears: one small class per backend, first match wins.
+
+Each kernel computes ``x @ W.T`` for a 2-D float input from weights it keeps quantized,
+and can give its weights back as a ``QTensor``. Measured on a 2-core x86 machine
+(``benchmarks/bench_quant.py``), the fastest accurate paths are:
+
+- ``fbgemm-int8``: torch's x86/fbgemm dynamic quantized linear (activations quantized per
+  call to uint8 with reduced range, weights prepacked int8 per channel); several times
+  faster than float32 at batch 1 and 32. ``torch._weight_int8pack_mm`` was much slower.
+- ``int4pack``: torch's fused int4 CPU kernel (``_weight_int4pack_mm_for_cpu``) on
+  bfloat16 activations, for ``int4`` (group 32-256) and ``q4_0`` weights; q4_0's per-block
+  scales are kept as float16 and expanded per call into a shared scratch (zero points are
+  all 0), so the layer holds 4.5 bits per weight.
+- ``dequant``: any registered scheme; dequantizes into a per-thread scratch buffer that
+  all layers share, then ``F.linear``.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import warnings
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UnsupportedError
+from .base import QTensor, dequantize
+from .intx import INT4_GROUP_SIZES, pack_pairs, unpack_pairs
+
+_SCRATCH = threading.local()
+
+
+def scratch(numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """A per-thread 1-D buffer of at least ``numel`` elements, shared by every layer."""
+    bufs: dict[torch.dtype, torch.Tensor] = _SCRATCH.__dict__.setdefault("bufs", {})
+    buf = bufs.get(dtype)
+    if buf is None or buf.numel() < numel:
+        buf = bufs[dtype] = torch.empty(numel, dtype=dtype)
+    return buf[:numel]
+
+
+class LinearKernel(Protocol):
+    name: str
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...  # (B, in) -> (B, out)
+    def qtensor(self) -> QTensor: ...
+    @property
+    def nbytes(self) -> int: ...
+
+
+# -- int8: torch's fbgemm / x86 dynamic quantized linear ----------------------------------------
+@functools.cache
+def fbgemm_available() -> bool:
+    engines = torch.backends.quantized.supported_engines
+    ops = torch.ops.quantized
+    return ("x86" in engines or "fbgemm" in engines) and hasattr(ops, "linear_dynamic")
+
+
+class Int8Dynamic:
+    """Per-channel int8 weights prepacked for fbgemm; per-call uint8 activations."""
+
+    name = "fbgemm-int8"
+
+    def __init__(self, qt: QTensor) -> None:
+        codes, scale = qt.data, qt.params["scale"]
+        self.shape = qt.shape
+        self.scale = scale  # kept: a zero scale is packed as 1 (its codes are all 0)
+        packed_scale = torch.where(scale > 0, scale, torch.ones_like(scale)).double()
+        with warnings.catch_warnings():  # quantized-tensor constructors warn of deprecation
+            warnings.simplefilter("ignore")
+            qw = torch._make_per_channel_quantized_tensor(
+                codes, packed_scale, torch.zeros(len(scale), dtype=torch.long), 0)
+            self.packed = torch.ops.quantized.linear_prepack(qw, None)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic(x.float().contiguous(), self.packed, True)
+
+    def qtensor(self) -> QTensor:
+        w, _ = torch.ops.quantized.linear_unpack(self.packed)
+        return QTensor("int8", self.shape, w.int_repr(), {"scale": self.scale})
+
+    @property
+    def nbytes(self) -> int:  # int8 codes + float32 scales, as fbgemm holds them
+        return self.shape[0] * self.shape[1] + 4 * self.shape[0]
+
+
+# -- int4: torch's fused int4 CPU kernel --------------------------------------------------------
+def _pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    return torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 1)
+
+
+def _unpack_int4(packed: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Codes ``(rows, cols)`` uint8 back from the kernel's packed layout.
+
+    The layout depends on the CPU (block sizes for AVX2/AVX512), so it is not written out
+    here: packing the digits of each weight's index reveals where each nibble went.
+    """
+    count = rows * cols
+    index = torch.arange(count, dtype=torch.int64).view(rows, cols)
+    source = torch.zeros(count, dtype=torch.int64)
+    shift = 0
+    while (1 << shift) < count:
+        plane = _pack_int4((index >> shift) & 15).view(-1)
+        source |= torch.stack([plane & 15, plane >> 4], dim=-1).view(-1).to(torch.int64) << shift
+        shift += 4
+    nibbles = torch.stack([packed.view(-1) & 15, packed.view(-1) >> 4], dim=-1).view(-1)
+    codes = torch.empty(count, dtype=torch.uint8)
+    codes[source] = nibbles
+    return codes.view(rows, cols)
+
+
+@functools.cache
+def int4pack_available() -> bool:
+    """The fused kernel exists and its layout round-trips on a probe (checked once)."""
+    if not hasattr(torch, "_weight_int4pack_mm_for_cpu"):
+        return False
+    try:
+        codes = torch.randint(0, 16, (80, 64), generator=torch.Generator().manual_seed(0))
+        packed = _pack_int4(codes)
+        ok = packed.dtype == torch.uint8 and packed.numel() * 2 == codes.numel()
+        return ok and bool((_unpack_int4(packed, 80, 64) == codes).all())
+    except RuntimeError:
+        return False
+
+
+def q4_0_parts(qt: QTensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes ``(rows, cols)`` uint8 and float16 scales ``(rows, cols // 32)`` of q4_0 rows."""
+    rows, cols = qt.shape[0], qt.shape[-1]
+    blocks = qt.data.reshape(rows, cols // 32, 18)
+    d = blocks[..., :2].contiguous().view(torch.float16).view(rows, cols // 32)
+    qs = blocks[..., 2:]
+    codes = torch.cat([qs & 0x0F, qs >> 4], dim=-1)  # weight j<16: low nibble, j+16: high
+    return codes.reshape(rows, cols), d
+
+
+def q4_0_from_parts(codes: torch.Tensor, d: torch.Tensor) -> QTensor:
+    """Inverse of ``q4_0_parts``: the GGUF block bytes again."""
+    rows, cols = codes.shape
+    c = codes.view(rows, cols // 32, 32)
+    qs = torch.bitwise_or(c[..., :16], torch.bitwise_left_shift(c[..., 16:], 4))
+    blocks = torch.cat([d.contiguous().view(torch.uint8).view(rows, -1, 2), qs], dim=-1)
+    return QTensor("q4_0", (rows, cols), blocks.reshape(rows, -1).contiguous())
+
+
+class Int4Packed:
+    """int4 / q4_0 weights in the fused kernel's layout; bfloat16 activations."""
+
+    name = "int4pack"
+
+    def __init__(self, qt: QTensor) -> None:
+        self.shape, self.scheme = qt.shape, qt.scheme
+        rows, cols = qt.shape
+        if qt.scheme == "q4_0":
+            codes, d = q4_0_parts(qt)
+            self.group_size = 32
+            self.d = d.t().contiguous()  # (groups, rows) float16; zero points are all 0
+            self.scale_zero: torch.Tensor | None = None
+        else:
+            codes = unpack_pairs(qt.data)
+            self.group_size = int(qt.options["group_size"])
+            self.scale_zero = torch.stack(  # (groups, rows, 2) bfloat16, the kernel's layout
+                [qt.params["scale"].t(), qt.params["zero"].t()], dim=-1).contiguous()
+        self.packed = _pack_int4(codes)
+
+    def _scale_zero(self) -> torch.Tensor:
+        if self.scale_zero is not None:
+            return self.scale_zero
+        buf = scratch(2 * self.d.numel(), torch.bfloat16).view(*self.d.shape, 2)
+        buf[..., 0].copy_(self.d)
+        buf[..., 1].zero_()
+        return buf
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch._weight_int4pack_mm_for_cpu(
+            x.to(torch.bfloat16).contiguous(), self.packed, self.group_size, self._scale_zero())
+        return y.float()
+
+    def qtensor(self) -> QTensor:
+        rows, cols = self.shape
+        codes = _unpack_int4(self.packed, rows, cols)
+        if self.scale_zero is None:
+            return q4_0_from_parts(codes, self.d.t())
+        params = {"scale": self.scale_zero[..., 0].t().contiguous(),
+                  "zero": self.scale_zero[..., 1].t().contiguous()}
+        return QTensor("int4", self.shape, pack_pairs(codes), params,
+                       {"group_size": self.group_size})
+
+    @property
+    def nbytes(self) -> int:
+        extra = self.d if self.scale_zero is None else self.scale_zero
+        return self.packed.numel() + extra.numel() * extra.element_size()
+
+
+# -- any scheme: dequantize into a shared buffer ------------------------------------------------
+class Dequant:
+    """Keeps the ``QTensor`` as is; dequantizes it into a shared scratch buffer per call."""
+
+    name = "dequant"
+
+    def __init__(self, qt: QTensor) -> None:
+        self.qt = qt
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        w = scratch(self.qt.numel, torch.float32).view(self.qt.shape)
+        return F.linear(x.float(), dequantize(self.qt, out=w))
+
+    def qtensor(self) -> QTensor:
+        return self.qt
+
+    @property
+    def nbytes(self) -> int:
+        return self.qt.nbytes
+
+
+class KernelChoice(NamedTuple):
+    name: str
+    matches: Callable[[QTensor], bool]
+    build: Callable[[QTensor], LinearKernel]
+
+
+def _int4pack_fits(qt: QTensor) -> bool:
+    if len(qt.shape) != 2 or qt.shape[0] % 16 or not int4pack_available():
+        return False
+    if qt.scheme == "q4_0":
+        return True
+    return qt.scheme == "int4" and qt.options.get("group_size") in INT4_GROUP_SIZES
+
+
+KERNELS: list[KernelChoice] = [
+    KernelChoice("fbgemm-int8", lambda qt: qt.scheme == "int8" and len(qt.shape) == 2
+                 and fbgemm_available(), Int8Dynamic),
+    KernelChoice("int4pack", _int4pack_fits, Int4Packed),
+    KernelChoice("dequant", lambda qt: True, Dequant),
+]
+
+
+def build_kernel(qt: QTensor, kernel: str | None = None) -> LinearKernel:
+    """The first kernel that fits ``qt`` (or the one named ``kernel``, if it fits).
+
+    Raises:
+        UnsupportedError: ``kernel`` is unknown or cannot run these weights.
+    """
+    names = [k.name for k in KERNELS]
+    if kernel is not None and kernel not in names:
+        raise UnsupportedError(f"unknown linear kernel {kernel!r}; supported: {', '.join(names)}")
+    for choice in KERNELS:
+        if (kernel is None or choice.name == kernel) and choice.matches(qt):
+            return choice.build(qt)
+    raise UnsupportedError(
+        f"kernel {kernel!r} cannot run {qt.scheme} weights of shape {list(qt.shape)} here; "
+        f"kernels that can: {', '.join(k.name for k in KERNELS if k.matches(qt))}")

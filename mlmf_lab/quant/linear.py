@@ -1,0 +1,235 @@
+"""Quantized linear layers and ``quantize_model``: swap ``nn.Linear`` for weights kept quantized.
+
+``QuantLinear`` is a thin shell: the maths live in the kernels (``kernels.py``) and the
+schemes. Its ``state_dict()`` gives the effective (dequantized) float weight, so a quantized
+model's state loads into a float twin; ``state_dict(keep_vars=True)`` gives the stored
+``QTensor``, and ``load_state_dict`` accepts either (a float weight is re-quantized with
+the layer's scheme).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import html
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .. import events
+from ..errors import MLMFError
+from ..formats.base import human_bytes
+from .base import QTensor, get_scheme, quantize
+from .kernels import LinearKernel, build_kernel
+
+
+class QuantLinear(nn.Module):
+    """``y = x @ W.T + b`` with ``W`` kept quantized (a ``QTensor`` behind a CPU kernel).
+
+    Args:
+        qweight: weights of shape ``(out_features, in_features)``.
+        bias: optional float bias ``(out_features,)`` (kept as is, not copied).
+        kernel: force a kernel by name (``"fbgemm-int8"``, ``"int4pack"``, ``"dequant"``);
+            by default the fastest one that fits the scheme.
+    """
+
+    def __init__(
+        self, qweight: QTensor, bias: torch.Tensor | None = None, kernel: str | None = None
+    ) -> None:
+        super().__init__()
+        if len(qweight.shape) != 2:
+            raise MLMFError(f"QuantLinear expects 2-D weights, found shape {list(qweight.shape)}")
+        self.out_features, self.in_features = qweight.shape
+        self.kernel_name = kernel
+        self._kernel: LinearKernel = build_kernel(qweight, kernel)
+        self._scheme, self._options = qweight.scheme, dict(qweight.options)
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+
+    @property
+    def scheme(self) -> str:
+        return self._scheme
+
+    @property
+    def kernel(self) -> str:
+        return self._kernel.name
+
+    @property
+    def qweight(self) -> QTensor:
+        """The weights as a ``QTensor`` (rebuilt from the kernel's layout when it packs them)."""
+        return self._kernel.qtensor()
+
+    @property
+    def weight_nbytes(self) -> int:
+        """Bytes the layer holds for its weights (codes, scales, zero points)."""
+        return self._kernel.nbytes
+
+    def set_qweight(self, qweight: QTensor) -> None:
+        if tuple(qweight.shape) != (self.out_features, self.in_features):
+            raise MLMFError(f"QuantLinear expects weights of shape "
+                            f"{[self.out_features, self.in_features]}, found {list(qweight.shape)}")
+        self._kernel = build_kernel(qweight, self.kernel_name)
+        self._scheme, self._options = qweight.scheme, dict(qweight.options)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
+        lead = x.shape[:-1]
+        y = self._kernel(x.reshape(-1, self.in_features))
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.out_features).to(x.dtype)
+
+    # -- state dict: float weight out, float or QTensor weight in ------------------------------
+    def _save_to_state_dict(
+        self, destination: dict[str, Any], prefix: str, keep_vars: bool
+    ) -> None:
+        qt = self.qweight
+        destination[prefix + "weight"] = qt if keep_vars else qt.dequantize()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(
+        self, state_dict: Mapping[str, Any], prefix: str, local_metadata: dict[str, Any],
+        strict: bool, missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str],
+    ) -> None:
+        key = prefix + "weight"
+        value = state_dict.get(key)
+        if value is None:
+            if strict:
+                missing_keys.append(key)
+        elif isinstance(value, QTensor):
+            try:
+                self.set_qweight(value)
+            except MLMFError as e:
+                error_msgs.append(f"{key}: {e}")
+        elif isinstance(value, torch.Tensor):
+            if tuple(value.shape) != (self.out_features, self.in_features):
+                error_msgs.append(f"{key}: expected shape {[self.out_features, self.in_features]}"
+                                  f", found {list(value.shape)}")
+            else:
+                self.set_qweight(quantize(value, self.scheme, **self._options))
+        rest = {k: v for k, v in state_dict.items() if k != key}
+        super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, scheme={self.scheme}, kernel={self.kernel}")
+
+
+@dataclass(frozen=True)
+class LayerChange:
+    """One ``nn.Linear`` replaced by ``quantize_model``."""
+
+    name: str
+    shape: tuple[int, int]
+    kernel: str
+    bytes_before: int  # the float weight
+    bytes_after: int  # what the quantized layer holds for it
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.bytes_after / (self.shape[0] * self.shape[1])
+
+
+@dataclass(frozen=True)
+class QuantizeSummary:
+    """What ``quantize_model`` did: layers replaced, layers skipped, weight bytes saved."""
+
+    scheme: str
+    options: dict[str, Any]
+    layers: tuple[LayerChange, ...]
+    skipped: tuple[str, ...]
+
+    @property
+    def bytes_before(self) -> int:
+        return sum(c.bytes_before for c in self.layers)
+
+    @property
+    def bytes_after(self) -> int:
+        return sum(c.bytes_after for c in self.layers)
+
+    @property
+    def ratio(self) -> float:
+        return self.bytes_before / self.bytes_after if self.bytes_after else 0.0
+
+    def __repr__(self) -> str:
+        return (f"QuantizeSummary({self.scheme}: {len(self.layers)} linears quantized, "
+                f"{len(self.skipped)} skipped, {human_bytes(self.bytes_before)} -> "
+                f"{human_bytes(self.bytes_after)}, {self.ratio:.1f}x smaller)")
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td style='text-align:left'><code>{html.escape(c.name)}</code></td>"
+            f"<td>{list(c.shape)}</td><td>{c.kernel}</td><td>{c.bits_per_weight:.2f}</td>"
+            f"<td>{human_bytes(c.bytes_before)}</td><td>{human_bytes(c.bytes_after)}</td></tr>"
+            for c in self.layers)
+        skipped = ", ".join(f"<code>{html.escape(s)}</code>" for s in self.skipped) or "none"
+        return (f"<div><b>quantized to {html.escape(self.scheme)}</b>: {len(self.layers)} linears,"
+                f" {human_bytes(self.bytes_before)} → {human_bytes(self.bytes_after)} "
+                f"({self.ratio:.1f}× smaller); skipped: {skipped}"
+                "<table><thead><tr><th>layer</th><th>shape</th><th>kernel</th><th>bits/weight</th>"
+                f"<th>before</th><th>after</th></tr></thead><tbody>{rows}</tbody></table></div>")
+
+
+def _skipped(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") or fnmatch.fnmatchcase(name, p)
+               for p in patterns)
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Set the submodule at dotted path ``name`` to ``new``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def quantize_model(
+    model: nn.Module, scheme: str, skip: Iterable[str] = (), kernel: str | None = None,
+    **options: Any,
+) -> QuantizeSummary:
+    """Replace every ``nn.Linear`` of ``model`` (in place) by a ``QuantLinear``.
+
+    Args:
+        model: any module; only layers of type exactly ``nn.Linear`` are replaced
+            (subclasses such as ``nn.MultiheadAttention``'s projection read ``.weight`` directly).
+        scheme: a registered scheme (``"int8"``, ``"int4"``, ``"q8_0"``, ``"q4_0"``, ...).
+        skip: layer names or glob patterns to leave in float (``"classifier"``, ``"*.pooler.*"``);
+            a name also skips everything below it.
+        kernel: force a kernel (see ``QuantLinear``).
+        **options: scheme options, e.g. ``group_size=64`` for ``int4``.
+
+    Returns:
+        A ``QuantizeSummary`` (per-layer kernel, bytes before and after).
+
+    Raises:
+        UnsupportedError: unknown scheme (the message lists the supported ones).
+        MLMFError: a layer's shape does not fit the scheme (the message names the layer and
+            suggests ``skip=``).
+
+    Example:
+        >>> summary = ml.quant.quantize_model(model, "int8", skip=["classifier"])  # doctest: +SKIP
+    """
+    get_scheme(scheme)  # fail before touching the model
+    patterns = (skip,) if isinstance(skip, str) else tuple(skip)
+    params = {"scheme": scheme, "skip": list(patterns), **options}
+    with events.activity("quantize", used=[model], params=params) as act:
+        targets = [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]
+        changes, skipped = [], []
+        for name, layer in tqdm(targets, desc=f"quantize {scheme}", leave=False):
+            if _skipped(name, patterns):
+                skipped.append(name)
+                continue
+            try:
+                qt = quantize(layer.weight.detach(), scheme, **options)
+            except MLMFError as e:
+                raise MLMFError(f"cannot quantize layer {name!r} "
+                                f"{list(layer.weight.shape)} with {scheme}: {e.message}; "
+                                f"leave it in float with skip=[{name!r}]") from None
+            new = QuantLinear(qt, layer.bias, kernel=kernel)
+            replace_module(model, name, new)
+            before = layer.weight.numel() * layer.weight.element_size()
+            changes.append(LayerChange(name, (new.out_features, new.in_features), new.kernel,
+                                       before, new.weight_nbytes))
+        act.generated.append(model)
+    return QuantizeSummary(scheme.lower(), dict(options), tuple(changes), tuple(skipped))
