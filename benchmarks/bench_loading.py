@@ -95,7 +95,7 @@ def main(quick: bool) -> None:
         for p in (st, pt):  # warm the page cache
             p.read_bytes()
         rows, results = [], {}
-        for label, kind in CASES.items():
+        for kind in CASES.values():
             runs = [run_case(__file__, "--case", kind, str(st), str(pt)) for _ in range(3)]
             best = min(runs, key=lambda r: r["seconds"])
             results[kind] = best
@@ -103,16 +103,29 @@ def main(quick: bool) -> None:
         for label, kind in CASES.items():
             r = results[kind]
             ratio = "" if kind == "open" else f"{r['seconds'] / ref:.2f}×"
-            rows.append([label, f"{r['seconds'] * 1e3:.1f} ms", ratio,
-                         f"{r['peak_rss_mib']:.0f} MiB", f"{r['peak_rss_mib'] / file_mib:.2f}×"])
-    body = table(["case", "wall time", "time vs safetensors", "peak RSS above baseline",
-                  "RSS / file size"], rows)
-    goals = (f"Goals: open ≤ 5 ms ({results['open']['seconds'] * 1e3:.2f} ms); load+touch ≤ 1.1× "
-             f"safetensors ({results['ml']['seconds'] / ref:.2f}×); peak RSS ≤ 1.1× file size "
-             f"({results['ml']['peak_rss_mib'] / file_mib:.2f}×).")
-    how = (f"A {file_mib:.0f} MiB fp32 state dict ({n_tensors} tensors of 4096×4096) in the page "
-           "cache; each case in a fresh interpreter (best of 3); 'touch' sums every tensor; "
-           "one torch thread.")
+            rows.append(
+                [
+                    label,
+                    f"{r['seconds'] * 1e3:.1f} ms",
+                    ratio,
+                    f"{r['peak_rss_mib']:.0f} MiB",
+                    f"{r['peak_rss_mib'] / file_mib:.2f}×",
+                ]
+            )
+    body = table(
+        ["case", "wall time", "time vs safetensors", "peak RSS above baseline", "RSS / file size"],
+        rows,
+    )
+    goals = (
+        f"Goals: open ≤ 5 ms ({results['open']['seconds'] * 1e3:.2f} ms); load+touch ≤ 1.1× "
+        f"safetensors ({results['ml']['seconds'] / ref:.2f}×); peak RSS ≤ 1.1× file size "
+        f"({results['ml']['peak_rss_mib'] / file_mib:.2f}×)."
+    )
+    how = (
+        f"A {file_mib:.0f} MiB fp32 state dict ({n_tensors} tensors of 4096×4096) in the page "
+        "cache; each case in a fresh interpreter (best of 3); 'touch' sums every tensor; "
+        "one torch thread."
+    )
     publish("loading", "Loading weight files", how, body + "\n\n" + goals, quick)
 
 

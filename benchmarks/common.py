@@ -30,16 +30,23 @@ def median_time(fn: Callable[[], object], repeat: int = 5) -> float:
 
 def run_case(script: str, *args: str, timeout: float = 600) -> dict:
     """Run ``python script args`` in a fresh interpreter; it prints one JSON line last."""
-    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
-                         timeout=timeout, check=False)
+    out = subprocess.run(
+        [sys.executable, script, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"{script} {args} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def machine() -> str:
-    return (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"{dt.date.today().isoformat()}")
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{dt.date.today().isoformat()}"
+    )
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

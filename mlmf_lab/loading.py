@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -27,18 +27,21 @@ class LoadReport(NamedTuple):
     def describe(self) -> str:
         parts = []
         if self.missing:
-            parts.append(f"missing from the file: {', '.join(self.missing[:10])}"
-                         + (f" (+{len(self.missing) - 10} more)" if len(self.missing) > 10 else ""))
+            parts.append(
+                f"missing from the file: {', '.join(self.missing[:10])}"
+                + (f" (+{len(self.missing) - 10} more)" if len(self.missing) > 10 else "")
+            )
         if self.unexpected:
-            parts.append(f"not in the model: {', '.join(self.unexpected[:10])}"
-                         + (f" (+{len(self.unexpected) - 10} more)"
-                            if len(self.unexpected) > 10 else ""))
+            parts.append(
+                f"not in the model: {', '.join(self.unexpected[:10])}"
+                + (f" (+{len(self.unexpected) - 10} more)" if len(self.unexpected) > 10 else "")
+            )
         for key, want, got in self.mismatched[:10]:
             parts.append(f"{key}: model expects {list(want)}, file has {list(got)}")
         return "; ".join(parts) or "all keys match"
 
 
-def compare_keys(model: nn.Module, state: dict[str, torch.Tensor]) -> LoadReport:
+def compare_keys(model: nn.Module, state: dict[str, Any]) -> LoadReport:
     """The key-by-key comparison between a model and a state dict."""
     expected = model.state_dict(keep_vars=True)
     missing = [k for k in expected if k not in state]
@@ -52,7 +55,10 @@ def compare_keys(model: nn.Module, state: dict[str, torch.Tensor]) -> LoadReport
 
 
 def load_into(
-    model: nn.Module, path: str | os.PathLike[str], strict: bool = True
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    strict: bool = True,
+    keep_quantized: bool = False,
 ) -> LoadReport:
     """Fill ``model`` (built on the meta device or not) from a weight file, copy-free.
 
@@ -63,6 +69,9 @@ def load_into(
         model: any ``nn.Module``; build it under ``torch.device("meta")`` to skip init.
         path: any file ``ml.open_weights`` reads.
         strict: raise on missing, unexpected or shape-mismatched keys.
+        keep_quantized: keep the file's quantized linear weights (GGUF blocks) quantized:
+            each matching ``nn.Linear`` becomes an ``ml.quant.QuantLinear`` holding the
+            ``QTensor`` instead of a dequantized float copy.
 
     Returns:
         The ``LoadReport``; with ``strict=False`` the matching keys are loaded anyway.
@@ -76,7 +85,12 @@ def load_into(
         >>> ml.load_into(model, "model.safetensors")  # doctest: +SKIP
     """
     with events.activity("load", used=[path], params={"into": type(model).__name__}) as act:
-        state = load_state_dict(path)
+        if keep_quantized:
+            from .quant.linear import quantized_state  # quant is imported only when asked
+
+            state: dict[str, Any] = quantized_state(model, path)
+        else:
+            state = load_state_dict(path)
         report = compare_keys(model, state)
         if strict and not report.ok:
             raise StateDictError(f"the model and the file disagree: {report.describe()}", path)

@@ -29,29 +29,63 @@ def entry(dtype="F32", shape=(2,), offsets=(0, 8)) -> dict:
 SAFETENSORS_CASES = [
     ("empty", b"", FormatError, "the file is empty"),
     ("truncated-length", b"\x10\x00\x00", UnsupportedError, "not a weight file"),
-    ("header-past-end", st_bytes({"a": entry()}, declared_len=10_000), FormatError,
-     "runs past the end of the file"),
+    (
+        "header-past-end",
+        st_bytes({"a": entry()}, declared_len=10_000),
+        FormatError,
+        "runs past the end of the file",
+    ),
     ("truncated-header", st_bytes({"a": entry()})[:20], FormatError, "runs past the end"),
     ("header-not-json", struct.pack("<Q", 6) + b"{nope}", FormatError, "not valid UTF-8 JSON"),
     ("header-not-object", struct.pack("<Q", 2) + b"[]", UnsupportedError, "not a weight file"),
-    ("offsets-out-of-range", st_bytes({"a": entry(offsets=(0, 64))}, b"\0" * 8), FormatError,
-     "out of range"),
-    ("offsets-overlap", st_bytes({"a": entry(offsets=(0, 8)), "b": entry(offsets=(4, 12))},
-                                 b"\0" * 12), FormatError, "overlap"),
-    ("size-not-shape", st_bytes({"a": entry(shape=(3,), offsets=(0, 8))}, b"\0" * 8),
-     FormatError, "expected 12"),
-    ("unknown-dtype", st_bytes({"a": entry(dtype="F7")}, b"\0" * 8), UnsupportedError,
-     "unknown dtype 'F7'"),
-    ("negative-shape", st_bytes({"a": entry(shape=(-2,))}, b"\0" * 8), FormatError,
-     "is not a list of sizes"),
-    ("bad-offsets", st_bytes({"a": entry(offsets=(0,))}, b"\0" * 8), FormatError,
-     "is not [begin, end]"),
-    ("metadata-not-strings", st_bytes({"__metadata__": {"a": 1}}), FormatError,
-     "must map strings to strings"),
+    (
+        "offsets-out-of-range",
+        st_bytes({"a": entry(offsets=(0, 64))}, b"\0" * 8),
+        FormatError,
+        "out of range",
+    ),
+    (
+        "offsets-overlap",
+        st_bytes({"a": entry(offsets=(0, 8)), "b": entry(offsets=(4, 12))}, b"\0" * 12),
+        FormatError,
+        "overlap",
+    ),
+    (
+        "size-not-shape",
+        st_bytes({"a": entry(shape=(3,), offsets=(0, 8))}, b"\0" * 8),
+        FormatError,
+        "expected 12",
+    ),
+    (
+        "unknown-dtype",
+        st_bytes({"a": entry(dtype="F7")}, b"\0" * 8),
+        UnsupportedError,
+        "unknown dtype 'F7'",
+    ),
+    (
+        "negative-shape",
+        st_bytes({"a": entry(shape=(-2,))}, b"\0" * 8),
+        FormatError,
+        "is not a list of sizes",
+    ),
+    (
+        "bad-offsets",
+        st_bytes({"a": entry(offsets=(0,))}, b"\0" * 8),
+        FormatError,
+        "is not [begin, end]",
+    ),
+    (
+        "metadata-not-strings",
+        st_bytes({"__metadata__": {"a": 1}}),
+        FormatError,
+        "must map strings to strings",
+    ),
 ]
 
 
-@pytest.mark.parametrize("case,data,error,text", SAFETENSORS_CASES, ids=[c[0] for c in SAFETENSORS_CASES])
+@pytest.mark.parametrize(
+    "case,data,error,text", SAFETENSORS_CASES, ids=[c[0] for c in SAFETENSORS_CASES]
+)
 def test_bad_safetensors(tmp_path: Path, case: str, data: bytes, error: type, text: str) -> None:
     path = tmp_path / f"{case}.safetensors"
     path.write_bytes(data)
@@ -62,8 +96,9 @@ def test_bad_safetensors(tmp_path: Path, case: str, data: bytes, error: type, te
 
 
 def make_sharded(folder: Path) -> None:
-    ml.save_state_dict({f"w{i}": torch.full((64,), float(i)) for i in range(4)}, folder,
-                       max_shard_size=600)  # 2 tensors of 256 bytes per shard
+    ml.save_state_dict(
+        {f"w{i}": torch.full((64,), float(i)) for i in range(4)}, folder, max_shard_size=600
+    )  # 2 tensors of 256 bytes per shard
 
 
 def edit_index(fn: Callable[[dict], None]) -> Callable[[Path], Path]:
@@ -73,6 +108,7 @@ def edit_index(fn: Callable[[dict], None]) -> Callable[[Path], Path]:
         fn(doc)
         index.write_text(json.dumps(doc))
         return index
+
     return apply
 
 
@@ -91,30 +127,49 @@ def symlink_escape(folder: Path) -> Path:
 
 
 def tensor_in_two_shards(folder: Path) -> Path:
-    ml.save_state_dict({"w0": torch.zeros(64), "w1": torch.ones(64), "w2": torch.ones(64)},
-                       folder / "model-00001-of-00002.safetensors")
+    ml.save_state_dict(
+        {"w0": torch.zeros(64), "w1": torch.ones(64), "w2": torch.ones(64)},
+        folder / "model-00001-of-00002.safetensors",
+    )
     return folder / "model.safetensors.index.json"
 
 
 SHARD_CASES = [
     ("missing-shard", missing_shard, ShardError, "does not exist"),
-    ("dotdot", edit_index(lambda d: d["weight_map"].update(w1="../evil.safetensors")),
-     UnsafeFileError, "escapes the checkpoint folder"),
-    ("absolute", edit_index(lambda d: d["weight_map"].update(w1="/etc/passwd")),
-     UnsafeFileError, "escapes the checkpoint folder"),
+    (
+        "dotdot",
+        edit_index(lambda d: d["weight_map"].update(w1="../evil.safetensors")),
+        UnsafeFileError,
+        "escapes the checkpoint folder",
+    ),
+    (
+        "absolute",
+        edit_index(lambda d: d["weight_map"].update(w1="/etc/passwd")),
+        UnsafeFileError,
+        "escapes the checkpoint folder",
+    ),
     ("symlink-escape", symlink_escape, UnsafeFileError, "leaves the folder"),
     ("tensor-in-two-shards", tensor_in_two_shards, ShardError, "is in two shards"),
-    ("listed-not-present", edit_index(lambda d: d["weight_map"].update(ghost="model-00001-of-00002.safetensors")),
-     ShardError, "'ghost' is listed in model-00001-of-00002.safetensors but is in no shard"),
-    ("omitted-by-index", edit_index(lambda d: d["weight_map"].pop("w3")), ShardError,
-     "the index omits"),
+    (
+        "listed-not-present",
+        edit_index(lambda d: d["weight_map"].update(ghost="model-00001-of-00002.safetensors")),
+        ShardError,
+        "'ghost' is listed in model-00001-of-00002.safetensors but is in no shard",
+    ),
+    (
+        "omitted-by-index",
+        edit_index(lambda d: d["weight_map"].pop("w3")),
+        ShardError,
+        "the index omits",
+    ),
     ("no-weight-map", edit_index(lambda d: d.update(weight_map={})), ShardError, "no weight_map"),
 ]
 
 
 @pytest.mark.parametrize("case,damage,error,text", SHARD_CASES, ids=[c[0] for c in SHARD_CASES])
-def test_bad_sharded(tmp_path: Path, case: str, damage: Callable[[Path], Path], error: type,
-                     text: str) -> None:
+def test_bad_sharded(
+    tmp_path: Path, case: str, damage: Callable[[Path], Path], error: type, text: str
+) -> None:
     folder = tmp_path / "ckpt"
     make_sharded(folder)
     index = damage(folder)
@@ -165,7 +220,7 @@ def test_pickle_of_not_a_state_dict(tmp_path: Path) -> None:
 
 def test_unknown_file_and_missing_path(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("hello, these are not weights")
-    with pytest.raises(UnsupportedError, match="supported: safetensors"):
+    with pytest.raises(UnsupportedError, match="supported: .*safetensors, safetensors-sharded"):
         ml.open_weights(tmp_path / "notes.txt")
     with pytest.raises(MLMFError, match="no such file"):
         ml.open_weights(tmp_path / "nope.safetensors")

@@ -24,8 +24,13 @@ def test_inspect_minilm_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_inspect_text_through_the_console_script() -> None:
     exe = Path(sys.executable).with_name("mlmf-lab")
-    out = subprocess.run([str(exe), "inspect", str(ml.examples.minilm_dir())],
-                         capture_output=True, text=True, timeout=120, check=True).stdout
+    out = subprocess.run(
+        [str(exe), "inspect", str(ml.examples.minilm_dir())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     assert "format: safetensors" in out
     assert "embeddings.word_embeddings.weight" in out and "30522×384" in out
     assert "total: 104 tensors, 22,713,728 parameters" in out

@@ -29,7 +29,9 @@ def test_environment_yml_mirrors_pyproject() -> None:
     conda = [d for d in env["dependencies"] if isinstance(d, str)]
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     have = (names(conda) | names(pip)) - {"python", "pip"}
-    assert have == wanted, f"only in pyproject: {wanted - have}; only in environment.yml: {have - wanted}"
+    assert have == wanted, (
+        f"only in pyproject: {wanted - have}; only in environment.yml: {have - wanted}"
+    )
 
 
 def test_torch_is_pinned_to_the_cpu_wheel() -> None:

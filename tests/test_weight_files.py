@@ -74,7 +74,12 @@ def test_structured_metadata_round_trips(tmp_path: Path, state: dict) -> None:
     assert ml.open_weights(path).metadata == {**meta, "format": "pt"}
     with safe_open(path, "pt") as f:  # in the file: strings, JSON for the rest
         raw = f.metadata()
-    assert raw["layers"] == "2" and sorted(json.loads(raw["mlmf.json"])) == ["cfg", "layers", "lr", "tags"]
+    assert raw["layers"] == "2" and sorted(json.loads(raw["mlmf.json"])) == [
+        "cfg",
+        "layers",
+        "lr",
+        "tags",
+    ]
 
 
 def test_tied_weights_are_saved_once(tmp_path: Path) -> None:
@@ -128,8 +133,14 @@ def test_failed_save_keeps_previous_file(tmp_path: Path, monkeypatch: pytest.Mon
 def test_transformers_loads_our_sharded_checkpoint(tmp_path: Path) -> None:
     from transformers import BertConfig, BertModel
 
-    cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=32)
+    cfg = BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+    )
     torch.manual_seed(0)
     model = BertModel(cfg).eval()
     folder = tmp_path / "bert"
@@ -162,8 +173,9 @@ def test_unsupported_target_and_bad_tensors(tmp_path: Path) -> None:
 def test_detection_is_by_structure_for_any_header_length(tmp_path: Path, header_pad: int) -> None:
     """A header length whose first byte looks like a pickle opcode (0x80) is still safetensors."""
     path = tmp_path / "x.bin"  # the name says nothing
-    ml.save_state_dict({"a": torch.ones(2)}, tmp_path / "x.safetensors",
-                       metadata={"pad": "p" * header_pad})
+    ml.save_state_dict(
+        {"a": torch.ones(2)}, tmp_path / "x.safetensors", metadata={"pad": "p" * header_pad}
+    )
     (tmp_path / "x.safetensors").rename(path)
     wf = ml.open_weights(path)
     assert wf.format == "safetensors" and wf.metadata["pad"] == "p" * header_pad

@@ -23,7 +23,11 @@ MARKER = re.compile(r"^# %%(?P<md> \[markdown\])?(?:\s+tags=(?P<tags>\[.*\]))?\s
 
 def parse(source: str) -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nb.metadata["language_info"] = {"name": "python"}
     cells: list[tuple[bool, list[str], list[str]]] = []
     for line in source.splitlines():
@@ -53,8 +57,9 @@ def parse(source: str) -> nbformat.NotebookNode:
 def build(src: Path) -> Path:
     out = src.parent.parent / f"{src.stem}.ipynb"
     nb = parse(src.read_text(encoding="utf-8"))
-    NotebookClient(nb, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(out.parent)}}).execute()
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(out.parent)}}
+    ).execute()
     nbformat.write(nb, out)
     return out
 

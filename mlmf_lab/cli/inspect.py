@@ -28,14 +28,23 @@ def run(args: argparse.Namespace) -> int:
         for k, v in info["metadata"].items():
             text = v if isinstance(v, str) else json.dumps(v, default=str)
             print(f"  {k}: {text[:100] + '…' if len(text) > 100 else text}")
-    rows = [(t["name"], "×".join(map(str, t["shape"])) or "scalar",
-             t["quant"] or t["dtype"], f"{t['bits_per_weight']:g}", human_bytes(t["nbytes"]))
-            for t in info["tensors"]]
+    rows = [
+        (
+            t["name"],
+            "×".join(map(str, t["shape"])) or "scalar",
+            t["quant"] or t["dtype"],
+            f"{t['bits_per_weight']:g}",
+            human_bytes(t["nbytes"]),
+        )
+        for t in info["tensors"]
+    ]
     header = ("name", "shape", "type", "bits/w", "bytes")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     by_type = ", ".join(f"{k} {human_bytes(v)}" for k, v in info["bytes_by_type"].items())
-    print(f"total: {info['num_tensors']} tensors, {info['num_parameters']:,} parameters, "
-          f"{human_bytes(info['nbytes'])} ({by_type})")
+    print(
+        f"total: {info['num_tensors']} tensors, {info['num_parameters']:,} parameters, "
+        f"{human_bytes(info['nbytes'])} ({by_type})"
+    )
     return 0

@@ -26,7 +26,9 @@ _ZIP_MAGIC = b"PK\x03\x04"
 def _load(path: Path) -> object:
     try:
         return torch.load(
-            os.fspath(path), map_location="cpu", weights_only=True,
+            os.fspath(path),
+            map_location="cpu",
+            weights_only=True,
             mmap=zipfile.is_zipfile(path),
         )
     except pickle.UnpicklingError as e:
@@ -57,8 +59,13 @@ class PickleFile(WeightFile):
             )
         self._tensors: dict[str, torch.Tensor] = obj
         infos = {
-            k: TensorInfo(k, tuple(v.shape), dtype_name(v.dtype),
-                          v.numel() * v.element_size(), os.fspath(path))
+            k: TensorInfo(
+                k,
+                tuple(v.shape),
+                dtype_name(v.dtype),
+                v.numel() * v.element_size(),
+                os.fspath(path),
+            )
             for k, v in obj.items()
         }
         super().__init__(path=path, metadata={}, _infos=infos)

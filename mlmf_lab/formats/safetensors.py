@@ -97,7 +97,9 @@ def _entry_info(path: Path, name: str, entry: Any, start: int, data_size: int) -
             f"expected {expected}",
             path,
         )
-    return TensorInfo(name, tuple(shape), dtype_name(dtype), end - begin, os.fspath(path), start + begin)
+    return TensorInfo(
+        name, tuple(shape), dtype_name(dtype), end - begin, os.fspath(path), start + begin
+    )
 
 
 class SafetensorsFile(WeightFile):
@@ -137,7 +139,9 @@ def _detect(path: Path, head: bytes) -> bool:
     return head[8:9] == b"{" or (n > 0 and head[8:9] in (b" ", b"\n"))
 
 
-def dedupe_shared(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def dedupe_shared(
+    tensors: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Drop tensors that alias another's storage (tied weights); returns (kept, alias->kept)."""
     kept: dict[str, torch.Tensor] = {}
     seen: dict[tuple[int, int, tuple[int, ...], tuple[int, ...], torch.dtype], str] = {}
@@ -145,7 +149,13 @@ def dedupe_shared(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
     for name, t in tensors.items():
         if t.device.type == "meta":
             raise MLMFError(f"tensor {name!r} is on the meta device and has no data")
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        key = (
+            t.untyped_storage().data_ptr(),
+            t.storage_offset(),
+            tuple(t.shape),
+            t.stride(),
+            t.dtype,
+        )
         if t.numel() and key in seen:
             aliases[name] = seen[key]
             continue
@@ -163,7 +173,9 @@ def write_file(
     kept, aliases = dedupe_shared(tensors)
     for name, t in kept.items():
         if t.dtype not in ST_DTYPES.values():
-            raise MLMFError(f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store", path)
+            raise MLMFError(
+                f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store", path
+            )
     header_meta = encode_metadata(metadata, aliases)
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in kept.items()}
     with atomic.replacing(path) as tmp:
@@ -179,7 +191,9 @@ def _save(
     quant: str | None = None,
 ) -> None:
     if quant is not None:
-        raise MLMFError(f"safetensors stores no quantized blocks (quant={quant!r}); use .gguf", path)
+        raise MLMFError(
+            f"safetensors stores no quantized blocks (quant={quant!r}); use .gguf", path
+        )
     if max_shard_size is not None:
         raise MLMFError("max_shard_size needs a folder target (the HF sharded layout)", path)
     write_file(tensors, path, metadata)

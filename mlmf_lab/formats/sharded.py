@@ -145,7 +145,9 @@ def save_sharded(
 ) -> None:
     """Write the HF layout into ``folder`` atomically (one file needs no index, as HF)."""
     if quant is not None:
-        raise MLMFError(f"the sharded safetensors layout stores no quant blocks ({quant!r})", folder)
+        raise MLMFError(
+            f"the sharded safetensors layout stores no quant blocks ({quant!r})", folder
+        )
     limit = parse_size(max_shard_size if max_shard_size is not None else DEFAULT_MAX_SHARD)
     kept, aliases = dedupe_shared(tensors)
     groups = plan_shards(kept, limit)
