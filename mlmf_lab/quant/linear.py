@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import html
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .. import events
 from ..errors import MLMFError
+from ..formats import open_weights
 from ..formats.base import human_bytes
 from .base import QTensor, get_scheme, quantize
 from .kernels import LinearKernel, build_kernel
@@ -233,3 +235,47 @@ def quantize_model(
                                        before, new.weight_nbytes))
         act.generated.append(model)
     return QuantizeSummary(scheme.lower(), dict(options), tuple(changes), tuple(skipped))
+
+
+def quantized_state(
+    model: nn.Module, path: str | os.PathLike[str]
+) -> dict[str, torch.Tensor | QTensor]:
+    """The state of a weight file with its quantized linear weights left quantized.
+
+    Every quantized tensor ``<layer>.weight`` whose ``<layer>`` is an ``nn.Linear`` of the
+    same shape is swapped (in ``model``, in place) for a ``QuantLinear`` holding the file's
+    ``QTensor``; the state maps that name to the ``QTensor``. Every other tensor is read as
+    ``WeightFile.tensor`` does. ``ml.load_into(..., keep_quantized=True)`` loads the rest.
+
+    Args:
+        model: the model to fill (on the meta device or not).
+        path: a weight file (GGUF files hold quantized tensors).
+
+    Returns:
+        Name -> tensor, or ``QTensor`` for the weights kept quantized.
+    """
+    wf = open_weights(path)
+    state: dict[str, torch.Tensor | QTensor] = {}
+    for name in wf:
+        prefix, _, leaf = name.rpartition(".")
+        raw = wf.raw(name) if wf.info(name).quant else None
+        layer = _linear_at(model, prefix) if leaf == "weight" else None
+        if isinstance(raw, QTensor) and layer is not None and (
+            tuple(raw.shape) == tuple(layer.weight.shape)
+        ):
+            replace_module(model, prefix, QuantLinear(raw, layer.bias))
+            state[name] = raw
+        else:
+            state[name] = wf.tensor(name)
+    for alias, target in getattr(wf, "aliases", {}).items():
+        if target in state and alias not in state:
+            state[alias] = state[target]
+    return state
+
+
+def _linear_at(model: nn.Module, name: str) -> nn.Linear | None:
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        return None
+    return module if type(module) is nn.Linear else None
