@@ -1,19 +1,25 @@
-"""Keys of the model cache: a file is known by its path plus what ``stat`` says about it.
+"""Keys of the caches, and the byte counts and ages their settings are written in.
 
-Size, mtime (nanoseconds) and inode together change whenever a file is rewritten in place
-or replaced atomically (a new inode), so a cached value is never served for a changed file.
+A file is known by its path plus what ``stat`` says about it: size, mtime (nanoseconds)
+and inode together change whenever a file is rewritten in place or replaced atomically
+(a new inode), so a cached value is never served for a changed file.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import stat
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .errors import CacheError, ConfigError, MLMFError
 
 Stamp = tuple[tuple[str, int, int, int], ...]  # (name, size, mtime_ns, inode) per file
 NOT_A_FILE: Stamp = ()
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 Ident = tuple[str, Any]  # ("file", absolute path) or ("key", the caller's hashable key)
 
 
@@ -45,4 +51,44 @@ def file_stamp(path: str) -> Stamp:
     return tuple(sorted((n, s.st_size, s.st_mtime_ns, s.st_ino) for n, s in files))
 
 
-__all__ = ["NOT_A_FILE", "Ident", "Stamp", "file_stamp", "parse_bytes"]
+def parse_age(value: float | str) -> float:
+    """``"7d"`` / ``"12h"`` / ``"30m"`` / ``"45s"`` / ``"2w"`` / seconds -> seconds.
+
+    Raises:
+        ConfigError: anything else.
+    """
+    if isinstance(value, int | float) and value >= 0:
+        return float(value)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", str(value).lower())
+    if not m:
+        raise ConfigError(f"an age must be like 7d, 12h, 30m, 45s or a number of seconds, "
+                          f"found {value!r}")
+    return float(m.group(1)) * _AGE_UNITS[m.group(2) or "s"]
+
+
+def derive_key(operation: str, inputs: Sequence[Any],
+               params: Mapping[str, Any] | None = None) -> str:
+    """A key naming "``operation`` applied to ``inputs`` with ``params``".
+
+    Input files are fingerprinted by absolute path, size, mtime and inode, so a changed
+    source gives a new key. Other inputs and the params go in by their JSON (or ``repr``).
+
+    Example:
+        >>> derive_key("dequantize", ["model.gguf"], {"dtype": "float16"})  # doctest: +SKIP
+        'dequantize-3f1c...'
+    """
+    parts: list[Any] = [operation]
+    for item in inputs:
+        if isinstance(item, os.PathLike) or (isinstance(item, str) and os.path.exists(item)):
+            path = os.path.abspath(os.fspath(item))
+            parts.append([path, file_stamp(path)])
+        else:
+            parts.append(repr(item))
+    parts.append(params or {})
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=repr).encode()).hexdigest()
+    safe_op = re.sub(r"[^A-Za-z0-9._-]", "-", operation)[:60] or "artifact"
+    return f"{safe_op}-{digest[:24]}"
+
+
+__all__ = ["NOT_A_FILE", "Ident", "Stamp", "derive_key", "file_stamp", "parse_age",
+           "parse_bytes"]

@@ -3,16 +3,18 @@
 The layout follows the Hugging Face hub cache::
 
     root/blobs/<sha256>                 file contents, named by their hash, read-only
-    root/snapshots/<key>/<name>         the artifact's files (hard links to the blobs)
-    root/refs/<key>.json                what <key> holds: files -> sha256, size, meta, created
+    root/snapshots/<key>/<rev>/<name>   the artifact's files (hard links to the blobs);
+                                        <rev> hashes the file list, as a commit would
+    root/refs/<key>.json                what <key> holds: rev, files -> sha256, size, meta
 
 Identical files across artifacts are stored once. Snapshots hold hard links rather than
 symlinks so that a sharded checkpoint's folder stays self-contained (``ml.load_state_dict``
-refuses links that leave the folder). Writes are atomic and in this order: blobs, then the
-snapshot (swapped in whole), then the ref; an entry exists once its ref does, so a crash
-leaves either the old entry or the new one. A ref's mtime records its last use; ``prune``
-removes by age and by total size (least recently used first), then deletes blobs no ref
-holds. Changes are serialised across processes with an ``flock`` on ``root/.lock``.
+refuses links that leave the folder). Writes are atomic and in this order: blobs, then a
+new snapshot folder (renamed into place whole, never touching the previous revision), then
+the ref; an entry changes when its ref does, so a crash leaves the old entry or the new
+one. A ref's mtime records its last use; ``prune`` removes by age and by total size (least
+recently used first), then deletes blobs no ref holds. Changes are serialised across
+processes with an ``flock`` on ``root/.lock``.
 """
 
 from __future__ import annotations
@@ -25,18 +27,17 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .cache_keys import file_stamp
+from .cache_keys import derive_key, parse_age, parse_bytes
 from .cache_stats import html_table
 from .errors import ChecksumError, ConfigError, MLMFError
 from .formats import atomic
 from .formats.base import human_bytes
 
 KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
-_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _CHUNK = 1 << 20
 
 
@@ -51,6 +52,7 @@ class DiskEntry(NamedTuple):
         created: Unix time it was stored.
         last_used: Unix time it was last stored or fetched.
         meta: what the caller attached (operation, parameters, sources).
+        rev: the snapshot revision (a hash of ``files``).
     """
 
     key: str
@@ -60,6 +62,7 @@ class DiskEntry(NamedTuple):
     created: float
     last_used: float
     meta: Mapping[str, Any]
+    rev: str
 
 
 class PruneReport(NamedTuple):
@@ -75,45 +78,6 @@ def default_root() -> Path:
     if env := os.environ.get("MLMF_LAB_CACHE"):
         return Path(env)
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mlmf_lab"
-
-
-def parse_age(value: float | str) -> float:
-    """``"7d"`` / ``"12h"`` / ``"30m"`` / ``"45s"`` / ``"2w"`` / seconds -> seconds.
-
-    Raises:
-        ConfigError: anything else.
-    """
-    if isinstance(value, int | float) and value >= 0:
-        return float(value)
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", str(value).lower())
-    if not m:
-        raise ConfigError(f"an age must be like 7d, 12h, 30m, 45s or a number of seconds, "
-                          f"found {value!r}")
-    return float(m.group(1)) * _AGE_UNITS[m.group(2) or "s"]
-
-
-def derive_key(operation: str, inputs: Sequence[Any],
-               params: Mapping[str, Any] | None = None) -> str:
-    """A key naming "``operation`` applied to ``inputs`` with ``params``".
-
-    Input files are fingerprinted by absolute path, size, mtime and inode, so a changed
-    source gives a new key. Other inputs and the params go in by their JSON (or ``repr``).
-
-    Example:
-        >>> derive_key("dequantize", ["model.gguf"], {"dtype": "float16"})  # doctest: +SKIP
-        'dequantize-3f1c...'
-    """
-    parts: list[Any] = [operation]
-    for item in inputs:
-        if isinstance(item, os.PathLike) or (isinstance(item, str) and os.path.exists(item)):
-            path = os.path.abspath(os.fspath(item))
-            parts.append([path, file_stamp(path)])
-        else:
-            parts.append(repr(item))
-    parts.append(params or {})
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=repr).encode()).hexdigest()
-    safe_op = re.sub(r"[^A-Za-z0-9._-]", "-", operation)[:60] or "artifact"
-    return f"{safe_op}-{digest[:24]}"
 
 
 def _sha256(path: Path) -> str:
@@ -210,16 +174,24 @@ class DiskCache:
             raise MLMFError("nothing to cache: the folder holds no files", src)
         with self._locked():
             files = {n: self._store_blob(p, move) for n, p in zip(names, members, strict=True)}
-            snap = self.root / "snapshots" / key
-            with atomic.replacing_dir(snap) as tmp:
+            rev = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+            snap = self.root / "snapshots" / key / rev
+            if not snap.is_dir():
+                tmp = self.root / "tmp" / f"snap-{uuid.uuid4().hex}"
                 for name, digest in files.items():
                     (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                     self._link(self.root / "blobs" / digest, tmp / name)
+                atomic.fsync_path(tmp)
+                snap.parent.mkdir(exist_ok=True)
+                os.rename(tmp, snap)
             size = sum((self.root / "blobs" / d).stat().st_size for d in files.values())
-            record = {"key": key, "files": files, "size": size, "created": time.time(),
-                      "kind": kind, "meta": dict(meta or {})}
+            record = {"key": key, "rev": rev, "files": files, "size": size,
+                      "created": time.time(), "kind": kind, "meta": dict(meta or {})}
             with atomic.replacing(self._ref(key)) as tmp_ref:
                 tmp_ref.write_text(json.dumps(record, indent=1, default=repr), encoding="utf-8")
+            for old in snap.parent.iterdir():  # earlier revisions of this key
+                if old.name != rev:
+                    shutil.rmtree(old, ignore_errors=True)
         entry = self._entry(key)
         assert entry is not None
         return entry
@@ -273,11 +245,11 @@ class DiskCache:
         except (OSError, json.JSONDecodeError) as e:
             raise MLMFError(f"unreadable cache ref ({e}); `mlmf-lab cache prune` removes it",
                             ref) from None
-        snap = self.root / "snapshots" / key
+        snap = self.root / "snapshots" / key / record["rev"]
         files: dict[str, str] = record["files"]
         path = snap / next(iter(files)) if record.get("kind") == "file" else snap
         return DiskEntry(key, path, files, int(record["size"]), float(record["created"]),
-                         last_used, record.get("meta", {}))
+                         last_used, record.get("meta", {}), record["rev"])
 
     def get(self, key: str) -> DiskEntry | None:
         """The entry for ``key`` (marking it used), or None when absent or incomplete."""
@@ -285,7 +257,8 @@ class DiskCache:
         if entry is None or not all((self.root / "blobs" / d).is_file()
                                     for d in entry.files.values()):
             return None
-        if not all((self.root / "snapshots" / key / n).is_file() for n in entry.files):
+        snap = self.root / "snapshots" / key / entry.rev
+        if not all((snap / n).is_file() for n in entry.files):
             return None
         now = time.time()
         os.utime(self._ref(key), (now, now))
@@ -345,15 +318,15 @@ class DiskCache:
                 freed += blob.stat().st_size
                 blob.unlink()
         now = time.time()
-        # Leftovers of interrupted writes: temporaries (by age: another process may be
-        # building right now) and snapshots whose ref never got written.
-        leftovers = [p for p in (self.root / "snapshots").iterdir() if p.name.startswith(".")]
-        leftovers += list((self.root / "tmp").iterdir())
-        for p in leftovers:
+        for p in (self.root / "tmp").iterdir():  # by age: another process may be building
             if now - p.stat().st_mtime > stale_tmp:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
-        for snap in (self.root / "snapshots").iterdir():
-            if snap.name not in keys and not snap.name.startswith("."):
+        revs = {(e.key, e.rev) for e in entries}
+        for snap in (self.root / "snapshots").iterdir():  # revisions no ref names
+            for rev in list(snap.iterdir()) if snap.is_dir() else []:
+                if (snap.name, rev.name) not in revs:
+                    shutil.rmtree(rev, ignore_errors=True)
+            if snap.name not in keys:
                 shutil.rmtree(snap, ignore_errors=True)
         return freed
 
@@ -370,8 +343,6 @@ class DiskCache:
         Returns:
             A ``PruneReport``: removed entries, bytes freed, bytes remaining.
         """
-        from .cache_keys import parse_bytes
-
         limit = None if max_bytes is None else parse_bytes(max_bytes, "max_bytes")
         age = None if older_than is None else parse_age(older_than)
         with self._locked():
