@@ -22,10 +22,11 @@ from tqdm.auto import tqdm
 
 from .. import events
 from ..errors import MLMFError
-from ..formats import open_weights
 from ..formats.base import human_bytes
 from .base import QTensor, get_scheme, quantize
 from .kernels import LinearKernel, build_kernel
+
+PROGRESS_MIN_WEIGHTS = 1 << 24  # smaller models quantize in about a second: no progress bar
 
 
 class QuantLinear(nn.Module):
@@ -218,7 +219,8 @@ def quantize_model(
     with events.activity("quantize", used=[model], params=params) as act:
         targets = [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]
         changes, skipped = [], []
-        for name, layer in tqdm(targets, desc=f"quantize {scheme}", leave=False):
+        small = sum(m.weight.numel() for _, m in targets) < PROGRESS_MIN_WEIGHTS
+        for name, layer in tqdm(targets, desc=f"quantize {scheme}", leave=False, disable=small):
             if _skipped(name, patterns):
                 skipped.append(name)
                 continue
@@ -254,6 +256,8 @@ def quantized_state(
     Returns:
         Name -> tensor, or ``QTensor`` for the weights kept quantized.
     """
+    from ..formats.registry import open_weights  # the formats import quant: not at the top
+
     wf = open_weights(path)
     state: dict[str, torch.Tensor | QTensor] = {}
     for name in wf:
