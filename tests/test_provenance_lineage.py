@@ -251,3 +251,31 @@ def test_cli_prints_the_chain(tmp_path, capsys, monkeypatch):
     assert cli_main(["lineage", str(tmp_path / "out"), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert [s["activity"] for s in doc["steps"]][-1] == "convert"
+
+
+class NoBias(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q_proj = nn.Linear(32, 32, bias=False)
+        self.v_proj = nn.Linear(32, 32, bias=False)
+
+
+def test_quantized_state_dict_shares_no_storage_but_links_by_keys(tmp_path):
+    torch.manual_seed(5)
+    ml.save_state_dict(NoBias().state_dict(), tmp_path / "base.safetensors")
+    with Lineage(tmp_path / "lin.db") as lin:
+        model = NoBias()
+        ml.load_into(model, tmp_path / "base.safetensors")
+        ml.quant.quantize_model(model, "int8")
+        state = model.state_dict()  # dequantized afresh: no tensor shared with the model
+        assert not {t.data_ptr() for t in state.values()} & {
+            t.data_ptr() for t in model.parameters()}
+        ml.save_state_dict(state, tmp_path / "q.safetensors")
+        twin = NoBias()  # a second live model with the same keys makes the match ambiguous
+        ml.load_into(twin, tmp_path / "base.safetensors")
+        ml.save_state_dict(model.state_dict(), tmp_path / "q2.safetensors")
+    hist = lin.history(tmp_path / "q.safetensors")
+    assert [a.name for a in hist.steps] == ["load", "quantize", "save"]
+    assert hist.steps[1].params["scheme"] == "int8"
+    assert [a.name for a in lin.history(tmp_path / "q2.safetensors").steps] == ["save"]
+    assert lin.history(tmp_path / "q2.safetensors").steps[0].used[0].kind == "state_dict"

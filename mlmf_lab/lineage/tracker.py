@@ -4,7 +4,9 @@ A live model has no file to hash, so the tracker remembers, per store and per pr
 which entity each object currently is (``id(obj)`` guarded by a weak reference) and
 which entity each tensor storage belongs to (``data_ptr`` guarded by a weak reference to
 the tensor). ``model.state_dict()`` shares storage with the model's parameters, so a
-state dict handed to ``save_state_dict`` is recognised as the model it came from.
+state dict handed to ``save_state_dict`` is recognised as the model it came from (the
+entity most of its shared tensors belong to). A state dict sharing nothing (all weights
+dequantized afresh) is matched by its key set against the live tracked modules.
 """
 
 from __future__ import annotations
@@ -74,7 +76,10 @@ class Tracker:
         entry = self._objects.get(id(obj))
         if entry is not None and entry[0]() is obj:
             return entry[1]
-        return self._by_storage(obj)
+        found = self._by_storage(obj)
+        if found is None and isinstance(obj, Mapping):
+            found = self._by_keys(obj)
+        return found
 
     def version(self, obj: Any) -> int:
         entry = self._objects.get(id(obj))
@@ -82,21 +87,32 @@ class Tracker:
 
     def _by_storage(self, obj: Any) -> str | None:
         votes: Counter[str] = Counter()
-        n = 0
         for t in tensors_of(obj):
             ptr = _ptr(t)
             if not ptr:
                 continue
-            n += 1
             hit = self._storages.get(ptr)
             if hit is not None:
                 alive = hit[0]()
                 if alive is not None and _ptr(alive) == ptr:
                     votes[hit[1]] += 1
-        if not votes:
-            return None
-        entity, count = votes.most_common(1)[0]
-        return entity if 2 * count >= n else None
+        top = votes.most_common(2)
+        if not top or (len(top) == 2 and top[0][1] == top[1][1]):
+            return None  # nothing shared, or two candidates equally likely
+        return top[0][0]
+
+    def _by_keys(self, state: Mapping[Any, Any]) -> str | None:
+        """The one live module whose state dict has exactly these keys.
+
+        A quantized layer's ``state_dict()`` dequantizes into fresh tensors that share no
+        storage with the model; the key set still names the model it came from. Two live
+        candidates with the same keys are ambiguous, and then nothing is linked.
+        """
+        keys = set(state)
+        hits = [entry[1] for entry in self._objects.values()
+                if isinstance(m := entry[0](), nn.Module)
+                and set(m.state_dict(keep_vars=True)) == keys]
+        return hits[0] if len(hits) == 1 else None
 
     def remember(self, obj: Any, entity: str) -> None:
         """From now on ``obj`` (and the storages of its tensors) is ``entity``."""
