@@ -131,7 +131,9 @@ class CheckpointManager:
         final = self.root / step_dir_name(step)
         with events.activity("checkpoint", used=[model],
                              params={"step": step, "root": os.fspath(self.root)}) as act:
-            with atomic.replacing_dir(final) as tmp:
+            tmp = atomic.tmp_name(final)
+            tmp.mkdir()
+            try:  # every file is fsynced as it is written; then the folder, then the rename
                 sums = write_weights(state, tmp, self.max_shard_size, {"step": step})
                 if optimizer is not None:
                     write_part(tmp, "optimizer", optimizer.state_dict(), sums)
@@ -142,6 +144,11 @@ class CheckpointManager:
                 sums["rng.safetensors"] = write_safetensors(rng_tensors, tmp / "rng.safetensors")
                 sums["meta.json"] = write_json(meta, tmp / "meta.json")
                 write_manifest(tmp, sums)
+                atomic.fsync_path(tmp)
+                _publish(tmp, final)
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
             act.generated.append(final)
         self._retire(protect=step)
         return read_record(final)
@@ -358,6 +365,20 @@ def _fill(target: Any, state: dict[str, torch.Tensor], strict: bool, path: Path)
                 target[k].copy_(v)
             else:
                 target[k] = v.clone()
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Move a finished folder into place; an existing one is swapped out in one step."""
+    if not final.exists():
+        os.rename(tmp, final)
+    elif atomic._exchange(tmp, final):
+        shutil.rmtree(tmp)  # tmp now holds the replaced checkpoint, under a hidden name
+    else:  # no renameat2: a crash between the renames leaves the old one hidden, not broken
+        old = atomic.tmp_name(final, "old")
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old)
+    atomic.fsync_path(final.parent)
 
 
 def _remove(path: Path) -> None:

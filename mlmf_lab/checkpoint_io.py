@@ -96,22 +96,30 @@ def _sha256(views: list[memoryview]) -> str:
 def write_views(views: list[memoryview], path: Path, label: str = "") -> str:
     """Write the byte views to a new file, fsync it, and return its sha256 (hashed meanwhile)."""
     total = sum(v.nbytes for v in views)
+    if total <= CHUNK:  # small: a hashing thread would cost more than it saves
+        digest = _sha256(views)
+        _write_and_sync(views, path, total, label)
+        return digest
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(_sha256, views)
+        _write_and_sync(views, path, total, label)
+        return pending.result()
+
+
+def _write_and_sync(views: list[memoryview], path: Path, total: int, label: str) -> None:
     bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, leave=False,
                desc=label or path.name, disable=total < PROGRESS_MIN_BYTES)
-    with ThreadPoolExecutor(1) as pool:
-        digest = pool.submit(_sha256, views)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            for chunk in _chunks(views):
-                done = 0
-                while done < chunk.nbytes:
-                    done += os.write(fd, chunk[done:])
-                bar.update(chunk.nbytes)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            bar.close()
-        return digest.result()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        for chunk in _chunks(views):
+            done = 0
+            while done < chunk.nbytes:
+                done += os.write(fd, chunk[done:])
+            bar.update(chunk.nbytes)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        bar.close()
 
 
 def write_safetensors(
@@ -170,9 +178,10 @@ def write_weights(
 def sha256_file(path: Path) -> str:
     """The hex sha256 of a file, read in chunks into one reused buffer."""
     h = hashlib.sha256()
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        buf = bytearray(max(1, min(CHUNK, size)))
+        view = memoryview(buf)
         while n := f.readinto(buf):
             h.update(view[:n])
     return h.hexdigest()
@@ -231,8 +240,11 @@ def verify_manifest(folder: Path, workers: int = 2) -> dict[str, dict[str, Any]]
         if size != entry["size"]:
             raise ChecksumError(f"size {size} bytes, the manifest says {entry['size']}", path)
     names = list(files)
-    with ThreadPoolExecutor(max(1, min(workers, len(names)))) as pool:
-        found = list(pool.map(lambda n: sha256_file(folder / n), names))
+    if sum(e["size"] for e in files.values()) <= CHUNK or workers <= 1:
+        found = [sha256_file(folder / n) for n in names]
+    else:  # hashlib releases the GIL: big files hash in parallel
+        with ThreadPoolExecutor(min(workers, len(names))) as pool:
+            found = list(pool.map(lambda n: sha256_file(folder / n), names))
     for name, digest in zip(names, found, strict=True):
         if digest != files[name]["sha256"]:
             raise ChecksumError(
