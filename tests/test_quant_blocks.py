@@ -20,7 +20,11 @@ from mlmf_lab.quant import ggml
 
 SIMPLE = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]
 K_QUANTS = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
-F16_SPECIAL = [0x0000, 0x8000, 0x0001, 0x03FF, 0x0400, 0x7BFF, 0x7C00, 0xFC00, 0x7E00, 0x7C01, 0x3C00]
+# +0, -0, smallest and largest subnormal, smallest normal, largest finite, +inf, -inf,
+# quiet NaN, signalling NaN, 1.0
+F16_SPECIAL = [
+    0x0000, 0x8000, 0x0001, 0x03FF, 0x0400, 0x7BFF, 0x7C00, 0xFC00, 0x7E00, 0x7C01, 0x3C00,
+]
 
 
 def reference_dequant(raw: torch.Tensor, name: str) -> torch.Tensor:

@@ -4,6 +4,7 @@ Order matters only for detection: the first detector that accepts a file wins.
 """
 
 # Detection order: the strict structural checks first, the loosest (pickle) last.
+from . import gguf  # noqa: F401, I001  (magic bytes first: a GGUF header can look like safetensors)
 from . import safetensors, sharded  # noqa: F401, I001  (each registers itself)
 from . import pickle  # noqa: F401, E402
 from .base import TensorInfo, WeightFile, human_bytes

@@ -1,0 +1,238 @@
+"""GGUF files (llama.cpp's format): read through ``gguf.GGUFReader``, written through
+``gguf.GGUFWriter``, blocks (de)quantized in torch by ``mlmf_lab.quant.ggml``.
+
+Reading is lazy: ``check_header`` walks the header with bounds checks, then ``GGUFReader``
+memory-maps the file (copy-on-write, so tensors are writable views and the file is never
+modified) and builds numpy views; no tensor data is read until asked for. Shapes are given
+in PyTorch order (GGUF stores dimensions innermost first). Quantized tensors report
+``dtype="float32"`` (what ``tensor()`` returns) and ``quant="Q8_0"`` etc.; ``raw()`` keeps
+them as a ``QTensor`` of the stored bytes. Float and integer tensors (F32, F16, BF16, F64,
+I8 ... I64) come back in their own dtype, memory-mapped.
+
+Writing: ``save_state_dict(tensors, "x.gguf", metadata=..., quant="q8_0")``. With ``quant``,
+floating-point tensors of two or more dimensions whose rows divide into blocks are
+quantized; 1-D tensors (norms, biases) and tensors whose rows do not divide are stored as
+F32, as llama.cpp does. ``general.architecture`` comes from the metadata (default
+``"unknown"``); ``general.quantization_version`` is set when blocks are written.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import FormatError, MLMFError, UnsupportedError
+from ..quant.base import QTensor
+from ..quant.ggml import BLOCK_TYPES, BY_ID, block_type, dequantize_tensor, quantizable
+from ..quant.ggml import quantize_tensor as quantize_blocks
+from . import atomic
+from .base import TensorInfo, WeightFile, dtype_name
+from .gguf_header import MAX_DIMS, check_header
+from .gguf_meta import decode_metadata, encode_metadata
+from .registry import Format, Writer, register_format, register_writer
+
+# ggml types stored as plain tensors: type name -> torch dtype
+NATIVE: dict[str, torch.dtype] = {
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F64": torch.float64,
+    "I8": torch.int8,
+    "I16": torch.int16,
+    "I32": torch.int32,
+    "I64": torch.int64,
+}
+TORCH_TO_GGML = {v: k for k, v in NATIVE.items()}
+QUANTIZATION_VERSION = 2  # the block layouts of ggml's current quantization version
+
+
+def _known_types() -> dict[int, tuple[int, int]]:
+    from gguf import GGML_QUANT_SIZES
+
+    return {int(t): sizes for t, sizes in GGML_QUANT_SIZES.items()}
+
+
+class GGUFFile(WeightFile):
+    """One ``.gguf`` file, memory-mapped; quantized tensors dequantized on demand."""
+
+    format = "gguf"
+
+    def __init__(self, path: Path) -> None:
+        from gguf import GGUFReader
+
+        header = check_header(path, _known_types())
+        try:
+            reader = GGUFReader(path, "c")
+        except (ValueError, KeyError, IndexError, OverflowError, UnicodeDecodeError) as e:
+            raise FormatError(f"gguf could not parse the file: {e}", path) from None
+        raw_meta = {
+            name: field.contents()
+            for name, field in reader.fields.items()
+            if not name.startswith("GGUF.")
+        }
+        meta, aliases = decode_metadata(raw_meta, path)
+        infos: dict[str, TensorInfo] = {}
+        self._arrays: dict[str, np.ndarray[Any, Any]] = {}
+        for rt in reader.tensors:
+            shape = tuple(int(d) for d in reversed(rt.shape.tolist()))
+            type_name = rt.tensor_type.name
+            quant = None if type_name in NATIVE else type_name
+            dtype = dtype_name(NATIVE.get(type_name, torch.float32))
+            infos[rt.name] = TensorInfo(
+                rt.name, shape, dtype, int(rt.n_bytes), os.fspath(path), int(rt.data_offset), quant
+            )
+            self._arrays[rt.name] = rt.data
+        super().__init__(path=path, metadata=meta, _infos=infos)
+        self.aliases = aliases
+        self.version = header.version
+        self.alignment = header.alignment
+
+    def _array(self, name: str) -> np.ndarray[Any, Any]:
+        if not self._arrays:
+            raise MLMFError("the file is closed", self.path)
+        return self._arrays[name]
+
+    def _read(self, info: TensorInfo) -> torch.Tensor:
+        if info.quant is None:
+            data = torch.from_numpy(self._array(info.name))
+            dtype = torch_dtype_of(info)
+            if data.dtype != dtype:  # BF16 comes as bytes
+                data = data.view(dtype)
+            return data.reshape(info.shape)
+        return dequantize_tensor(self.raw_blocks(info.name))
+
+    def raw(self, name: str) -> QTensor | torch.Tensor:
+        """A quantized tensor as a ``QTensor`` of its GGUF bytes (no dequantization).
+
+        Float and integer tensors have no blocks to keep: they come back as ``tensor(name)``.
+        """
+        info = self.info(name)
+        return self.tensor(name) if info.quant is None else self.raw_blocks(name)
+
+    def raw_blocks(self, name: str) -> QTensor:
+        """The ``QTensor`` of a quantized tensor; an error names the type if it is unsupported."""
+        info = self.info(name)
+        key = info.quant or ""
+        if key not in BLOCK_TYPES:
+            supported = ", ".join(BLOCK_TYPES)
+            raise UnsupportedError(
+                f"tensor {name!r} is stored as {key or info.dtype}, which this lab cannot "
+                f"dequantize; supported: {supported}",
+                self.path,
+            )
+        return QTensor(BLOCK_TYPES[key].scheme, info.shape, torch.from_numpy(self._array(name)))
+
+    def close(self) -> None:
+        self._arrays = {}  # tensors already returned keep the memory map alive
+
+
+def torch_dtype_of(info: TensorInfo) -> torch.dtype:
+    return getattr(torch, info.dtype)  # type: ignore[no-any-return]
+
+
+def _detect(path: Path, head: bytes) -> bool:
+    return not path.is_dir() and head[:4] == b"GGUF"
+
+
+# -- writing --------------------------------------------------------------------------------
+def _plan(
+    name: str, t: torch.Tensor, quant: str | None, path: Path
+) -> tuple[np.ndarray[Any, Any], int | None]:
+    """The array to write for one tensor and its ggml type id (None = from the numpy dtype)."""
+    from gguf import GGMLQuantizationType
+
+    if t.dim() > MAX_DIMS:
+        raise MLMFError(f"tensor {name!r} has {t.dim()} dimensions; GGUF allows {MAX_DIMS}", path)
+    t = t.detach().to("cpu").contiguous()
+    if quant is not None and t.is_floating_point():
+        bt = block_type(quant)
+        if t.dim() >= 2 and t.shape[-1] % bt.block_size == 0:
+            qt = quantize_blocks(t, quant)
+            return qt.data.numpy(), bt.type_id
+        t = t.float()  # 1-D tensors and rows that do not divide into blocks stay F32
+    if t.dtype not in TORCH_TO_GGML:
+        raise MLMFError(
+            f"tensor {name!r} has dtype {t.dtype}, which GGUF cannot store; supported: "
+            f"{', '.join(dtype_name(d) for d in TORCH_TO_GGML)}",
+            path,
+        )
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.uint8).numpy(), int(GGMLQuantizationType.BF16)
+    return t.numpy(), None
+
+
+def write_gguf(
+    tensors: dict[str, torch.Tensor],
+    path: Path,
+    metadata: dict[str, Any] | None = None,
+    quant: str | None = None,
+) -> None:
+    """Write a GGUF file atomically (see the module docstring for the rules)."""
+    from gguf import GGMLQuantizationType, GGUFWriter
+    from tqdm.auto import tqdm
+
+    from .safetensors import dedupe_shared
+
+    if quant is not None:
+        writable = quantizable()
+        if str(quant).lower() not in writable:
+            raise UnsupportedError(
+                f"GGUF cannot store quant={quant!r}; GGUF schemes: {', '.join(writable)}", path
+            )
+    kept, aliases = dedupe_shared(tensors)
+    entries = encode_metadata(metadata, aliases, path)
+    arch = next((e.value for e in entries if e.key == "general.architecture"), "unknown")
+    planned = {
+        name: _plan(name, t, quant, path)
+        for name, t in tqdm(
+            kept.items(), desc="quantizing", disable=quant is None or len(kept) < 8, leave=False
+        )
+    }
+    with atomic.replacing(path) as tmp:
+        writer = GGUFWriter(tmp, arch=str(arch))
+        try:
+            for e in entries:
+                if e.key == "general.architecture":
+                    continue  # the writer adds it from arch=
+                if e.key == "general.alignment" and isinstance(e.value, int):
+                    writer.data_alignment = e.value
+                writer.add_key_value(e.key, e.value, e.vtype, e.sub_type)
+            blocks = [t for _, t in planned.values() if t is not None and BY_ID[t].block_size > 1]
+            if blocks and not any(e.key == "general.quantization_version" for e in entries):
+                writer.add_quantization_version(QUANTIZATION_VERSION)
+            for name, (array, type_id) in planned.items():
+                raw_dtype = None if type_id is None else GGMLQuantizationType(type_id)
+                writer.add_tensor(name, array, raw_dtype=raw_dtype)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        except (ValueError, OverflowError) as e:  # gguf's own checks on names and values
+            raise MLMFError(f"could not write GGUF: {e}", path) from None
+        finally:
+            writer.close()
+
+
+def _save(
+    tensors: dict[str, torch.Tensor],
+    path: Path,
+    metadata: dict[str, Any] | None = None,
+    max_shard_size: int | str | None = None,
+    quant: str | None = None,
+) -> None:
+    if max_shard_size is not None:
+        raise MLMFError(
+            "GGUF files are written whole; max_shard_size applies to folder targets "
+            "(the HF safetensors layout). Drop max_shard_size or save to a folder.",
+            path,
+        )
+    write_gguf(tensors, path, metadata, quant)
+
+
+register_format(Format("gguf", _detect, GGUFFile))
+register_writer(Writer("gguf", ".gguf", _save))
+
+__all__ = ["GGUFFile", "NATIVE", "write_gguf"]
