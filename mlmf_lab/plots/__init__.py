@@ -7,12 +7,14 @@ One module per capability; each function takes library records and returns a
 from __future__ import annotations
 
 from .cache import plot_cache_timeline
+from .checkpoint import plot_checkpoint_diff, plot_checkpoint_metrics
 from .distributed import plot_shard_plan
 from .lineage import plot_lineage
 from .loading import plot_memory_trace
 from .lora import plot_delta_spectra, plot_lora_loss
 from .quant import plot_bits_vs_error, plot_error_histogram, plot_layer_errors
 
-__all__ = ["plot_lineage", "plot_shard_plan", "plot_cache_timeline", "plot_memory_trace",
+__all__ = ["plot_checkpoint_diff", "plot_checkpoint_metrics",
+           "plot_lineage", "plot_shard_plan", "plot_cache_timeline", "plot_memory_trace",
            "plot_lora_loss", "plot_delta_spectra",
            "plot_bits_vs_error", "plot_error_histogram", "plot_layer_errors"]
