@@ -36,6 +36,12 @@ from .sizing import Footprint, measure
 from .warmup import WarmUp
 
 
+def _load_file(path: Any) -> Any:
+    from .formats import load_state_dict
+
+    return load_state_dict(path)
+
+
 def _default_available() -> int:
     import psutil
 
@@ -113,13 +119,25 @@ class ModelCache:
         self._load_seconds = self._saved_seconds = 0.0
 
     # -- keys ---------------------------------------------------------------------------
-    @staticmethod
-    def _identify(key: Any, must_be_file: bool = False) -> tuple[Ident, Stamp, str]:
-        """(identity, stamp, label): a path's identity is its absolute path, its stamp the stat."""
-        if isinstance(key, os.PathLike) or (isinstance(key, str) and (
-                must_be_file or os.path.exists(key))):
+    def _identify(self, key: Any, must_be_file: bool = False) -> tuple[Ident, Stamp, str]:
+        """(identity, stamp, label): a path's identity is its absolute path, its stamp the stat.
+
+        A ``str`` names a file when something exists there (one ``stat`` decides); otherwise
+        it is a plain key, unless ``must_be_file``. A string already cached as a plain key
+        stays one (and costs no ``stat``).
+        """
+        if isinstance(key, str) and not must_be_file and ("key", key) in self._entries:
+            return ("key", key), NOT_A_FILE, repr(key)[:200]
+        if isinstance(key, str | os.PathLike):
             path = os.path.abspath(os.fspath(key))
-            return ("file", path), file_stamp(path), path
+            try:
+                st = os.stat(path)
+            except OSError as e:
+                if must_be_file or not isinstance(key, str):
+                    raise CacheError(f"cannot read the file to cache ({e.strerror})",
+                                     path) from None
+            else:
+                return ("file", path), file_stamp(path, st), path
         try:
             hash(key)
         except TypeError:
@@ -150,10 +168,6 @@ class ModelCache:
             Exception: whatever the loader raises (every waiting thread gets it too).
         """
         ident, stamp, label = self._identify(path_or_key, must_be_file=loader is None)
-        if loader is None:
-            from .formats import load_state_dict
-
-            loader = load_state_dict
         with self._lock:
             entry = self._lookup(ident, stamp, label)
             if entry is not None:
@@ -167,10 +181,11 @@ class ModelCache:
             if pending.error is not None:
                 raise pending.error
             return pending.value
+        load = loader if loader is not None else _load_file
         try:
             start = time.perf_counter()
             try:
-                value = loader(path_or_key)
+                value = load(path_or_key)
             except BaseException:
                 with self._lock:
                     self._counts["load_errors"] += 1
@@ -214,13 +229,13 @@ class ModelCache:
             entry = None
         if entry is None:
             self._counts["misses"] += 1
-            self._log("miss", label, 0)
+            self._log("miss", label, 0, now=now)
             return None
         self._entries.move_to_end(ident)
         entry.hits += 1
         self._counts["hits"] += 1
         self._saved_seconds += entry.load_seconds
-        self._log("hit", label, entry.size.total)
+        self._log("hit", label, entry.size.total, now=now)
         return entry
 
     # -- storing ------------------------------------------------------------------------
@@ -283,9 +298,10 @@ class ModelCache:
     def _expired(self, entry: _Entry, now: float) -> bool:
         return self.ttl is not None and not entry.pinned and now - entry.loaded_at >= self.ttl
 
-    def _log(self, event: str, label: str, nbytes: int, reason: str = "") -> None:
-        self._events.append(CacheEvent(self._clock() - self._t0, event, label, nbytes,
-                                       self._held, reason))
+    def _log(self, event: str, label: str, nbytes: int, reason: str = "",
+             now: float | None = None) -> None:
+        now = self._clock() if now is None else now
+        self._events.append(CacheEvent(now - self._t0, event, label, nbytes, self._held, reason))
 
     # -- eviction by policy ---------------------------------------------------------------
     def expire(self) -> int:

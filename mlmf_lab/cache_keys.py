@@ -34,16 +34,21 @@ def parse_bytes(value: int | str, what: str) -> int:
                           f"found {value!r}") from None
 
 
-def file_stamp(path: str) -> Stamp:
+def file_stamp(path: str, st: os.stat_result | None = None) -> Stamp:
     """(name, size, mtime_ns, inode) of a file, or of every file in a folder (sharded layout).
+
+    Args:
+        path: the file or folder.
+        st: its ``os.stat`` result when the caller has it already.
 
     Raises:
         CacheError: when nothing exists at ``path``.
     """
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise CacheError(f"cannot read the file to cache ({e.strerror})", path) from None
+    if st is None:
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise CacheError(f"cannot read the file to cache ({e.strerror})", path) from None
     if not stat.S_ISDIR(st.st_mode):
         return (("", st.st_size, st.st_mtime_ns, st.st_ino),)
     with os.scandir(path) as it:

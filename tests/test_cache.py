@@ -252,3 +252,20 @@ def test_evict_clear_and_html(models: list[Path]) -> None:
     cache.clear()
     s = cache.stats()
     assert (s.entries, s.bytes_held, s.pinned_bytes, s.evictions["manual"]) == (0, 0, 0, 2)
+
+
+def test_timeline_figure_draws_the_event_log() -> None:
+    cache = ModelCache(3 * KB)
+    for name in "abcab":
+        cache.get_or_load((name, KB + 24), load_blob)  # the third entry evicts the first
+    stats = cache.stats()
+    fig = ml.plots.plot_cache_timeline(stats, x="event")
+    top, strip = fig.axes
+    held, budget = top.lines[:2]
+    assert list(held.get_ydata()) == [e.held / 1024 for e in stats.events]
+    assert list(budget.get_ydata()) == [3 * KB / 1024] * 2
+    assert {t.get_text() for t in top.get_legend().get_texts()} >= {"eviction (budget)", "budget"}
+    misses = strip.collections[1].get_offsets()
+    assert len(misses) == stats.misses == 5 and top.get_ylabel() == "KiB held"
+    with pytest.raises(ValueError, match="'time' or 'event'"):
+        ml.plots.plot_cache_timeline(stats, x="step")
