@@ -161,7 +161,7 @@ def _walk(cur: _Cursor, block_sizes: dict[int, tuple[int, int]]) -> Header:
     if magic != MAGIC:
         raise FormatError(f"bad magic {magic!r}; expected {MAGIC!r}", path)
     version = cur.u32("the version")
-    if version & 0xFFFF == 0 and version >> 16 in VERSIONS:
+    if version & 0xFFFF == 0 and int.from_bytes(struct.pack("<I", version), "big") in VERSIONS:
         raise UnsupportedError("big-endian GGUF files are not supported", path)
     if version not in VERSIONS:
         known = ", ".join(map(str, VERSIONS))
