@@ -1,0 +1,77 @@
+"""``mlmf-lab inspect`` and ``mlmf-lab convert`` on GGUF files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gguf
+import pytest
+import torch
+
+import mlmf_lab as ml
+from mlmf_lab.cli import main
+
+
+@pytest.fixture()
+def checkpoint(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    sd = {"w": torch.randn(64, 256, generator=g), "norm": torch.randn(256, generator=g)}
+    path = tmp_path / "model.safetensors"
+    ml.save_state_dict(sd, path, metadata={"general.architecture": "llama", "layers": 2})
+    return path, sd
+
+
+def test_convert_to_gguf_with_quant_and_inspect(
+    tmp_path: Path, checkpoint: tuple[Path, dict[str, torch.Tensor]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    src, sd = checkpoint
+    dst = tmp_path / "model.gguf"
+    assert main(["convert", str(src), str(dst), "--quant", "q4_k"]) == 0
+    reader = gguf.GGUFReader(dst)
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert types == {"w": "Q4_K", "norm": "F32"}
+    assert reader.fields["general.architecture"].contents() == "llama"
+    assert reader.fields["layers"].contents() == 2
+    capsys.readouterr()
+
+    assert main(["inspect", str(dst)]) == 0
+    out = capsys.readouterr().out
+    assert "format: gguf" in out
+    assert [line.split() for line in out.splitlines() if line.startswith("w ")] == [
+        ["w", "64×256", "Q4_K", "4.5", "9.0", "KiB"]
+    ]
+    assert "(float32 1.0 KiB, Q4_K 9.0 KiB)" in out or "(Q4_K 9.0 KiB, float32 1.0 KiB)" in out
+
+    assert main(["inspect", str(dst), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    w = next(t for t in doc["tensors"] if t["name"] == "w")
+    got = (w["quant"], w["bits_per_weight"], w["nbytes"], w["dtype"])
+    assert got == ("Q4_K", 4.5, 9216, "float32")
+
+
+@pytest.mark.parametrize("scheme", ["q8_0", "q5_1", "f16"])
+def test_convert_round_trip_through_gguf(
+    tmp_path: Path, checkpoint: tuple[Path, dict[str, torch.Tensor]], scheme: str
+) -> None:
+    src, sd = checkpoint
+    mid, back = tmp_path / "m.gguf", tmp_path / "back.safetensors"
+    assert main(["convert", str(src), str(mid), "--quant", scheme]) == 0
+    assert main(["convert", str(mid), str(back)]) == 0
+    with ml.open_weights(back) as wf:
+        assert wf.format == "safetensors"
+        assert wf.metadata["general.architecture"] == "llama" and wf.metadata["layers"] == 2
+        assert torch.equal(wf.tensor("norm"), sd["norm"])  # 1-D stays F32
+        expected = ml.quant.quantize(sd["w"], scheme).dequantize()
+        assert torch.equal(wf.tensor("w"), expected)
+
+
+def test_convert_unknown_scheme_is_one_line_error(
+    tmp_path: Path, checkpoint: tuple[Path, dict[str, torch.Tensor]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    src, _ = checkpoint
+    assert main(["convert", str(src), str(tmp_path / "x.gguf"), "--quant", "q7_0"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "q7_0" in err and "q4_k" in err
