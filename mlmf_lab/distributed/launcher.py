@@ -11,12 +11,13 @@ from __future__ import annotations
 import datetime
 import multiprocessing as mp
 import os
-import queue
+import pickle
 import socket
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from multiprocessing.connection import Connection, wait
+from typing import Any, NamedTuple, cast
 
 import torch.distributed as dist
 
@@ -40,7 +41,7 @@ class RankResult(NamedTuple):
 
 
 def _worker(fn: Callable[..., Any], rank: int, world_size: int, port: int, pg_timeout: float,
-            args: tuple[Any, ...], results: Any) -> None:
+            args: tuple[Any, ...], conn: Connection) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
@@ -52,10 +53,12 @@ def _worker(fn: Callable[..., Any], rank: int, world_size: int, port: int, pg_ti
                                 world_size=world_size, timeout=timeout)
         value = fn(*args)
     except BaseException as e:  # noqa: BLE001  (reported to the parent, then exit 1)
-        results.put((rank, None, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"))
+        conn.send((None, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"))
         teardown()
         raise SystemExit(1) from None
-    results.put((rank, value, None))
+    # plain pickle bytes: torch's shared-memory reductions would pass file descriptors that
+    # vanish when this process exits before the parent reads them
+    conn.send((pickle.dumps(value), None))
     teardown()
 
 
@@ -100,53 +103,52 @@ def launch(
     port = sock.getsockname()[1]
     store = dist.TCPStore("127.0.0.1", port, None, is_master=True, wait_for_workers=False,
                           timeout=datetime.timedelta(seconds=pg_timeout),
-                          master_listen_fd=sock.fileno())
-    results: Any = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(fn, r, world_size, port, pg_timeout, args, results),
-                         daemon=True) for r in range(world_size)]
-    got: dict[int, tuple[Any, str | None]] = {}
-    stuck = [False] * world_size
+                          master_listen_fd=sock.detach())  # the store owns the socket now
+    pipes = [ctx.Pipe(duplex=False) for _ in range(world_size)]
+    procs = [ctx.Process(target=_worker, daemon=True,
+                         args=(fn, r, world_size, port, pg_timeout, args, pipes[r][1]))
+             for r in range(world_size)]
+    got: dict[int, tuple[bytes | None, str | None]] = {}
+    stuck: set[int] = set()
     try:
-        for p in procs:
+        for p, (_, send_end) in zip(procs, pipes, strict=True):
             p.start()
+            send_end.close()  # the child holds it; EOF on ours = the child is gone
+        pending = {pipes[r][0]: r for r in range(world_size)}
         deadline = time.monotonic() + timeout
-        while len(got) < world_size and time.monotonic() < deadline:
-            try:
-                rank, value, error = results.get(timeout=0.2)
-                got[rank] = (value, error)
-            except queue.Empty:
-                if all(p.exitcode is not None for p in procs):
-                    _drain(results, got)
-                    break
-        stuck = [p.is_alive() and r not in got for r, p in enumerate(procs)]
+        while pending and (left := deadline - time.monotonic()) > 0:
+            for ready in wait(list(pending), timeout=left):
+                conn = cast(Connection, ready)
+                r = pending.pop(conn)
+                try:
+                    got[r] = conn.recv()
+                except EOFError:
+                    pass  # died without reporting; its exit code tells the rest
+        stuck = set(pending.values())
     finally:
         for p in procs:
-            p.join(timeout=max(0.0, 5.0 if len(got) == world_size else 0.5))
+            if p.pid is None:  # never started
+                continue
+            p.join(timeout=5.0 if not stuck else 0.5)
             if p.is_alive():
                 p.terminate()
                 p.join(timeout=2)
             if p.is_alive():
                 p.kill()
                 p.join()
+        for recv_end, _ in pipes:
+            recv_end.close()
         del store
-        sock.close()
     out = []
     for r, p in enumerate(procs):
-        value, error = got.get(r, (None, None))
-        if r not in got:
-            error = (f"rank {r} did not finish within {timeout:.0f} s and was stopped" if stuck[r]
-                     else f"rank {r} exited with code {p.exitcode} without reporting")
+        blob, error = got.get(r, (None, None))
+        if r in stuck:
+            error = f"rank {r} did not finish within {timeout:.0f} s and was stopped"
+        elif r not in got:
+            error = f"rank {r} exited with code {p.exitcode} without reporting"
+        value = pickle.loads(blob) if blob is not None else None
         out.append(RankResult(r, value, error, p.exitcode))
     if check and not all(r.ok for r in out):
         raise DistributedError("; ".join(f"rank {r.rank}: {(r.error or '').splitlines()[0]}"
                                          for r in out if not r.ok))
     return out
-
-
-def _drain(results: Any, got: dict[int, tuple[Any, str | None]]) -> None:
-    while True:
-        try:
-            rank, value, error = results.get(timeout=0.2)
-        except queue.Empty:
-            return
-        got[rank] = (value, error)

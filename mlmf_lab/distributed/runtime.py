@@ -155,8 +155,11 @@ def checked(what: str, file: str | os.PathLike[str], step: Callable[[], T],
         local, status = e, f"failed: {type(e).__name__}: {e}"
     _post(f"{key}/{rank}", status)
     if local is not None and collective:
+        # a peer's failure often surfaces here as a broken connection: name that peer
+        others = diagnose(key, size, rank, local) if isinstance(local, RuntimeError) else ""
         teardown()
-        raise DistributedError(f"rank {rank} {status}", file) from local
+        message = others if others and not others.startswith("a peer") else f"rank {rank} {status}"
+        raise DistributedError(message, file) from local
     statuses: list[Any] = [None] * size
     try:
         dist.all_gather_object(statuses, status)
