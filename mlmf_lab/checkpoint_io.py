@@ -63,17 +63,21 @@ def safetensors_layout(
     kept, aliases = dedupe_shared(tensors)
     # Falling element size keeps every tensor aligned to its dtype, as safetensors does.
     order = sorted(kept, key=lambda n: (-kept[n].element_size(), n))
-    header: dict[str, Any] = {"__metadata__": encode_metadata(metadata, aliases)}
+    entries: dict[str, Any] = {}
     views: list[memoryview] = []
     offset = 0
     for name in order:
         t = kept[name]
         view = _as_bytes(name, t, path) if t.numel() else memoryview(b"")
-        header[name] = {"dtype": TORCH_TO_ST[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [offset, offset + view.nbytes]}
+        entries[name] = {"dtype": TORCH_TO_ST[t.dtype], "shape": list(t.shape),
+                         "data_offsets": [offset, offset + view.nbytes]}
         offset += view.nbytes
         if view.nbytes:
             views.append(view)
+    # The header lists tensors in the caller's order (readers that keep JSON order, like
+    # ml.open_weights, give back the model's order); the data section is in alignment order.
+    header: dict[str, Any] = {"__metadata__": encode_metadata(metadata, aliases)}
+    header.update((name, entries[name]) for name in kept)
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
     return struct.pack("<Q", len(raw)) + raw, views
