@@ -35,7 +35,7 @@ def plot_delta_spectra(
     Args:
         spectra: module path -> descending singular values (``ml.lora.delta_spectra``).
     """
-    fig = Figure(figsize=(7, 3.4))
+    fig = Figure(figsize=(8.5, 3.4))
     ax = fig.add_subplot()
     cmap = colormaps["viridis"]
     n = max(len(spectra), 1)
@@ -46,6 +46,6 @@ def plot_delta_spectra(
     ax.set_xlabel("index i")
     ax.set_ylabel("σᵢ(ΔW)")
     ax.set_title(title)
-    ax.legend(frameon=False, fontsize=7, ncol=2, loc="upper right")
+    ax.legend(frameon=False, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return fig
