@@ -195,8 +195,7 @@ class ModelCache:
             with self._lock:
                 self._counts["loads"] += 1
                 self._load_seconds += seconds
-                self._log("load", label, size.total)
-                self._store(ident, stamp, label, value, size, seconds, uncached_ok)
+                self._store(ident, stamp, label, value, size, seconds, uncached_ok, "load")
             pending.value = value
             return value
         except BaseException as e:
@@ -250,14 +249,17 @@ class ModelCache:
         size = measure(value)
         with self._lock:
             self._counts["puts"] += 1
-            self._log("put", label, size.total)
-            if self._store(ident, stamp, label, value, size, 0.0, uncached_ok) and pin:
+            if self._store(ident, stamp, label, value, size, 0.0, uncached_ok, "put") and pin:
                 self.pin(path_or_key)
         return size
 
     def _store(self, ident: Ident, stamp: Stamp, label: str, value: Any, size: Footprint,
-               seconds: float, uncached_ok: bool) -> bool:
-        """Under the lock: expire, make room (LRU, unpinned), insert; False = served uncached."""
+               seconds: float, uncached_ok: bool, event: str) -> bool:
+        """Under the lock: expire, make room (LRU, unpinned), insert and log ``event``.
+
+        Returns False when the value was served uncached (logged as ``uncached``); a refusal
+        is logged as ``refused`` and raised.
+        """
         old = self._entries.get(ident)
         if old is not None:  # a newer value for the same key replaces the old one
             self._drop(ident, "stale" if old.stamp != stamp else "manual")
@@ -280,6 +282,7 @@ class ModelCache:
         self._entries[ident] = _Entry(label, value, size, stamp, self._clock(), seconds)
         self._held += size.total
         assert self._held <= self.max_bytes, "budget invariant"
+        self._log(event, label, size.total)
         if self.min_available_memory is not None:
             self._relieve_pressure()
         return True

@@ -11,7 +11,8 @@ from .formats.base import human_bytes
 
 # Why an entry left the cache. "stale": its file changed on disk since it was loaded.
 EVICTION_REASONS = ("budget", "ttl", "memory", "manual", "stale")
-# What the event log records.
+# What the event log records. "load" and "put" are logged once the value is stored (so
+# ``held`` includes it); a loaded or put value that is not stored is "uncached" or "refused".
 EVENTS = ("hit", "miss", "load", "put", "evict", "pin", "unpin", "uncached", "refused")
 
 

@@ -88,7 +88,7 @@ def test_larger_than_the_budget_is_refused_or_served_uncached() -> None:
     assert "uncached_ok=True" in str(e.value)
     value = cache.get_or_load("big", lambda k: blob(KB + 1), uncached_ok=True)
     assert value.nbytes == KB + 1 and "big" not in cache and "small" in cache
-    assert [e.event for e in cache.stats().events][-4:] == ["refused", "miss", "load", "uncached"]
+    assert [e.event for e in cache.stats().events][-3:] == ["refused", "miss", "uncached"]
 
 
 def test_bytes_held_equals_the_measured_values() -> None:
