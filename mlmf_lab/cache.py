@@ -116,6 +116,7 @@ class ModelCache:
         self._counts = dict.fromkeys(("lookups", "hits", "misses", "loads", "load_errors",
                                       "puts"), 0)
         self._evictions = dict.fromkeys(EVICTION_REASONS, 0)
+        self._abspaths: dict[str, str] = {}
         self._load_seconds = self._saved_seconds = 0.0
 
     # -- keys ---------------------------------------------------------------------------
@@ -129,7 +130,12 @@ class ModelCache:
         if isinstance(key, str) and not must_be_file and ("key", key) in self._entries:
             return ("key", key), NOT_A_FILE, repr(key)[:200]
         if isinstance(key, str | os.PathLike):
-            path = os.path.abspath(os.fspath(key))
+            name = key if type(key) is str else os.fsdecode(key)
+            path = self._abspaths.get(name)
+            if path is None:  # absolute names map to one path whatever the cwd: remember them
+                path = os.path.abspath(name)
+                if os.path.isabs(name) and len(self._abspaths) < 4096:
+                    self._abspaths[name] = path
             try:
                 st = os.stat(path)
             except OSError as e:
