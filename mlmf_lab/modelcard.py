@@ -94,6 +94,7 @@ def model_card(
         raise MLMFError(f"unknown base_model_relation {base_model_relation!r}; "
                         f"supported: {', '.join(RELATIONS)}")
     arch = desc.architecture.split(" ")[0] if desc.architecture else None
+    arch = None if arch == "unknown" else arch  # GGUF writers' placeholder, not a name
     fields: dict[str, Any] = {
         "library_name": "mlmf_lab" if desc.format != "gguf" else "gguf",
         "license": license,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from .errors import MLMFError
 
 CHUNK_ELEMENTS = 1 << 22  # 4 Mi values -> 16 MiB of float32 at a time
 
@@ -42,13 +44,15 @@ def stats_of(name: str, t: torch.Tensor, dtype: str | None = None) -> TensorStat
     for start in range(0, flat.numel(), CHUNK_ELEMENTS):
         c = flat[start : start + CHUNK_ELEMENTS].to(torch.float64)
         finite = torch.isfinite(c)
-        bad += int((~finite).sum())
-        c = c[finite]
+        if not bool(finite.all()):  # rare: only then pay for a masked copy
+            bad += int((~finite).sum())
+            c = c[finite]
         if c.numel():
             n += c.numel()
             total += float(c.sum())
-            sq += float((c * c).sum())
-            lo, hi = min(lo, float(c.min())), max(hi, float(c.max()))
+            sq += float(c.dot(c))
+            c_lo, c_hi = c.aminmax()
+            lo, hi = min(lo, float(c_lo)), max(hi, float(c_hi))
             zeros += int((c == 0).sum())
     mean = total / n if n else math.nan
     var = max(sq / n - mean * mean, 0.0) if n else math.nan
@@ -58,33 +62,38 @@ def stats_of(name: str, t: torch.Tensor, dtype: str | None = None) -> TensorStat
                        zeros / flat.numel() if flat.numel() else 0.0, bad)
 
 
-def _tensors(x: str | os.PathLike[str] | nn.Module) -> Iterator[tuple[str, torch.Tensor, str]]:
+def _tensors(x: str | os.PathLike[str] | nn.Module, names: Sequence[str] | None
+             ) -> Iterator[tuple[str, torch.Tensor, str]]:
     if isinstance(x, nn.Module):
-        for name, t in x.state_dict().items():
-            yield name, t, str(t.dtype).removeprefix("torch.")
+        state = x.state_dict()
+        for name in names if names is not None else list(state):
+            if name not in state:
+                raise MLMFError(f"the model has no tensor {name!r}")
+            yield name, state[name], str(state[name].dtype).removeprefix("torch.")
         return
     from .formats import open_weights
 
     with open_weights(x) as wf:
-        for name in wf:
-            info = wf.info(name)
+        for name in names if names is not None else list(wf):
+            info = wf.info(name)  # names the file when the tensor is missing
             yield name, wf.tensor(name), info.quant or info.dtype
 
 
-def tensor_stats(x: str | os.PathLike[str] | nn.Module, progress: bool = False
-                 ) -> list[TensorStats]:
-    """Statistics of every tensor of a weight file or model, one tensor in memory at a time.
+def tensor_stats(x: str | os.PathLike[str] | nn.Module, names: Sequence[str] | None = None,
+                 progress: bool = False) -> list[TensorStats]:
+    """Statistics of the tensors of a weight file or model, one tensor in memory at a time.
 
     Args:
         x: a path ``ml.open_weights`` reads, or an ``nn.Module``.
+        names: only these tensors (default: all, in file order).
         progress: show a progress bar.
 
     Returns:
-        One ``TensorStats`` per tensor, in file order.
+        One ``TensorStats`` per tensor.
 
     Raises:
-        MLMFError: the file cannot be read.
+        MLMFError: the file cannot be read, or a name is not in it.
     """
-    items = _tensors(x)
+    items = _tensors(x, names)
     return [stats_of(name, t, kind) for name, t, kind in tqdm(items, disable=not progress,
                                                                desc="tensor stats")]

@@ -51,17 +51,18 @@ def selection(lin: Lineage, focus: Any = None) -> tuple[list[Entity], list[Activ
 
 
 def to_networkx(lin: Lineage, focus: Any = None) -> nx.DiGraph:
-    """Nodes: entity and activity ids with ``node`` ("entity"/"activity"), ``label``, ... ."""
+    """Nodes: entity and activity ids with ``node`` ("entity"/"activity"), ``kind``,
+    ``label`` (with the short hash) and ``name`` (without); edges carry ``relation``."""
     import networkx as nx
 
     ents, acts, ders = selection(lin, focus)
     g = nx.DiGraph()
     for e in ents:
-        g.add_node(e.id, node="entity", kind=e.kind, label=e.short(), path=e.path,
-                   sha256=e.sha256)
+        g.add_node(e.id, node="entity", kind=e.kind, label=e.short(), name=e.label,
+                   path=e.path, sha256=e.sha256)
     keep = {e.id for e in ents}
     for a in acts:
-        g.add_node(a.id, node="activity", kind=a.name, label=a.name, params=a.params,
+        g.add_node(a.id, node="activity", kind=a.name, label=a.name, name=a.name, params=a.params,
                    started=a.started)
         for e in a.used:
             if e.id in keep:

@@ -37,9 +37,9 @@ class Entity:
     def is_file(self) -> bool:
         return self.path is not None
 
-    def short(self) -> str:
+    def short(self, hashes: bool = True) -> str:
         """``label`` plus the first hex digits of the hash, e.g. ``base.safetensors@1a2b3c4d``."""
-        return f"{self.label}@{self.sha256[:8]}" if self.sha256 else self.label
+        return f"{self.label}@{self.sha256[:8]}" if self.sha256 and hashes else self.label
 
 
 @dataclass(frozen=True)
@@ -66,12 +66,12 @@ class Activity:
     generated: tuple[Entity, ...] = ()
     pid: int = 0
 
-    def describe(self) -> str:
-        """``quantize(scheme=int8): TinyNet #1 -> TinyNet #2``."""
+    def describe(self, hashes: bool = True) -> str:
+        """``quantize(scheme=int8): TinyNet -> TinyNet v2`` (files with ``@hash`` unless off)."""
         shown = {k: v for k, v in self.params.items() if v is not None}
         args = ", ".join(f"{k}={v}" for k, v in shown.items())
-        ins = ", ".join(e.short() for e in self.used) or "nothing"
-        outs = ", ".join(e.short() for e in self.generated) or "nothing"
+        ins = ", ".join(e.short(hashes) for e in self.used) or "nothing"
+        outs = ", ".join(e.short(hashes) for e in self.generated) or "nothing"
         return f"{self.name}({args}): {ins} -> {outs}"
 
 
@@ -99,14 +99,18 @@ class History:
     steps: tuple[Activity, ...]
     origins: tuple[Entity, ...]
 
-    def __str__(self) -> str:
-        lines = [f"How {self.target.short()} was made:"]
+    def text(self, hashes: bool = True) -> str:
+        """The chain as numbered lines; ``hashes=False`` leaves out the content hashes."""
+        lines = [f"How {self.target.short(hashes)} was made:"]
         if not self.steps:
             lines.append("  no recorded activity generated it (an original input)")
-        lines += [f"  {i}. {a.describe()}" for i, a in enumerate(self.steps, 1)]
+        lines += [f"  {i}. {a.describe(hashes)}" for i, a in enumerate(self.steps, 1)]
         if self.origins:
-            lines.append("Origins: " + ", ".join(e.short() for e in self.origins))
+            lines.append("Origins: " + ", ".join(e.short(hashes) for e in self.origins))
         return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.text()
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -133,16 +137,20 @@ class HistoryDiff:
     only_a: tuple[Activity, ...]
     only_b: tuple[Activity, ...]
 
-    def __str__(self) -> str:
+    def text(self, hashes: bool = True) -> str:
+        """Shared steps, then each side's own; ``hashes=False`` leaves out content hashes."""
         def block(title: str, acts: tuple[Activity, ...]) -> list[str]:
-            return [title] + [f"  - {x.describe()}" for x in acts] + (["  (none)"] if not acts
-                                                                     else [])
+            return [title] + [f"  - {x.describe(hashes)}" for x in acts] + (
+                [] if acts else ["  (none)"])
 
         return "\n".join(
             block("Shared history:", self.common)
-            + block(f"Only {self.a.short()}:", self.only_a)
-            + block(f"Only {self.b.short()}:", self.only_b)
+            + block(f"Only {self.a.short(hashes)}:", self.only_a)
+            + block(f"Only {self.b.short(hashes)}:", self.only_b)
         )
+
+    def __str__(self) -> str:
+        return self.text()
 
     def _repr_html_(self) -> str:
         rows = ([("both", x.describe()) for x in self.common]
