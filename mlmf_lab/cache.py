@@ -30,6 +30,7 @@ from typing import Any
 
 from .cache_keys import NOT_A_FILE, Ident, Stamp, file_stamp, parse_bytes
 from .cache_stats import EVICTION_REASONS, CacheEvent, CacheStats, html_table
+from .disk_cache import DiskCache, derive_key
 from .errors import CacheError, ConfigError
 from .formats.base import human_bytes
 from .sizing import Footprint, measure
@@ -466,4 +467,5 @@ class ModelCache:
                           rows, caption)
 
 
-__all__ = ["ModelCache", "WarmUp"]
+__all__ = ["CacheStats", "DiskCache", "Footprint", "ModelCache", "WarmUp", "derive_key",
+           "measure"]

@@ -261,7 +261,10 @@ class DiskCache:
         if not all((snap / n).is_file() for n in entry.files):
             return None
         now = time.time()
-        os.utime(self._ref(key), (now, now))
+        try:
+            os.utime(self._ref(key), (now, now))
+        except OSError:  # a read-only (shared) cache: usable, just not marked as used
+            return entry
         return entry._replace(last_used=now)
 
     def __contains__(self, key: str) -> bool:
