@@ -206,3 +206,15 @@ def test_model_card_relation_from_lineage(tmp_path):
     explicit = ModelCard(ml.describe(tmp_path / "tuned.safetensors").to_model_card(
         lineage=lin, base_model="org/base", base_model_relation="merge"))
     assert (explicit.data.base_model, explicit.data.base_model_relation) == ("org/base", "merge")
+
+
+def test_tensor_stats_by_name(tmp_path):
+    ml.save_state_dict({"a": torch.arange(6.0), "b": torch.ones(2)}, tmp_path / "s.safetensors")
+    (only,) = tensor_stats(tmp_path / "s.safetensors", names=["a"])
+    assert (only.name, only.mean, only.max) == ("a", 2.5, 5.0)
+    with pytest.raises(MLMFError, match="s.safetensors.*no tensor named 'c'"):
+        tensor_stats(tmp_path / "s.safetensors", names=["c"])
+    model = nn.Linear(2, 3)
+    assert [s.name for s in tensor_stats(model, names=["bias"])] == ["bias"]
+    with pytest.raises(MLMFError, match="no tensor 'nope'"):
+        tensor_stats(model, names=["nope"])

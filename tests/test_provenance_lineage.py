@@ -279,3 +279,35 @@ def test_quantized_state_dict_shares_no_storage_but_links_by_keys(tmp_path):
     assert hist.steps[1].params["scheme"] == "int8"
     assert [a.name for a in lin.history(tmp_path / "q2.safetensors").steps] == ["save"]
     assert lin.history(tmp_path / "q2.safetensors").steps[0].used[0].kind == "state_dict"
+
+
+def test_no_store_means_no_events_at_all(tmp_path, monkeypatch):
+    def refuse(event):
+        raise AssertionError(f"{event.activity} was emitted with no store active")
+
+    monkeypatch.setattr(events, "emit", refuse)
+    base = _base(tmp_path)
+    model = Tiny()
+    ml.load_into(model, base)
+    ml.lora.inject(model, rank=2, alpha=2, targets=["q_proj"])
+    ml.lora.merge(model)
+    convert(base, tmp_path / "copy.safetensors")
+
+
+def test_checkpoints_and_hashless_text(tmp_path):
+    base = _base(tmp_path)
+    with Lineage(tmp_path / "lin.db") as lin:
+        model = Tiny()
+        ml.load_into(model, base)
+        ckpt = ml.CheckpointManager(tmp_path / "ckpts")
+        rec = ckpt.save(model, step=3, metrics={"val_loss": 0.5})
+        restored = Tiny()
+        ckpt.load(restored, which="latest")
+        ml.save_state_dict(restored.state_dict(), tmp_path / "restored.safetensors")
+    hist = lin.history(tmp_path / "restored.safetensors")
+    assert [a.name for a in hist.steps] == ["load", "checkpoint", "checkpoint-load", "save"]
+    assert lin.entity(rec.path).kind == "checkpoint"
+    assert hist.steps[1].params["step"] == 3
+    text = hist.text(hashes=False)
+    assert "@" not in text and "restored.safetensors" in text and "@" in str(hist)
+    assert "@" not in lin.diff(base, tmp_path / "restored.safetensors").text(hashes=False)
