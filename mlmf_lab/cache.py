@@ -20,7 +20,6 @@ happens outside the lock, and two threads asking for the same missing key load i
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import OrderedDict, deque
@@ -28,8 +27,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .cache_keys import NOT_A_FILE, Ident, Stamp, file_stamp, parse_bytes
-from .cache_stats import EVICTION_REASONS, CacheEvent, CacheStats, html_table
+from .cache_keys import Ident, Stamp, candidates, file_stamp, identify, parse_bytes
+from .cache_stats import EVICTION_REASONS, CacheEvent, CacheStats, entries_html
 from .disk_cache import DiskCache, derive_key
 from .errors import CacheError, ConfigError
 from .formats.base import human_bytes
@@ -122,34 +121,7 @@ class ModelCache:
 
     # -- keys ---------------------------------------------------------------------------
     def _identify(self, key: Any, must_be_file: bool = False) -> tuple[Ident, Stamp, str]:
-        """(identity, stamp, label): a path's identity is its absolute path, its stamp the stat.
-
-        A ``str`` names a file when something exists there (one ``stat`` decides); otherwise
-        it is a plain key, unless ``must_be_file``. A string already cached as a plain key
-        stays one (and costs no ``stat``).
-        """
-        if isinstance(key, str) and not must_be_file and ("key", key) in self._entries:
-            return ("key", key), NOT_A_FILE, repr(key)[:200]
-        if isinstance(key, str | os.PathLike):
-            name = key if type(key) is str else os.fsdecode(key)
-            path = self._abspaths.get(name)
-            if path is None:  # absolute names map to one path whatever the cwd: remember them
-                path = os.path.abspath(name)
-                if os.path.isabs(name) and len(self._abspaths) < 4096:
-                    self._abspaths[name] = path
-            try:
-                st = os.stat(path)
-            except OSError as e:
-                if must_be_file or not isinstance(key, str):
-                    raise CacheError(f"cannot read the file to cache ({e.strerror})",
-                                     path) from None
-            else:
-                return ("file", path), file_stamp(path, st), path
-        try:
-            hash(key)
-        except TypeError:
-            raise CacheError(f"cache keys must be hashable, found {type(key).__name__}") from None
-        return ("key", key), NOT_A_FILE, repr(key)[:200]
+        return identify(key, must_be_file, self._entries, self._abspaths)
 
     # -- the lookup path ----------------------------------------------------------------
     def get_or_load(
@@ -349,12 +321,7 @@ class ModelCache:
     # -- explicit control ---------------------------------------------------------------
     def _entry(self, path_or_key: Any) -> tuple[Ident, _Entry]:
         """The entry under a path (by its absolute path) or a key; CacheError when absent."""
-        candidates: list[Ident] = []
-        if isinstance(path_or_key, str | os.PathLike):
-            candidates.append(("file", os.path.abspath(os.fspath(path_or_key))))
-        if not isinstance(path_or_key, os.PathLike):
-            candidates.append(("key", path_or_key))
-        for ident in candidates:
+        for ident in candidates(path_or_key):
             try:
                 return ident, self._entries[ident]
             except (KeyError, TypeError):
@@ -455,16 +422,8 @@ class ModelCache:
 
     def _repr_html_(self) -> str:
         with self._lock:
-            rows = [(os.path.basename(e.label) or e.label, human_bytes(e.size.total),
-                     human_bytes(e.size.anonymous + e.size.device), human_bytes(e.size.mapped),
-                     "yes" if e.pinned else "", str(e.hits))
-                    for e in reversed(self._entries.values())]
-        s = self.stats()
-        caption = (f"ModelCache: {human_bytes(s.bytes_held)} of {human_bytes(s.max_bytes)}, "
-                   f"{s.hits} hits / {s.misses} misses, evictions: "
-                   f"{s.evictions_total} (most recently used first)")
-        return html_table(("entry", "bytes", "anonymous", "memory-mapped", "pinned", "hits"),
-                          rows, caption)
+            rows = [(e.label, e.size, e.pinned, e.hits) for e in reversed(self._entries.values())]
+            return entries_html(rows, self.stats())
 
 
 __all__ = ["CacheStats", "DiskCache", "Footprint", "ModelCache", "WarmUp", "derive_key",

@@ -12,7 +12,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from typing import Any
 
 from .errors import CacheError, ConfigError, MLMFError
@@ -21,6 +21,51 @@ Stamp = tuple[tuple[str, int, int, int], ...]  # (name, size, mtime_ns, inode) p
 NOT_A_FILE: Stamp = ()
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 Ident = tuple[str, Any]  # ("file", absolute path) or ("key", the caller's hashable key)
+
+
+def identify(key: Any, must_be_file: bool, plain_keys: Container[Ident],
+             abspaths: dict[str, str]) -> tuple[Ident, Stamp, str]:
+    """(identity, stamp, label) of a cache key; a path's identity is its absolute path.
+
+    A ``str`` names a file when something exists there (one ``stat`` decides, and is the
+    stamp); otherwise it is a plain key, unless ``must_be_file``. A string already in
+    ``plain_keys`` stays a plain key and costs no ``stat``. ``abspaths`` remembers the
+    absolute form of absolute names (the same whatever the working directory).
+
+    Raises:
+        CacheError: a file that must exist does not, or an unhashable key.
+    """
+    if isinstance(key, str) and not must_be_file and ("key", key) in plain_keys:
+        return ("key", key), NOT_A_FILE, repr(key)[:200]
+    if isinstance(key, str | os.PathLike):
+        name = key if type(key) is str else os.fsdecode(key)
+        path = abspaths.get(name)
+        if path is None:
+            path = os.path.abspath(name)
+            if os.path.isabs(name) and len(abspaths) < 4096:
+                abspaths[name] = path
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            if must_be_file or not isinstance(key, str):
+                raise CacheError(f"cannot read the file to cache ({e.strerror})", path) from None
+        else:
+            return ("file", path), file_stamp(path, st), path
+    try:
+        hash(key)
+    except TypeError:
+        raise CacheError(f"cache keys must be hashable, found {type(key).__name__}") from None
+    return ("key", key), NOT_A_FILE, repr(key)[:200]
+
+
+def candidates(path_or_key: Any) -> list[Ident]:
+    """The identities a cached entry for ``path_or_key`` may have, without touching the disk."""
+    found: list[Ident] = []
+    if isinstance(path_or_key, str | os.PathLike):
+        found.append(("file", os.path.abspath(os.fsdecode(path_or_key))))
+    if not isinstance(path_or_key, os.PathLike):
+        found.append(("key", path_or_key))
+    return found
 
 
 def parse_bytes(value: int | str, what: str) -> int:
@@ -95,5 +140,5 @@ def derive_key(operation: str, inputs: Sequence[Any],
     return f"{safe_op}-{digest[:24]}"
 
 
-__all__ = ["NOT_A_FILE", "Ident", "Stamp", "derive_key", "file_stamp", "parse_age",
-           "parse_bytes"]
+__all__ = ["NOT_A_FILE", "Ident", "Stamp", "candidates", "derive_key", "file_stamp", "identify",
+           "parse_age", "parse_bytes"]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import html
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .formats.base import human_bytes
+from .sizing import Footprint
 
 # Why an entry left the cache. "stale": its file changed on disk since it was loaded.
 EVICTION_REASONS = ("budget", "ttl", "memory", "manual", "stale")
@@ -90,6 +92,18 @@ class CacheStats:
         return html_table(("", ""), rows, "cache statistics")
 
 
+def entries_html(rows: Sequence[tuple[str, Footprint, bool, int]], stats: CacheStats) -> str:
+    """The cache as a table: (label, size, pinned, hits) rows, most recently used first."""
+    cells = [(os.path.basename(label) or label, human_bytes(size.total),
+              human_bytes(size.anonymous + size.device), human_bytes(size.mapped),
+              "yes" if pinned else "", str(hits)) for label, size, pinned, hits in rows]
+    caption = (f"ModelCache: {human_bytes(stats.bytes_held)} of {human_bytes(stats.max_bytes)}, "
+               f"{stats.hits} hits / {stats.misses} misses, evictions: "
+               f"{stats.evictions_total} (most recently used first)")
+    return html_table(("entry", "bytes", "anonymous", "memory-mapped", "pinned", "hits"),
+                      cells, caption)
+
+
 def html_table(header: Sequence[str], rows: Sequence[Sequence[str]], caption: str) -> str:
     """A small escaped HTML table (shared by the cache, its statistics and the disk tier)."""
     head = "".join(f"<th style='text-align:left'>{html.escape(h)}</th>" for h in header)
@@ -101,4 +115,4 @@ def html_table(header: Sequence[str], rows: Sequence[Sequence[str]], caption: st
             f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
 
-__all__ = ["EVENTS", "EVICTION_REASONS", "CacheEvent", "CacheStats", "html_table"]
+__all__ = ["EVENTS", "EVICTION_REASONS", "CacheEvent", "CacheStats", "entries_html", "html_table"]
