@@ -5,8 +5,8 @@ and can give its weights back as a ``QTensor``. Measured on a 2-core x86 machine
 (``benchmarks/bench_quant.py``), the fastest accurate paths are:
 
 - ``fbgemm-int8``: torch's x86/fbgemm dynamic quantized linear (activations quantized per
-  call to uint8 with reduced range, weights prepacked int8 per channel); several times
-  faster than float32 at batch 1 and 32. ``torch._weight_int8pack_mm`` was much slower.
+  call to uint8, weights prepacked int8 per channel); several times faster than float32 at
+  batch 1 and 32. ``torch._weight_int8pack_mm`` was much slower.
 - ``int4pack``: torch's fused int4 CPU kernel (``_weight_int4pack_mm_for_cpu``) on
   bfloat16 activations, for ``int4`` (group 32-256) and ``q4_0`` weights; q4_0's per-block
   scales are kept as float16 and expanded per call into a shared scratch (zero points are
@@ -59,8 +59,38 @@ def fbgemm_available() -> bool:
     return ("x86" in engines or "fbgemm" in engines) and hasattr(ops, "linear_dynamic")
 
 
+def _prepack_int8(codes: torch.Tensor, scale: torch.Tensor) -> object:
+    with warnings.catch_warnings():  # quantized-tensor constructors warn of deprecation
+        warnings.simplefilter("ignore")
+        qw = torch._make_per_channel_quantized_tensor(
+            codes, scale.double(), torch.zeros(len(scale), dtype=torch.long), 0)
+        return torch.ops.quantized.linear_prepack(qw, None)
+
+
+@functools.cache
+def int8_full_range() -> bool:
+    """Whether 8-bit activations are safe: no int16 saturation of u8*s8 pair sums.
+
+    Without VNNI, fbgemm sums pairs of u8*s8 products in int16, which saturates unless the
+    activations use 7 bits (``reduce_range``). A probe that would saturate tells us.
+    """
+    rows, cols = 16, 64
+    codes = torch.full((rows, cols), 127, dtype=torch.int8)
+    codes[1::2] = -127
+    scale = torch.full((rows,), 1 / 127)
+    x = torch.ones(2, cols)  # quantized to the top code, 255
+    y = torch.ops.quantized.linear_dynamic(x, _prepack_int8(codes, scale), False)
+    return bool(torch.allclose(y, x @ (codes.float() * scale[:, None]).T, rtol=1e-3))
+
+
 class Int8Dynamic:
-    """Per-channel int8 weights prepacked for fbgemm; per-call uint8 activations."""
+    """Per-channel int8 weights prepacked for fbgemm; per-call uint8 activations.
+
+    Activations are quantized per call with one scale for the whole input (fbgemm's
+    dynamic linear), using all 8 bits where the CPU cannot saturate (``int8_full_range``).
+    Inputs with outlier features (BERT-style LayerNorm outputs) lose more here than with
+    weight-only int8; the ``dequant`` kernel keeps activations in float.
+    """
 
     name = "fbgemm-int8"
 
@@ -68,15 +98,12 @@ class Int8Dynamic:
         codes, scale = qt.data, qt.params["scale"]
         self.shape = qt.shape
         self.scale = scale  # kept: a zero scale is packed as 1 (its codes are all 0)
-        packed_scale = torch.where(scale > 0, scale, torch.ones_like(scale)).double()
-        with warnings.catch_warnings():  # quantized-tensor constructors warn of deprecation
-            warnings.simplefilter("ignore")
-            qw = torch._make_per_channel_quantized_tensor(
-                codes, packed_scale, torch.zeros(len(scale), dtype=torch.long), 0)
-            self.packed = torch.ops.quantized.linear_prepack(qw, None)
+        self.packed = _prepack_int8(codes, torch.where(scale > 0, scale, torch.ones_like(scale)))
+        self.reduce_range = not int8_full_range()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.linear_dynamic(x.float().contiguous(), self.packed, True)
+        x = x.float().contiguous()
+        return torch.ops.quantized.linear_dynamic(x, self.packed, self.reduce_range)
 
     def qtensor(self) -> QTensor:
         w, _ = torch.ops.quantized.linear_unpack(self.packed)
@@ -92,22 +119,34 @@ def _pack_int4(codes: torch.Tensor) -> torch.Tensor:
     return torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 1)
 
 
-def _unpack_int4(packed: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """Codes ``(rows, cols)`` uint8 back from the kernel's packed layout.
+def _nibble_sources(rows: int, cols: int) -> torch.Tensor:
+    """For each nibble of the packed layout (byte ``i`` low, then high), the weight it holds.
 
     The layout depends on the CPU (block sizes for AVX2/AVX512), so it is not written out
-    here: packing the digits of each weight's index reveals where each nibble went.
+    here: packing the base-16 digits of each weight's index reveals where each nibble went.
     """
     count = rows * cols
-    index = torch.arange(count, dtype=torch.int64).view(rows, cols)
-    source = torch.zeros(count, dtype=torch.int64)
+    index = torch.arange(count, dtype=torch.int32).view(rows, cols)
+    source = torch.zeros(count, dtype=torch.int32)
     shift = 0
     while (1 << shift) < count:
         plane = _pack_int4((index >> shift) & 15).view(-1)
-        source |= torch.stack([plane & 15, plane >> 4], dim=-1).view(-1).to(torch.int64) << shift
+        digits = torch.stack([plane & 15, plane >> 4], dim=-1).view(-1).to(torch.int32)
+        source |= digits << shift
         shift += 4
+    return source
+
+
+_cached_sources = functools.lru_cache(maxsize=16)(_nibble_sources)
+CACHE_MAX_WEIGHTS = 1 << 21  # layouts of layers up to this size are remembered (8 MiB each)
+
+
+def _unpack_int4(packed: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Codes ``(rows, cols)`` uint8 back from the kernel's packed layout."""
+    small = rows * cols <= CACHE_MAX_WEIGHTS
+    source = (_cached_sources if small else _nibble_sources)(rows, cols)
     nibbles = torch.stack([packed.view(-1) & 15, packed.view(-1) >> 4], dim=-1).view(-1)
-    codes = torch.empty(count, dtype=torch.uint8)
+    codes = torch.empty(rows * cols, dtype=torch.uint8)
     codes[source] = nibbles
     return codes.view(rows, cols)
 
