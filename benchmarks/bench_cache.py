@@ -101,7 +101,9 @@ def main(quick: bool) -> None:
         + table(["miss path", "time (median)", "ratio", "overhead"], misses)
     )
     how = (f"Hits: median of {repeat} `timeit` runs of {number} calls each, one thread, same "
-           "process. Misses: median of fresh-cache loads with the file in the page cache.")
+           "process. Misses: median of fresh-cache loads with the file in the page cache. "
+           f"Load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+           "(other work shares the machine; the best run shows the cost on a quiet core).")
     publish("cache", "Model cache: hit latency and overhead", how, body, quick)
 
 
