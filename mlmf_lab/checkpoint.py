@@ -276,7 +276,20 @@ class CheckpointManager:
 
     def diff(self, a: Which | Mapping[str, torch.Tensor] | nn.Module,
              b: Which | Mapping[str, torch.Tensor] | nn.Module = "latest") -> CheckpointDiff:
-        """Per-tensor differences from ``a`` to ``b`` (checkpoints, state dicts or models)."""
+        """Per-tensor differences from ``a`` to ``b``.
+
+        Args:
+            a: the reference: "latest", "best", a step, a record, a state dict or a model.
+            b: the other side, same choices (default: the latest checkpoint).
+
+        Returns:
+            A ``CheckpointDiff``: relative change, cosine similarity and max abs difference per
+            tensor, and the tensors added, removed or reshaped; a table in a notebook, drawn
+            by ``ml.plots.plot_checkpoint_diff``.
+
+        Raises:
+            MLMFError: no such checkpoint.
+        """
         sides = [self._weights_for_diff(x) for x in (a, b)]
         return diff_state_dicts(sides[0][1], sides[1][1], (sides[0][0], sides[1][0]))
 

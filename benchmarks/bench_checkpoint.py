@@ -1,0 +1,220 @@
+"""Checkpoint save/load of a 1 GiB model against torch.save/torch.load and raw file I/O.
+
+Goal: ``CheckpointManager.save`` reaches >= 0.8x the throughput of a raw write of the
+same bytes. Every save case ends with the file (and, for the checkpoint, its folder)
+fsynced, because a checkpoint that is not on disk is not a checkpoint; the raw write
+is ``os.write`` of the tensors' bytes + ``fsync``. The checkpoint save includes what
+the others do not: sha256 of every file (hashed in a second thread while writing),
+optimizer-free RNG/meta/manifest files and the atomic rename.
+
+Loads are measured cold (the files' pages dropped from the page cache with
+``posix_fadvise(DONTNEED)`` before each run) and warm. ``torch.load`` and the
+checkpoint load both end with the weights copied into the same ``nn.Module``; the
+checkpoint load verifies every sha256 unless marked otherwise.
+
+All cases use one folder on the same disk, run round-robin (``--repeats`` rounds,
+median reported), and the files are deleted after each run and at the end.
+
+    python benchmarks/bench_checkpoint.py [--quick] [--size-mib 1024] [--repeats 3] [--dir D]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import publish, table  # noqa: E402
+
+import mlmf_lab as ml  # noqa: E402
+
+GOAL = 0.8
+WIDTH = 2048  # each layer is WIDTH x WIDTH float32 = 16 MiB
+
+
+def build_model(size_mib: int) -> nn.Module:
+    layers = max(1, size_mib * 2**20 // (WIDTH * WIDTH * 4))
+    with torch.device("meta"):
+        model = nn.Sequential(*[nn.Linear(WIDTH, WIDTH, bias=False) for _ in range(layers)])
+    model = model.to_empty(device="cpu")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.uniform_(-0.02, 0.02, generator=g)
+    return model
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def drop_cache(path: Path) -> None:
+    """Evict a file's (clean) pages from the page cache, so the next read hits the disk."""
+    for p in [path] if path.is_file() else sorted(path.iterdir()):
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def raw_write(model: nn.Module, path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for t in model.state_dict().values():
+            view = memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+            done = 0
+            while done < view.nbytes:
+                done += os.write(fd, view[done:])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def raw_read(path: Path, buf: bytearray) -> None:
+    with open(path, "rb", buffering=0) as f:
+        view = memoryview(buf)
+        got = 0
+        while n := f.readinto(view[got:]):
+            got += n
+
+
+def torch_save(model: nn.Module, path: Path) -> None:
+    with open(path, "wb") as f:
+        torch.save(model.state_dict(), f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def safetensors_save(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file(model.state_dict(), os.fspath(path))
+    fsync_file(path)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def run(size_mib: int, repeats: int, folder: Path) -> tuple[str, float]:
+    model = build_model(size_mib)
+    nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    gib = nbytes / 2**30
+    target = model  # every load fills the same module
+    raw, pt, st = folder / "raw.bin", folder / "model.pt", folder / "model.safetensors"
+    ck_root = folder / "ckpt"
+    buf = bytearray(nbytes)
+
+    def ckpt_save() -> None:
+        ml.CheckpointManager(ck_root, keep_last=1).save(model, 0)
+
+    saves: dict[str, Callable[[], object]] = {
+        "raw write (os.write + fsync)": lambda: raw_write(model, raw),
+        "torch.save + fsync": lambda: torch_save(model, pt),
+        "safetensors save_file + fsync": lambda: safetensors_save(model, st),
+        "mlmf CheckpointManager.save": ckpt_save,
+    }
+    cleanup = {"raw write (os.write + fsync)": raw, "torch.save + fsync": pt,
+               "safetensors save_file + fsync": st, "mlmf CheckpointManager.save": ck_root}
+    save_times: dict[str, list[float]] = {k: [] for k in saves}
+    for _ in range(repeats):
+        for name, fn in saves.items():
+            save_times[name].append(timed(fn))
+            path = cleanup[name]
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    # Loads: write each file once, then time cold and warm reads round-robin.
+    raw_write(model, raw)
+    torch_save(model, pt)
+    ckpt_save()
+    cm = ml.CheckpointManager(ck_root, keep_last=1)
+    step_dir = cm.latest().path  # type: ignore[union-attr]
+
+    def torch_load() -> None:
+        target.load_state_dict(torch.load(pt, weights_only=True))
+
+    loads: dict[str, tuple[Callable[[], object], Path]] = {
+        "raw read (readinto)": (lambda: raw_read(raw, buf), raw),
+        "torch.load(weights_only) + load_state_dict": (torch_load, pt),
+        "mlmf load, sha256 verified": (lambda: cm.load(target, restore_rng=False), step_dir),
+        "mlmf load, verify=False": (lambda: cm.load(target, restore_rng=False, verify=False),
+                                    step_dir),
+    }
+    load_times: dict[tuple[str, str], list[float]] = {}
+    for _ in range(repeats):
+        for name, (fn, path) in loads.items():
+            drop_cache(path)
+            load_times.setdefault((name, "cold"), []).append(timed(fn))
+            load_times.setdefault((name, "warm"), []).append(timed(fn))
+    raw.unlink()
+    pt.unlink()
+    shutil.rmtree(ck_root)
+
+    med = {k: statistics.median(v) for k, v in save_times.items()}
+    base = med["raw write (os.write + fsync)"]
+    tsave = med["torch.save + fsync"]
+    rows = [[name, f"{t:.2f}", f"{gib / t:.2f}", f"{base / t:.2f}x", f"{tsave / t:.2f}x"]
+            for name, t in med.items()]
+    ratio = base / med["mlmf CheckpointManager.save"]
+    body = "**Save** (median of %d)\n\n" % repeats + table(
+        ["case", "seconds", "GiB/s", "vs raw write", "vs torch.save"], rows)
+    lmed = {k: statistics.median(v) for k, v in load_times.items()}
+    lrows = []
+    for name in loads:
+        for cache in ("cold", "warm"):
+            t = lmed[(name, cache)]
+            lrows.append([name, cache, f"{t:.2f}", f"{gib / t:.2f}",
+                          f"{lmed[('raw read (readinto)', cache)] / t:.2f}x",
+                          f"{lmed[('torch.load(weights_only) + load_state_dict', cache)] / t:.2f}x"])
+    body += "\n\n**Load** (median of %d)\n\n" % repeats + table(
+        ["case", "page cache", "seconds", "GiB/s", "vs raw read", "vs torch.load"], lrows)
+    verdict = "met" if ratio >= GOAL else "NOT met"
+    body += (f"\n\nGoal save >= {GOAL}x raw write throughput: **{ratio:.2f}x ({verdict})**. "
+             f"Model: {gib:.2f} GiB of float32 in {len(model)} layers of {WIDTH}x{WIDTH}.")
+    return body, ratio
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="64 MiB, 1 round: finishes in seconds")
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dir", type=Path, default=None,
+                    help="where to write (default: a temporary folder beside this script)")
+    args = ap.parse_args()
+    size, repeats = (64, 1) if args.quick else (args.size_mib, args.repeats)
+    torch.set_num_threads(1)  # the hashing thread gets the other core
+    parent = args.dir or Path(__file__).resolve().parent
+    folder = Path(tempfile.mkdtemp(prefix=".bench_checkpoint_", dir=parent))
+    try:
+        body, _ = run(size, repeats, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    how = ("Save and load of one model through each path, in one run, one folder on one disk. "
+           "Saves end with fsync (the checkpoint also fsyncs its folder and renames it into "
+           "place, and hashes every file with sha256). Cold loads drop the files from the page "
+           "cache with posix_fadvise(DONTNEED) first. The machine is shared (2 cores), so "
+           "timings are noisy: the cases run round-robin and the table shows medians.")
+    publish("checkpoint", "Checkpoint save/load vs torch.save/torch.load and raw I/O", how, body,
+            args.quick)
+
+
+if __name__ == "__main__":
+    main()
