@@ -173,17 +173,18 @@ def run(size_mib: int, repeats: int, folder: Path) -> tuple[str, float]:
     rows = [[name, f"{t:.2f}", f"{gib / t:.2f}", f"{base / t:.2f}x", f"{tsave / t:.2f}x"]
             for name, t in med.items()]
     ratio = base / med["mlmf CheckpointManager.save"]
-    body = "**Save** (median of %d)\n\n" % repeats + table(
+    body = f"**Save** (median of {repeats})\n\n" + table(
         ["case", "seconds", "GiB/s", "vs raw write", "vs torch.save"], rows)
     lmed = {k: statistics.median(v) for k, v in load_times.items()}
     lrows = []
     for name in loads:
         for cache in ("cold", "warm"):
             t = lmed[(name, cache)]
-            lrows.append([name, cache, f"{t:.2f}", f"{gib / t:.2f}",
-                          f"{lmed[('raw read (readinto)', cache)] / t:.2f}x",
-                          f"{lmed[('torch.load(weights_only) + load_state_dict', cache)] / t:.2f}x"])
-    body += "\n\n**Load** (median of %d)\n\n" % repeats + table(
+            raw_t = lmed[("raw read (readinto)", cache)]
+            torch_t = lmed[("torch.load(weights_only) + load_state_dict", cache)]
+            lrows.append([name, cache, f"{t:.2f}", f"{gib / t:.2f}", f"{raw_t / t:.2f}x",
+                          f"{torch_t / t:.2f}x"])
+    body += f"\n\n**Load** (median of {repeats})\n\n" + table(
         ["case", "page cache", "seconds", "GiB/s", "vs raw read", "vs torch.load"], lrows)
     verdict = "met" if ratio >= GOAL else "NOT met"
     body += (f"\n\nGoal save >= {GOAL}x raw write throughput: **{ratio:.2f}x ({verdict})**. "
