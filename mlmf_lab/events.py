@@ -16,17 +16,19 @@ activity is still open, so library calls a listener makes are never recorded eit
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 
 ACTIVITIES = (
     "load", "save", "convert", "quantize", "lora-inject", "lora-train", "lora-load",
     "lora-save", "merge", "unmerge", "checkpoint", "checkpoint-load",
 )
+_KNOWN = frozenset(ACTIVITIES)
 
 
 @dataclass
@@ -56,23 +58,50 @@ def emit(event: Event) -> None:
         listener(event)
 
 
-@contextlib.contextmanager
+class _Activity:
+    """The context manager behind ``activity``: nearly free when nobody listens."""
+
+    __slots__ = ("event", "_token")
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+        self._token: contextvars.Token[int] | None = None
+
+    def __enter__(self) -> Event:
+        if LISTENERS:
+            self.event.started = time.time()
+            self._token = _DEPTH.set(_DEPTH.get() + 1)
+        return self.event
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        token = self._token
+        if token is None:  # no listener when the activity began: nothing to record
+            return
+        try:
+            outermost = token.old_value is contextvars.Token.MISSING or token.old_value == 0
+            if exc_type is None and outermost and LISTENERS:
+                self.event.ended = time.time()
+                emit(self.event)  # still at depth >= 1: a listener's own calls stay silent
+        finally:
+            _DEPTH.reset(token)
+
+
 def activity(
     name: str, used: list[Any] | None = None, params: dict[str, Any] | None = None
-) -> Iterator[Event]:
+) -> AbstractContextManager[Event]:
     """Time an operation and emit it on success (nothing is emitted when it raises).
 
     Activities opened inside another one are not emitted: the outermost stands for them.
+    With no listener registered, this costs about as much as creating the ``Event``.
+
+    Raises:
+        ValueError: ``name`` is not one of ``ACTIVITIES``.
     """
-    if name not in ACTIVITIES:
+    if name not in _KNOWN:
         raise ValueError(f"unknown activity {name!r}; known: {', '.join(ACTIVITIES)}")
-    event = Event(name, list(used or []), [], dict(params or {}), time.time())
-    outermost = _DEPTH.get() == 0
-    token = _DEPTH.set(_DEPTH.get() + 1)
-    try:
-        yield event
-        if LISTENERS and outermost:
-            event.ended = time.time()
-            emit(event)
-    finally:
-        _DEPTH.reset(token)
+    return _Activity(Event(name, list(used) if used else [], [], dict(params) if params else {}))
