@@ -19,7 +19,7 @@ from mlmf_lab import events
 from mlmf_lab.cli import main as cli_main
 from mlmf_lab.convert import convert
 from mlmf_lab.errors import MLMFError
-from mlmf_lab.lineage import Lineage, read_prov
+from mlmf_lab.lineage import Lineage, active_lineages, read_prov
 from mlmf_lab.lineage.agent import git_commit
 
 
@@ -93,6 +93,20 @@ def test_chain_through_live_objects_links_up(tmp_path):
     assert "How out@" in str(hist) and "lora-inject" in hist._repr_html_()
     agent = hist.steps[0].agent
     assert agent["versions"]["torch"] == torch.__version__ and agent["user"] and agent["host"]
+
+
+def test_activate_and_deactivate(tmp_path):
+    base = _base(tmp_path)
+    lin = ml.Lineage.activate(tmp_path / "lin.db")
+    try:
+        assert lin.active and active_lineages() == [lin]
+        ml.load_state_dict(base)
+    finally:
+        lin.deactivate()
+    ml.load_state_dict(base)
+    assert not lin.active and active_lineages() == []
+    assert [a.name for a in lin.activities()] == ["load"]
+    assert "1 activities" in repr(lin)
 
 
 def test_nested_operations_are_one_activity(tmp_path):
