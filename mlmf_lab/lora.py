@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import events
+from . import events, lora_quant  # noqa: F401  (lora_quant registers the QuantLinear kind)
 from .errors import ConfigError
 from .lora_layer import (
     BASE_KINDS,
@@ -161,9 +161,11 @@ def merge(model: nn.Module, names: Sequence[str] | None = None, safe: bool = Tru
     """
     if names is not None:
         set_active(model, list(names))
-    require_unmerged(model, "merge again")
-    active = active_adapters(model)
-    layers = {p: m for p, m in lora_layers(model).items() if m.active and m.enabled}
+    every = lora_layers(model)
+    if any(m.merged for m in every.values()):
+        raise ConfigError("the model is already merged; call ml.lora.unmerge(model) first")
+    active = list(dict(pair for m in every.values() for pair in m.active).items())
+    layers = {p: m for p, m in every.items() if m.active and m.enabled}
     if not layers:
         raise ConfigError("no active, enabled adapter to merge; inject or set_active first")
     with events.activity("merge", used=[model], params={"adapters": active, "safe": safe}) as act:
@@ -192,14 +194,14 @@ def unmerge(model: nn.Module) -> list[str]:
     Raises:
         ConfigError: nothing is merged.
     """
-    merged = [p for p, m in lora_layers(model).items() if m.merged]
+    merged = {p: m for p, m in lora_layers(model).items() if m.merged}
     if not merged:
         raise ConfigError("no merged adapter to unmerge; call ml.lora.merge(model) first")
     with events.activity("unmerge", used=[model], params={"modules": len(merged)}) as act:
-        for path in merged:
-            lora_layers(model)[path].unmerge()
+        for layer in merged.values():
+            layer.unmerge()
         act.generated.append(model)
-    return merged
+    return list(merged)
 
 
 def unload(model: nn.Module, merge_first: bool = False) -> nn.Module:

@@ -10,6 +10,7 @@ one back; the first kind whose ``matches`` accepts a module wins (``BASE_KINDS``
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -131,10 +132,8 @@ class LoraLayer(nn.Module):
 
     def __init__(self, base_layer: nn.Module, path: str = "") -> None:
         super().__init__()
-        self.kind = base_kind(base_layer, path)
+        self.in_features, self.out_features = base_kind(base_layer, path).features(base_layer)
         self.base_layer = base_layer
-        self.in_features, self.out_features = self.kind.features(base_layer)
-        self.fan_in_fan_out = self.kind.fan_in_fan_out
         self.lora_A = nn.ParameterDict()
         self.lora_B = nn.ParameterDict()
         self.specs: dict[str, AdapterSpec] = {}
@@ -143,6 +142,15 @@ class LoraLayer(nn.Module):
         self.merged: tuple[tuple[str, float], ...] = ()
         self._original: Any = None  # the base weight object from before merging
         self._plan: list[tuple[torch.Tensor, torch.Tensor, float, float]] = []
+
+    @property
+    def kind(self) -> BaseKind:
+        """Looked up on use: the base layer may be swapped (e.g. by ``quantize_model``)."""
+        return base_kind(self.base_layer)
+
+    @property
+    def fan_in_fan_out(self) -> bool:
+        return self.kind.fan_in_fan_out
 
     # -- adapters ---------------------------------------------------------------------------
     def add_adapter(self, name: str, spec: AdapterSpec,
@@ -154,7 +162,8 @@ class LoraLayer(nn.Module):
         b = torch.zeros(self.out_features, spec.rank) if B is None else B.detach().float().clone()
         if A is None:
             nn.init.kaiming_uniform_(a, a=5**0.5)
-        device = self.kind.read(self.base_layer).device
+        held = next(itertools.chain(self.base_layer.parameters(), self.base_layer.buffers()), None)
+        device = held.device if held is not None else torch.device("cpu")
         self.lora_A[name] = nn.Parameter(a.to(device))
         self.lora_B[name] = nn.Parameter(b.to(device))
         self.specs[name] = spec

@@ -69,7 +69,8 @@ def test_target_errors_say_what_exists() -> None:
     model = net()
     with pytest.raises(ConfigError, match=r"matched no module; .* end in: q_proj, v_proj, up"):
         ml.lora.inject(model, rank=2, alpha=4, targets=["k_proj"])
-    with pytest.raises(UnsupportedError, match=r"'0.norm' is a LayerNorm.*supported: nn.Linear"):
+    with pytest.raises(UnsupportedError,
+                       match=r"'0.norm' is a LayerNorm.*supported: .*nn.Linear, Conv1D"):
         ml.lora.inject(model, rank=2, alpha=4, targets=["norm", "q_proj"])
     assert ml.lora.lora_layers(model) == {}  # nothing wrapped when one target is bad
     with pytest.raises(ConfigError, match="positive integer"):
