@@ -218,3 +218,22 @@ def test_tensor_stats_by_name(tmp_path):
     assert [s.name for s in tensor_stats(model, names=["bias"])] == ["bias"]
     with pytest.raises(MLMFError, match="no tensor 'nope'"):
         tensor_stats(model, names=["nope"])
+
+
+def test_adapter_folder_is_described_and_carded_as_an_adapter(tmp_path):
+    torch.manual_seed(6)
+    ml.save_state_dict(Net().state_dict(), tmp_path / "base.safetensors")
+    with Lineage(tmp_path / "lin.db") as lin:
+        model = Net()
+        ml.load_into(model, tmp_path / "base.safetensors")
+        ml.lora.inject(model, rank=2, alpha=4, targets=["proj"])
+        folder = ml.lora.save_peft_adapter(model, tmp_path / "adapter")
+    assert lin.entity(folder).kind == "adapter"
+    assert [a.name for a in lin.history(folder).steps] == ["load", "lora-inject", "lora-save"]
+    peft_cfg = json.loads((folder / "adapter_config.json").read_text())
+    desc = ml.describe(folder)
+    assert desc.is_adapter and desc.architecture == f"{peft_cfg['peft_type']} adapter"
+    assert desc.num_parameters == 2 * 6 + 6 * 2  # lora_A (2, 6) and lora_B (6, 2)
+    card = ModelCard(desc.to_model_card(lineage=lin))
+    assert (card.data.base_model, card.data.base_model_relation) == ("base.safetensors",
+                                                                     "adapter")
