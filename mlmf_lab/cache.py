@@ -59,6 +59,9 @@ class _Entry:
     pinned: bool = False
     hits: int = 0
 
+    def __post_init__(self) -> None:
+        self.nbytes = self.size.total  # read on every hit: a plain attribute, not a property
+
 
 class _Pending:
     """A load in progress that other threads asking for the same key wait for."""
@@ -110,7 +113,8 @@ class ModelCache:
         self._lock = threading.RLock()
         self._entries: OrderedDict[Ident, _Entry] = OrderedDict()  # LRU first
         self._pending: dict[tuple[Ident, Stamp], _Pending] = {}
-        self._events: deque[CacheEvent] = deque(maxlen=max_events)
+        # plain tuples on the hot path; stats() turns them into CacheEvent records
+        self._events: deque[tuple[float, str, str, int, int, str]] = deque(maxlen=max_events)
         self._held = self._pinned_bytes = 0
         self._next_pressure_check = self._t0
         self._counts = dict.fromkeys(("lookups", "hits", "misses", "loads", "load_errors",
@@ -197,23 +201,25 @@ class ModelCache:
         now = self._clock()
         if self.min_available_memory is not None and now >= self._next_pressure_check:
             self._relieve_pressure()
-        self._counts["lookups"] += 1
+        counts = self._counts
+        counts["lookups"] += 1
         entry = self._entries.get(ident)
-        if entry is not None and entry.stamp != stamp:
-            self._drop(ident, "stale")
-            entry = None
-        elif entry is not None and self._expired(entry, now):
-            self._drop(ident, "ttl")
-            entry = None
+        if entry is not None:
+            if entry.stamp != stamp:
+                self._drop(ident, "stale")
+                entry = None
+            elif self.ttl is not None and self._expired(entry, now):
+                self._drop(ident, "ttl")
+                entry = None
         if entry is None:
-            self._counts["misses"] += 1
-            self._log("miss", label, 0, now=now)
+            counts["misses"] += 1
+            self._events.append((now - self._t0, "miss", label, 0, self._held, ""))
             return None
         self._entries.move_to_end(ident)
         entry.hits += 1
-        self._counts["hits"] += 1
+        counts["hits"] += 1
         self._saved_seconds += entry.load_seconds
-        self._log("hit", label, entry.size.total, now=now)
+        self._events.append((now - self._t0, "hit", label, entry.nbytes, self._held, ""))
         return entry
 
     # -- storing ------------------------------------------------------------------------
@@ -283,7 +289,7 @@ class ModelCache:
     def _log(self, event: str, label: str, nbytes: int, reason: str = "",
              now: float | None = None) -> None:
         now = self._clock() if now is None else now
-        self._events.append(CacheEvent(now - self._t0, event, label, nbytes, self._held, reason))
+        self._events.append((now - self._t0, event, label, nbytes, self._held, reason))
 
     # -- eviction by policy ---------------------------------------------------------------
     def expire(self) -> int:
@@ -387,7 +393,7 @@ class ModelCache:
                 pinned_bytes=self._pinned_bytes, entries=len(entries),
                 pinned=sum(e.pinned for e in entries), evictions=dict(self._evictions),
                 load_seconds=self._load_seconds, saved_seconds=self._saved_seconds,
-                events=tuple(self._events), **self._counts,
+                events=tuple(map(CacheEvent._make, self._events)), **self._counts,
             )
 
     @property

@@ -35,10 +35,11 @@ def identify(key: Any, must_be_file: bool, plain_keys: Container[Ident],
     Raises:
         CacheError: a file that must exist does not, or an unhashable key.
     """
-    if isinstance(key, str) and not must_be_file and ("key", key) in plain_keys:
+    is_str = type(key) is str
+    if is_str and not must_be_file and ("key", key) in plain_keys:
         return ("key", key), NOT_A_FILE, repr(key)[:200]
-    if isinstance(key, str | os.PathLike):
-        name = key if type(key) is str else os.fsdecode(key)
+    if is_str or isinstance(key, str | os.PathLike):
+        name = key if is_str else os.fsdecode(key)
         path = abspaths.get(name)
         if path is None:
             path = os.path.abspath(name)
