@@ -39,7 +39,10 @@ from torch import nn
 from . import events
 from .checkpoint_diff import CheckpointDiff, diff_state_dicts
 from .checkpoint_io import (
+    pid_alive,
+    publish_dir,
     read_part,
+    remove_dir,
     verify_manifest,
     weights_file,
     write_json,
@@ -145,7 +148,7 @@ class CheckpointManager:
                 sums["meta.json"] = write_json(meta, tmp / "meta.json")
                 write_manifest(tmp, sums)
                 atomic.fsync_path(tmp)
-                _publish(tmp, final)
+                publish_dir(tmp, final)
             finally:
                 if tmp.exists():
                     shutil.rmtree(tmp, ignore_errors=True)
@@ -159,11 +162,11 @@ class CheckpointManager:
                               self.keep_last, self.keep_best, self.mode, protect=[protect])
         for r in records:
             if r.step not in keep:
-                _remove(r.path)
+                remove_dir(r.path)
 
     def delete(self, which: Which) -> None:
         """Delete one checkpoint (renamed away first, so it vanishes from ``list()`` at once)."""
-        _remove(self.get(which).path)
+        remove_dir(self.get(which).path)
 
     # -- reading ------------------------------------------------------------------------
     def list(self) -> CheckpointList:
@@ -306,7 +309,7 @@ class CheckpointManager:
         """Delete hidden folders that interrupted saves or deletions of dead processes left."""
         for entry in os.scandir(self.root):
             m = _LEFTOVER.match(entry.name)
-            if m and entry.is_dir() and not _alive(int(m.group(1))):
+            if m and entry.is_dir() and not pid_alive(int(m.group(1))):
                 shutil.rmtree(entry.path, ignore_errors=True)
 
     def _git_commit(self) -> str | None:
@@ -378,38 +381,3 @@ def _fill(target: Any, state: dict[str, torch.Tensor], strict: bool, path: Path)
                 target[k].copy_(v)
             else:
                 target[k] = v.clone()
-
-
-def _publish(tmp: Path, final: Path) -> None:
-    """Move a finished folder into place; an existing one is swapped out in one step."""
-    if not final.exists():
-        os.rename(tmp, final)
-    elif atomic._exchange(tmp, final):
-        shutil.rmtree(tmp)  # tmp now holds the replaced checkpoint, under a hidden name
-    else:  # no renameat2: a crash between the renames leaves the old one hidden, not broken
-        old = atomic.tmp_name(final, "old")
-        os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old)
-    atomic.fsync_path(final.parent)
-
-
-def _remove(path: Path) -> None:
-    """Rename away first (atomic), so no half-deleted checkpoint is ever listed, then delete."""
-    gone = atomic.tmp_name(path, "del")
-    os.rename(path, gone)
-    atomic.fsync_path(path.parent)
-    shutil.rmtree(gone)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import struct
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint_state import join_state, split_state
 from .errors import ChecksumError, FormatError, MLMFError
-from .formats import load_state_dict
+from .formats import atomic, load_state_dict
 from .formats.base import TORCH_TO_ST
 from .formats.metadata import encode_metadata
 from .formats.safetensors import dedupe_shared
@@ -289,3 +290,36 @@ def weights_file(folder: Path) -> Path:
     """The weights of a checkpoint folder: the sharded index, or ``model.safetensors``."""
     index = folder / INDEX_NAME
     return index if index.exists() else folder / "model.safetensors"
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Move a finished folder into place; an existing one is swapped out in one step."""
+    if not final.exists():
+        os.rename(tmp, final)
+    elif atomic._exchange(tmp, final):
+        shutil.rmtree(tmp)  # tmp now holds the replaced checkpoint, under a hidden name
+    else:  # no renameat2: a crash between the renames leaves the old one hidden, not broken
+        old = atomic.tmp_name(final, "old")
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old)
+    atomic.fsync_path(final.parent)
+
+
+def remove_dir(path: Path) -> None:
+    """Rename away first (atomic), so no half-deleted checkpoint is ever listed, then delete."""
+    gone = atomic.tmp_name(path, "del")
+    os.rename(path, gone)
+    atomic.fsync_path(path.parent)
+    shutil.rmtree(gone)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (so its temporary folders may still be in use)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -328,3 +328,31 @@ def test_list_html_and_rows(tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3] and [r["best"] for r in rows] == [0, 1, 0]
     assert "step-000002" in cm._repr_html_() and "keep_last=3" in repr(cm)
     assert "step-000003" in records[-1]._repr_html_()
+
+
+def test_saving_an_existing_step_replaces_it_whole(tmp_path):
+    cm = ml.CheckpointManager(tmp_path)
+    cm.save({"w": torch.zeros(3)}, 5, metrics={"val_loss": 1.0})
+    cm.save({"w": torch.ones(3), "extra": torch.ones(1)}, 5, metrics={"val_loss": 0.5})
+    assert cm.list().steps == [5] and cm.get(5).metrics == {"val_loss": 0.5}
+    assert set(cm.state_dict(5)) == {"w", "extra"} and torch.equal(cm.state_dict(5)["w"],
+                                                                   torch.ones(3))
+    assert os.listdir(tmp_path) == ["step-000005"]
+
+
+def test_a_failing_save_leaves_no_trace(tmp_path, monkeypatch):
+    import mlmf_lab.checkpoint as ckpt
+
+    cm = ml.CheckpointManager(tmp_path)
+    cm.save({"w": torch.zeros(3)}, 1)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "write_manifest", broken)
+    with pytest.raises(OSError, match="No space left"):
+        cm.save({"w": torch.ones(3)}, 2)
+    with pytest.raises(OSError, match="No space left"):
+        cm.save({"w": torch.ones(3)}, 1)  # a failed replacement keeps the old one
+    assert os.listdir(tmp_path) == ["step-000001"]
+    assert torch.equal(cm.state_dict(1)["w"], torch.zeros(3))
