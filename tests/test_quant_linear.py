@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def test_quant_linear_matches_the_dequantized_reference(
         pytest.skip("torch's int4 CPU kernel is not available here")
     lin = linear(256, 96)
     qt = ml.quant.quantize(lin.weight.detach(), scheme, **options)
-    layer = QuantLinear(qt, lin.bias, kernel=kernel)
+    layer = QuantLinear(dataclasses.replace(qt), lin.bias, kernel=kernel)  # held by no one
     assert layer.kernel == kernel and layer.scheme == scheme
     x = torch.randn(3, 5, 256)  # extra leading dims are kept
     y = layer(x)
@@ -92,8 +93,8 @@ def test_int4pack_layout_round_trips_for_odd_row_counts(rows: int) -> None:
     w = torch.randn(rows, 64)
     for scheme, options in (("q4_0", {}), ("int4", {"group_size": 32})):
         qt = ml.quant.quantize(w, scheme, **options)
-        layer = QuantLinear(qt)
-        assert layer.kernel == "int4pack"
+        layer = QuantLinear(dataclasses.replace(qt))  # its weights come from the packed layout
+        assert layer.kernel == "int4pack" and layer.qweight is not qt
         assert torch.equal(layer.qweight.data, qt.data)
         x = torch.randn(2, 64)
         assert rel(layer(x), x @ qt.dequantize().T) < 0.01

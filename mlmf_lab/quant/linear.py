@@ -12,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import html
 import os
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,9 @@ class QuantLinear(nn.Module):
         self.out_features, self.in_features = qweight.shape
         self.kernel_name = kernel
         self._kernel: LinearKernel = build_kernel(qweight, kernel)
+        # the QTensor it was built from, while someone else holds it (a file's state dict):
+        # handing it back saves unpacking the kernel's layout, and loading it again is a no-op
+        self._source = weakref.ref(qweight)
         self._scheme, self._options = qweight.scheme, dict(qweight.options)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
 
@@ -62,7 +66,8 @@ class QuantLinear(nn.Module):
     @property
     def qweight(self) -> QTensor:
         """The weights as a ``QTensor`` (rebuilt from the kernel's layout when it packs them)."""
-        return self._kernel.qtensor()
+        source = self._source()
+        return source if source is not None else self._kernel.qtensor()
 
     @property
     def weight_nbytes(self) -> int:
@@ -73,7 +78,10 @@ class QuantLinear(nn.Module):
         if tuple(qweight.shape) != (self.out_features, self.in_features):
             raise MLMFError(f"QuantLinear expects weights of shape "
                             f"{[self.out_features, self.in_features]}, found {list(qweight.shape)}")
+        if qweight is self._source():
+            return
         self._kernel = build_kernel(qweight, self.kernel_name)
+        self._source = weakref.ref(qweight)
         self._scheme, self._options = qweight.scheme, dict(qweight.options)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
