@@ -175,13 +175,10 @@ class CheckpointManager:
         Raises:
             FormatError: a checkpoint folder whose manifest or ``meta.json`` is malformed.
         """
-        records = []
-        for entry in os.scandir(self.root):
-            step = parse_step_dir(entry.name)
-            if step is not None and entry.is_dir() and os.path.isfile(
-                os.path.join(entry.path, "manifest.json")
-            ):
-                records.append(read_record(Path(entry.path)))
+        with os.scandir(self.root) as entries:
+            finished = [Path(e.path) for e in entries if parse_step_dir(e.name) is not None
+                        and e.is_dir() and os.path.isfile(os.path.join(e.path, "manifest.json"))]
+        records = [read_record(folder) for folder in finished]
         best = rank_best([(r.step, r.metrics.get(self.metric)) for r in records], self.mode)
         return CheckpointList(records, best[0] if best else None, self.metric)
 
@@ -307,10 +304,11 @@ class CheckpointManager:
     # -- housekeeping -------------------------------------------------------------------
     def _remove_leftovers(self) -> None:
         """Delete hidden folders that interrupted saves or deletions of dead processes left."""
-        for entry in os.scandir(self.root):
-            m = _LEFTOVER.match(entry.name)
-            if m and entry.is_dir() and not pid_alive(int(m.group(1))):
-                shutil.rmtree(entry.path, ignore_errors=True)
+        with os.scandir(self.root) as entries:
+            stale = [e.path for e in entries if (m := _LEFTOVER.match(e.name)) and e.is_dir()
+                     and not pid_alive(int(m.group(1)))]
+        for path in stale:
+            shutil.rmtree(path, ignore_errors=True)
 
     def _git_commit(self) -> str | None:
         if self._git is False:
