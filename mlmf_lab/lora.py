@@ -5,7 +5,8 @@
 >>> ml.lora.merge(model); ml.lora.unmerge(model)                          # doctest: +SKIP
 
 The maths lives in ``lora_math`` (pure functions), the wrapper module in ``lora_layer``,
-the PEFT file format in ``lora_peft`` and the summary table in ``lora_summary``.
+the PEFT file format in ``lora_peft``, the summary table in ``lora_summary``, and merging
+into quantized bases (``ml.quant.QuantLinear``) in ``lora_quant``.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ def inject(
     """Add adapter ``name`` to every targeted layer; the base is frozen, the adapter made active.
 
     Args:
-        model: any ``nn.Module`` holding ``nn.Linear`` or GPT-2 ``Conv1D`` layers (the latter
-            are handled with ``fan_in_fan_out``, detected from the layer type).
+        model: any ``nn.Module`` holding ``nn.Linear``, GPT-2 ``Conv1D`` (handled with
+            ``fan_in_fan_out``, detected from the layer type) or ``ml.quant.QuantLinear`` layers.
         rank: ``r``; alpha: ``lora_alpha``; forward is ``base(x) + (alpha/r)·B(A(dropout(x)))``.
         targets: a regex matched against whole module paths, or a list of names matched as
             the path or its suffix after a dot (PEFT's rules).

@@ -134,6 +134,7 @@ class LoraLayer(nn.Module):
         super().__init__()
         self.in_features, self.out_features = base_kind(base_layer, path).features(base_layer)
         self.base_layer = base_layer
+        self.train(base_layer.training)  # a wrapper in an eval() model must not drop out
         self.lora_A = nn.ParameterDict()
         self.lora_B = nn.ParameterDict()
         self.specs: dict[str, AdapterSpec] = {}

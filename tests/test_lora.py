@@ -198,3 +198,20 @@ def test_operations_emit_events(tmp_path: object) -> None:
     names = [e.activity for e in seen if e.activity != "load"]  # "load": the file read inside
     assert names == ["lora-inject", "merge", "unmerge", "lora-save", "lora-load"]
     assert seen[0].params["rank"] == 2 and seen[0].generated == [model]
+
+
+def test_dropout_acts_on_the_adapter_input_in_training_only() -> None:
+    model = net()
+    ml.lora.inject(model, rank=2, alpha=4, targets=["q_proj"], dropout=0.5)
+    nonzero(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(X), model(X))
+        model.train()
+        torch.manual_seed(0)
+        a = model(X)
+        b = model(X)
+        ml.lora.disable(model)
+        torch.testing.assert_close(model(X), net().train()(X))  # base has no dropout
+    assert (a - b).abs().max() > 1e-3
+    with pytest.raises(ConfigError, match=r"dropout must be in \[0, 1\), found 1.5"):
+        ml.lora.inject(net(), rank=2, alpha=4, targets=["q_proj"], dropout=1.5)
