@@ -101,12 +101,13 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_llama(tmp_path_factory.mktemp("llama") / "llama.safetensors")
 
 
-def rebuild(path: Path, plan: D.ShardPlan) -> tuple[dict[str, torch.Tensor], list[int]]:
+def rebuild(path: Path, plan: D.ShardPlan,
+            mode: str = "direct") -> tuple[dict[str, torch.Tensor], list[int]]:
     """Load every rank's shard in this process and put the primary pieces back together."""
     full = {i.name: torch.empty(i.shape, dtype=getattr(torch, i.dtype)) for i in plan.tensors}
     counts = []
     for r in range(plan.world_size):
-        shard = D.load_shard(path, plan, rank=r, world_size=plan.world_size)
+        shard = D.load_shard(path, plan, rank=r, world_size=plan.world_size, mode=mode)
         counts.append(shard.bytes_read)
         for p in plan.for_rank(r):
             assert tuple(shard[p.name].shape) == P.local_shape(plan.info(p.name), p)
@@ -116,12 +117,13 @@ def rebuild(path: Path, plan: D.ShardPlan) -> tuple[dict[str, torch.Tensor], lis
 
 
 # -- plans -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["direct", "mmap"])
 @pytest.mark.parametrize("strategy", ["replicate", "layers", "tensor"])
 @pytest.mark.parametrize("n", [2, 4])
 def test_every_plan_rebuilds_the_file_and_reads_only_its_share(llama: Path, strategy: str,
-                                                               n: int) -> None:
+                                                               n: int, mode: str) -> None:
     plan = D.plan(llama, strategy, world_size=n)
-    full, counts = rebuild(llama, plan)
+    full, counts = rebuild(llama, plan, mode)
     ref = ml.load_state_dict(llama)
     assert list(full) == list(ref)
     assert all(torch.equal(full[k], ref[k]) for k in ref)
@@ -130,6 +132,32 @@ def test_every_plan_rebuilds_the_file_and_reads_only_its_share(llama: Path, stra
         assert counts == [plan.total_bytes] * n
     else:
         assert max(counts) <= plan.total_bytes / n * 1.05, (counts, plan.total_bytes)
+
+
+def test_mmap_mode_is_copy_free_and_private(llama: Path) -> None:
+    plan = D.plan(llama, "tensor", world_size=2)
+    direct = D.load_shard(llama, plan, rank=1, world_size=2)
+    mapped = D.load_shard(llama, plan, rank=1, world_size=2, mode="mmap")
+    vocab, row = "model.embed_tokens.weight", "model.layers.0.mlp.down_proj.weight"
+    assert all(torch.equal(direct[k], mapped[k]) for k in direct)
+    # where the bytes live, as the kernel sees it: a mapping of the file, or our own memory
+    assert _mapping_of(mapped[vocab]) == str(llama)
+    assert _mapping_of(direct[vocab]) != str(llama) and _mapping_of(mapped[row]) != str(llama)
+    before = llama.read_bytes()
+    mapped[vocab].zero_()  # copy-on-write: the file never changes
+    mapped[row].zero_()  # row slices are not one byte range: read into memory instead
+    assert llama.read_bytes() == before
+
+
+def _mapping_of(t: torch.Tensor) -> str:
+    """The file mapped at ``t``'s address in /proc/self/maps ('' for anonymous memory)."""
+    ptr = t.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        if lo <= ptr < hi:
+            return fields[5] if len(fields) > 5 else ""
+    return ""
 
 
 def test_plan_reads_no_tensor_data(llama: Path) -> None:
@@ -280,7 +308,9 @@ def test_plan_figure(llama: Path) -> None:
     plan = D.plan(llama, "tensor", world_size=4)
     fig = ml.plots.plot_shard_plan(plan, bytes_read=plan.bytes_per_rank())
     left, right = fig.axes[:2]
-    assert len(left.collections) == len(plan.pieces)
+    boxes = sum(len(c.get_paths()) for c in left.collections)
+    assert boxes == sum(len(p.spans) or 1 for p in plan.pieces)  # every piece is drawn
+    assert len(left.collections) == len({(p.rank, p.role, p.primary) for p in plan.pieces})
     assert [t.get_text() for t in left.get_yticklabels()] == [f"rank {r}" for r in range(4)]
     assert "imbalance" in right.get_title()
 

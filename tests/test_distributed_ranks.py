@@ -65,6 +65,8 @@ def healthy_checks(paths: dict[str, str]) -> dict[str, Any]:
         out[f"{strategy}/total"] = plan.total_bytes
         gathered = D.gather_state_dict(shard)  # collective: every rank calls it
         out[f"{strategy}/gather"] = _equal(gathered, ref) if rank == 0 else gathered
+        mapped = D.load_shard(paths["llama"], plan, mode="mmap")
+        out[f"{strategy}/mmap"] = all(torch.equal(mapped[k], shard[k]) for k in shard)
         cast = D.load_shard(paths["llama"], plan, mode="broadcast")
         same = all(torch.equal(cast[k], shard[k]) for k in shard) and cast.keys() == shard.keys()
         out[f"{strategy}/broadcast"] = (same, cast.bytes_read, cast.bytes_received)
@@ -122,6 +124,7 @@ def test_healthy_run(paths: dict[str, str], n: int) -> None:
             if strategy != "replicate":
                 assert o[f"{strategy}/rchar"] <= total / n * 1.05 + 2**16, (strategy, o["rank"])
                 assert o[f"{strategy}/bytes"] <= total / n * 1.05
+            assert o[f"{strategy}/mmap"] is True
             same, read, received = o[f"{strategy}/broadcast"]
             assert same and (read > 0) == (o["rank"] == 0) and (received > 0) == (o["rank"] > 0)
         assert outs[0][f"{strategy}/gather"] is True

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any, NamedTuple, cast
 
+import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError, DistributedError
@@ -45,6 +46,8 @@ def _worker(fn: Callable[..., Any], rank: int, world_size: int, port: int, pg_ti
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    if "OMP_NUM_THREADS" not in os.environ:  # as torchrun: N ranks share the cores
+        torch.set_num_threads(1)
     timeout = datetime.timedelta(seconds=pg_timeout)
     try:
         store = dist.TCPStore("127.0.0.1", port, world_size, is_master=False, timeout=timeout)

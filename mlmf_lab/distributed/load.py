@@ -20,7 +20,7 @@ from .plans import Piece, ShardPlan, local_shape
 from .read import RangeReader, read_piece
 from .runtime import checked, require_group, world
 
-MODES = ("direct", "broadcast")
+MODES = ("direct", "mmap", "broadcast")
 PROGRESS_BYTES = 256 * 2**20  # show a progress bar for shards larger than this
 
 
@@ -35,7 +35,7 @@ class Shard(Mapping[str, torch.Tensor]):
         bytes_read: bytes this rank read from the file itself (counted per read call).
         bytes_received: bytes received from rank 0 (``broadcast`` mode).
         seconds: wall time of the load.
-        mode: ``direct`` or ``broadcast``.
+        mode: ``direct``, ``mmap`` or ``broadcast``.
     """
 
     rank: int
@@ -106,22 +106,31 @@ def check_against_plan(wf: WeightFile, plan: ShardPlan, pieces: Sequence[Piece])
                 f"({got.nbytes} bytes); recompute the plan from this file", wf.path)
 
 
-def _read_all(wf: WeightFile, reader: RangeReader, pieces: Sequence[Piece],
-              progress: bool) -> dict[str, torch.Tensor]:
+def _read_all(wf: WeightFile, reader: RangeReader, pieces: Sequence[Piece], progress: bool,
+              into: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Read ``pieces`` into fresh tensors, or into the views ``into`` (a packed buffer)."""
     out: dict[str, torch.Tensor] = {}
     with tqdm(total=sum(p.nbytes for p in pieces), unit="B", unit_scale=True,
               disable=not progress, desc=f"rank {pieces[0].rank if pieces else 0}") as bar:
         for p in pieces:
-            out[p.name] = read_piece(reader, wf, p)
+            out[p.name] = read_piece(reader, wf, p, None if into is None else into[p.name])
             bar.update(p.nbytes)
     return out
 
 
 def pack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Concatenate the bytes of ``tensors`` into one flat uint8 buffer."""
-    if not tensors:
-        return torch.empty(0, dtype=torch.uint8)
-    return torch.cat([t.contiguous().view(torch.uint8).reshape(-1) for t in tensors])
+    """Copy the bytes of ``tensors`` one after another into one flat uint8 buffer."""
+    flat = [t.contiguous().view(torch.uint8).reshape(-1) for t in tensors]
+    buf = torch.empty(sum(f.numel() for f in flat), dtype=torch.uint8)
+    at = 0
+    for f in flat:
+        buf[at:at + f.numel()].copy_(f)
+        at += f.numel()
+    return buf
+
+
+def packed_size(plan: ShardPlan, pieces: Sequence[Piece]) -> int:
+    return sum(piece_nbytes(plan.info(p.name), p) for p in pieces)
 
 
 def unpack(buf: torch.Tensor, plan: ShardPlan, pieces: Sequence[Piece]) -> dict[str, torch.Tensor]:
@@ -159,8 +168,11 @@ def load_shard(
         path: the weight file (may differ per rank, e.g. a node-local copy).
         plan: from ``ml.distributed.plan(...)``, the same on every rank.
         rank, world_size: default to the process group (or torchrun's environment).
-        mode: ``direct`` (each rank reads its own bytes) or ``broadcast`` (rank 0 reads
-            and sends each rank its part; needs a process group).
+        mode: ``direct``: each rank reads its bytes into its own memory (``os.preadv``);
+            ``mmap``: contiguous pieces become copy-free views of a private memory map
+            (read when first touched, shared between ranks through the page cache), the
+            others are read as in ``direct``; ``broadcast``: rank 0 reads and sends each
+            rank its part (needs a process group).
         progress: show a progress bar; default: for shards over 256 MiB.
 
     Returns:
@@ -186,8 +198,10 @@ def load_shard(
     with events.activity("load", used=[os.fspath(path)],
                          params={"strategy": plan.strategy, "rank": r, "world_size": n,
                                  "mode": mode}):
-        if mode == "direct":
-            tensors, nread = checked("reading", path, lambda: _direct(path, plan, pieces, show))
+        if mode != "broadcast" or n == 1:
+            mapped = mode == "mmap"
+            tensors, nread = checked("reading", path,
+                                     lambda: _direct(path, plan, pieces, show, mapped))
             received = 0
         else:
             require_group(n, "broadcast mode")
@@ -196,8 +210,8 @@ def load_shard(
 
 
 def _direct(path: str | os.PathLike[str], plan: ShardPlan, pieces: Sequence[Piece],
-            progress: bool) -> tuple[dict[str, torch.Tensor], int]:
-    with open_weights(path) as wf, RangeReader() as reader:
+            progress: bool, mapped: bool = False) -> tuple[dict[str, torch.Tensor], int]:
+    with open_weights(path) as wf, RangeReader(mapped) as reader:
         check_against_plan(wf, plan, pieces)
         return _read_all(wf, reader, pieces, progress), reader.bytes_read
 
@@ -211,25 +225,28 @@ def _broadcast(path: str | os.PathLike[str], plan: ShardPlan, rank: int,
 
     checked("opening", path, validate)  # every rank learns if rank 0 cannot read the file
 
+    same = _same_everywhere(plan)
+
     def transfer() -> tuple[dict[str, torch.Tensor], int, int]:
         mine = plan.for_rank(rank)
-        size = sum(piece_nbytes(plan.info(p.name), p) for p in mine)
         if rank != 0:
-            buf = torch.empty(size, dtype=torch.uint8)
-            if _same_everywhere(plan):
+            buf = torch.empty(packed_size(plan, mine), dtype=torch.uint8)
+            if same:
                 dist.broadcast(buf, src=0)
             else:
                 dist.recv(buf, src=0)
-            return unpack(buf, plan, mine), 0, size
+            return unpack(buf, plan, mine), 0, buf.numel()
         with open_weights(path) as wf, RangeReader() as reader:
-            if _same_everywhere(plan):
-                own = _read_all(wf, reader, mine, progress)
-                dist.broadcast(pack(list(own.values())), src=0)
-                return own, reader.bytes_read, 0
-            for dst in range(1, plan.world_size):
-                theirs = _read_all(wf, reader, plan.for_rank(dst), progress)
-                dist.send(pack(list(theirs.values())), dst=dst)
-                del theirs
+            for dst in range(1, 2 if same else plan.world_size):
+                # read each rank's pieces straight into its send buffer: no extra copy
+                theirs = plan.for_rank(dst)
+                buf = torch.empty(packed_size(plan, theirs), dtype=torch.uint8)
+                _read_all(wf, reader, theirs, progress, into=unpack(buf, plan, theirs))
+                if same:  # every rank holds the same: one broadcast, and it is ours too
+                    dist.broadcast(buf, src=0)
+                    return unpack(buf, plan, mine), reader.bytes_read, 0
+                dist.send(buf, dst=dst)
+                del buf
             return _read_all(wf, reader, mine, progress), reader.bytes_read, 0
 
     return checked("sending" if rank == 0 else "receiving", path, transfer, collective=True)
@@ -255,15 +272,14 @@ def gather_state_dict(shard: Shard, dst: int = 0) -> dict[str, torch.Tensor] | N
 
     def step() -> dict[str, torch.Tensor] | None:
         if shard.rank != dst:
-            dist.send(pack([_primary_part(shard, p) for p in primary[shard.rank]]), dst=dst)
+            dist.send(pack([shard.tensors[p.name] for p in primary[shard.rank]]), dst=dst)
             return None
         full = {i.name: torch.empty(i.shape, dtype=_dtype(i)) for i in plan.tensors}
         for r in range(plan.world_size):
             if r == dst:
-                parts = {p.name: _primary_part(shard, p) for p in primary[r]}
+                parts = {p.name: shard.tensors[p.name] for p in primary[r]}
             else:
-                size = sum(piece_nbytes(plan.info(p.name), p) for p in primary[r])
-                buf = torch.empty(size, dtype=torch.uint8)
+                buf = torch.empty(packed_size(plan, primary[r]), dtype=torch.uint8)
                 dist.recv(buf, src=r)
                 parts = unpack(buf, plan, primary[r])
             for p in primary[r]:
@@ -272,10 +288,6 @@ def gather_state_dict(shard: Shard, dst: int = 0) -> dict[str, torch.Tensor] | N
 
     with events.activity("load", used=[plan.source], params={"gather": True, "dst": dst}):
         return checked("gathering", plan.source, step, collective=True)
-
-
-def _primary_part(shard: Shard, piece: Piece) -> torch.Tensor:
-    return shard.tensors[piece.name]
 
 
 def place(full: torch.Tensor, piece: Piece, part: torch.Tensor) -> None:

@@ -235,18 +235,23 @@ def layer_groups(infos: Sequence[TensorInfo]) -> list[Group]:
 def balanced_partition(sizes: Sequence[int], k: int) -> list[Span]:
     """Split ``sizes`` into ``k`` contiguous runs minimising the largest run's sum.
 
-    Binary search on the limit with a greedy check; each run is non-empty when
-    there are at least ``k`` items. Returns ``[start, stop)`` index ranges.
+    Binary search on the limit with a greedy check, then a second pass that aims each run
+    at an even share of what is left without passing that limit (so the other runs are
+    even too). Each run is non-empty when there are at least ``k`` items.
+    Returns ``[start, stop)`` index ranges.
     """
     n = len(sizes)
 
-    def cut(limit: int) -> list[Span] | None:
+    def cut(limit: int, aim: bool) -> list[Span] | None:
         runs: list[Span] = []
-        start, acc = 0, 0
+        start, acc, left = 0, 0, sum(sizes)
         for i, s in enumerate(sizes):
-            left_items, left_runs = n - i, k - len(runs) - 1
-            if i > start and (acc + s > limit or left_items <= left_runs):
+            runs_left = k - len(runs)
+            target = left / runs_left if runs_left else left
+            full = acc + s > limit or (aim and acc > 0 and acc + s / 2 > target)
+            if i > start and runs_left > 1 and (full or n - i <= runs_left - 1):
                 runs.append((start, i))
+                left -= acc
                 start, acc = i, 0
             acc += s
             if acc > limit:
@@ -257,26 +262,36 @@ def balanced_partition(sizes: Sequence[int], k: int) -> list[Span]:
     lo, hi = max(sizes, default=0), max(sum(sizes), 1)
     while lo < hi:
         mid = (lo + hi) // 2
-        if cut(mid) is None:
+        if cut(mid, aim=False) is None:
             lo = mid + 1
         else:
             hi = mid
-    runs = cut(lo) or [(0, n)]
+    runs = cut(lo, aim=True) or cut(lo, aim=False) or [(0, n)]
     return runs + [(n, n)] * (k - len(runs))
 
 
 def describe_groups(groups: Sequence[Group]) -> str:
-    """``['model.embed_tokens', 'model.layers.0', 'model.layers.1']`` -> ``'model.embed_tokens,
-    model.layers.0-1'``."""
+    """A short label: runs of layers as ``model.layers.0-3``, other modules by common prefix.
+
+    ``[model.embed_tokens, model.layers.0, model.layers.1]`` -> ``model.embed_tokens,
+    model.layers.0-1``; ``[embeddings, embeddings.LayerNorm]`` -> ``embeddings.*``.
+    """
     parts: list[str] = []
     i = 0
     while i < len(groups):
         stage, prefix, first = groups[i].key
         j = i
-        while (j + 1 < len(groups) and stage == 1 and groups[j + 1].key[:2] == (1, prefix)
-               and groups[j + 1].key[2] == groups[j].key[2] + 1):
+        while j + 1 < len(groups) and groups[j + 1].key[0] == stage and (
+            stage != 1 or (groups[j + 1].key[1] == prefix
+                           and groups[j + 1].key[2] == groups[j].key[2] + 1)):
             j += 1
-        parts.append(f"{prefix}.{first}-{groups[j].key[2]}" if j > i else groups[i].label)
+        if stage == 1:
+            parts.append(f"{prefix}.{first}-{groups[j].key[2]}" if j > i else groups[i].label)
+        else:
+            names = [g.key[1] for g in groups[i:j + 1]]
+            common = os.path.commonprefix([n.split(".") for n in names])
+            parts.append(".".join(common) + ".*" if len(names) > 1 and common
+                         else ", ".join(names))
         i = j + 1
     text = ", ".join(parts)
     return text if len(text) <= 80 else text[:77] + "..."

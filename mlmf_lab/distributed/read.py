@@ -13,6 +13,7 @@ their own reader and counted as whole tensors.
 from __future__ import annotations
 
 import math
+import mmap
 import os
 from typing import Any
 
@@ -28,12 +29,19 @@ BYTE_ADDRESSED = ("safetensors", "gguf")
 
 
 class RangeReader:
-    """Positioned reads (``os.preadv``) from files kept open, with a byte counter."""
+    """Positioned reads (``os.preadv``) from files kept open, with a byte counter.
 
-    def __init__(self) -> None:
+    With ``mapped=True``, contiguous byte ranges come back as copy-free tensors over a
+    private memory map of the file instead (pages are read when first touched, and ranks
+    on one host share them through the page cache); other ranges are still read.
+    """
+
+    def __init__(self, mapped: bool = False) -> None:
         self.bytes_read = 0
         self.calls = 0
+        self.mapped = mapped
         self._fds: dict[str, int] = {}
+        self._maps: dict[str, mmap.mmap] = {}
 
     def _fd(self, path: str) -> int:
         fd = self._fds.get(path)
@@ -58,7 +66,26 @@ class RangeReader:
             done += n
         self.bytes_read += size
 
+    def view(self, path: str, offset: int, length: int) -> torch.Tensor:
+        """A uint8 tensor over ``length`` bytes of ``path`` at ``offset``, memory-mapped.
+
+        Raises:
+            FormatError: when the file ends before ``offset + length`` (truncated).
+        """
+        mm = self._maps.get(path)
+        if mm is None:
+            # ACCESS_COPY: writable for torch, and writes never reach the file
+            mm = self._maps[path] = mmap.mmap(self._fd(path), 0, access=mmap.ACCESS_COPY)
+        if offset + length > len(mm):
+            raise FormatError(f"truncated: expected {length} bytes at offset {offset}, the file "
+                              f"holds {len(mm)}", path)
+        self.calls += 1
+        self.bytes_read += length
+        return torch.frombuffer(mm, dtype=torch.uint8, count=length, offset=offset)
+
     def close(self) -> None:
+        # maps stay open while tensors use them; they close when the last one is freed
+        self._maps.clear()
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
@@ -82,26 +109,40 @@ def _bytes_view(t: torch.Tensor) -> memoryview:
     return memoryview(arr)
 
 
-def read_piece(reader: RangeReader, wf: WeightFile, piece: Piece) -> torch.Tensor:
-    """The tensor of ``piece`` (a fresh, writable tensor owning its memory)."""
+def read_piece(reader: RangeReader, wf: WeightFile, piece: Piece,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    """The tensor of ``piece``, read into ``out`` (contiguous, of the piece's shape and
+    dtype; e.g. a view into a send buffer), or into a fresh tensor, or (a mapped reader
+    and a contiguous range) as a copy-free view of the file."""
     info = wf.info(piece.name)
     shape = local_shape(info, piece)
     if not byte_addressed(wf, info):
         full = wf.tensor(piece.name)
         reader.bytes_read += info.nbytes
-        if piece.dim is None:
-            return full.clone()
-        return torch.cat([full.narrow(piece.dim, a, b - a) for a, b in piece.spans],
-                         dim=piece.dim).clone()
+        if piece.dim is not None:
+            full = torch.cat([full.narrow(piece.dim, a, b - a) for a, b in piece.spans],
+                             dim=piece.dim)
+        return full.clone() if out is None else out.copy_(full)
     dtype = _DTYPES[info.dtype]
-    out = torch.empty(shape, dtype=dtype)
+    dim = piece.dim
+    numel: int = math.prod(shape)
+    one_range = dim is None or (math.prod(info.shape[:dim]) == 1 and len(piece.spans) == 1)
+    if out is None and reader.mapped and numel and one_range:
+        start = info.offset
+        if dim is not None:
+            start += piece.spans[0][0] * info.nbytes // info.shape[dim]
+        mapped = reader.view(info.file, start, numel * dtype.itemsize)
+        return mapped.view(dtype).reshape(shape)
+    if out is None:
+        out = torch.empty(shape, dtype=dtype)
+    elif tuple(out.shape) != shape or out.dtype != dtype or not out.is_contiguous():
+        raise ValueError(f"{piece.name}: out must be contiguous {dtype} of shape {shape}")
     if not out.numel():
         return out
     view = _bytes_view(out)
-    if piece.dim is None:
+    if dim is None:
         reader.read_into(info.file, info.offset, view)
         return out
-    dim = piece.dim
     outer = math.prod(info.shape[:dim])
     inner = math.prod(info.shape[dim + 1:]) * dtype.itemsize  # bytes of one index along dim
     n, local_n = info.shape[dim], shape[dim]

@@ -28,18 +28,21 @@ def plot_shard_plan(plan: ShardPlan, bytes_read: Sequence[int] | None = None) ->
     for info in sorted(plan.tensors, key=lambda i: (i.file, i.offset)):  # as laid out on disk
         offsets[info.name] = start
         start += info.nbytes
+    bars: dict[tuple[int, str, bool], list[tuple[float, float]]] = {}
     for p in plan.pieces:
         info = plan.info(p.name)
         x0 = offsets[p.name]
-        color = ROLE_COLORS.get(p.role, "#4c72b0")
         boxes: list[tuple[float, float]]
         if p.dim is None:
             boxes = [(x0, info.nbytes)]
-        else:  # draw the piece's spans as fractions of the tensor's extent
+        else:  # the piece's spans as fractions of the tensor's extent
             n = info.shape[p.dim]
             boxes = [(x0 + info.nbytes * a / n, info.nbytes * (b - a) / n) for a, b in p.spans]
-        left.broken_barh([(x / mib, w / mib) for x, w in boxes], (p.rank - 0.4, 0.8),
-                         facecolors=color, alpha=1.0 if p.primary else 0.45, linewidth=0)
+        bars.setdefault((p.rank, p.role, p.primary), []).extend(
+            (x / mib, w / mib) for x, w in boxes)
+    for (rank, role, primary), boxes in bars.items():  # one collection per rank and role
+        left.broken_barh(boxes, (rank - 0.4, 0.8), facecolors=ROLE_COLORS.get(role, "#4c72b0"),
+                         alpha=1.0 if primary else 0.45, linewidth=0)
     left.set_yticks(range(plan.world_size), [f"rank {r}" for r in range(plan.world_size)])
     left.invert_yaxis()
     left.set_xlim(0, max(start, 1) / mib)
