@@ -187,3 +187,30 @@ def test_table_agrees_with_gguf() -> None:
         qtype = gguf.GGMLQuantizationType[bt.name]
         assert int(qtype) == bt.type_id
         assert gguf.GGML_QUANT_SIZES[qtype] == (bt.block_size, bt.type_size)
+
+
+def test_chunks_run_on_workers_in_the_callers_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlmf_lab.quant import chunks
+
+    monkeypatch.setattr(ggml, "CHUNK_WEIGHTS", 64)  # many chunks: the worker pool is used
+    x = torch.randn(16, 256, generator=torch.Generator().manual_seed(6))
+    qt = ml.quant.quantize(x, "q8_0")
+    expected = reference_dequant(qt.data, "Q8_0").view(16, 256)
+    with torch.inference_mode():
+        buf = torch.empty(16 * 256)  # an inference tensor: only writable in inference mode
+        assert torch.equal(ml.quant.dequantize(qt, out=buf), expected)
+    threads = torch.get_num_threads()
+    seen: set[str] = set()
+
+    def fail_on_third(start: int, stop: int) -> None:
+        import threading
+
+        seen.add(threading.current_thread().name)
+        if start == 2:
+            raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        chunks.run_chunks(fail_on_third, 8, 1)
+    assert torch.get_num_threads() == threads  # the caller keeps its thread count
+    if threads > 1:
+        assert all(name.startswith(chunks.PREFIX) for name in seen)

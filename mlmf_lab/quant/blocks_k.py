@@ -23,28 +23,21 @@ from __future__ import annotations
 
 import torch
 
-from .blocks_legacy import f16_at, unpack_nibbles
+from .blocks_legacy import f16_at, split_fields, unpack_nibbles
 
 QK_K = 256
 K_SCALE_SIZE = 12
 
-_SHIFT_2BIT = torch.tensor([0, 2, 4, 6], dtype=torch.uint8).view(1, 1, 4, 1)
-_SHIFT_1BIT = torch.arange(8, dtype=torch.uint8).view(1, 1, 8, 1)
 
 
 def crumbs(packed: torch.Tensor, group: int) -> torch.Tensor:
     """(n, k) bytes -> (n, 4k) 2-bit fields: per ``group`` bytes, shift 0, 2, 4, 6 in turn."""
-    n = packed.shape[0]
-    grouped = packed.reshape(n, -1, 1, group)
-    return torch.bitwise_right_shift(grouped, _SHIFT_2BIT).bitwise_and_(3).view(n, -1)
+    return split_fields(packed, group, (0, 2, 4, 6), 0x03)
 
 
 def bit_planes(packed: torch.Tensor, planes: int) -> torch.Tensor:
     """(n, 32) bytes -> (n, 32 * planes) bits: plane ``i`` is bit ``i`` of every byte."""
-    n = packed.shape[0]
-    shifts = _SHIFT_1BIT[:, :, :planes]
-    bits = torch.bitwise_right_shift(packed.reshape(n, 1, 1, 32), shifts)
-    return bits.bitwise_and_(1).view(n, -1)
+    return split_fields(packed, 32, tuple(range(planes)), 0x01)
 
 
 def scale_min_k4(scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,9 +20,10 @@ Layouts (little-endian, per block of 32 weights unless noted):
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
-_SHIFT_NIBBLES = torch.tensor([0, 4], dtype=torch.uint8).view(1, 2, 1)
 _SHIFT_BITS = torch.arange(8, dtype=torch.uint8)
 
 
@@ -32,15 +33,33 @@ def f16_at(blocks: torch.Tensor, start: int) -> torch.Tensor:
     return blocks[:, start : start + 2].view(torch.float16).float()
 
 
-def unpack_nibbles(qs: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor:
+@functools.lru_cache(maxsize=32)
+def _shifts(shifts: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    return torch.tensor(shifts, dtype=dtype).view(1, 1, -1, 1)
+
+
+def split_fields(
+    packed: torch.Tensor, group: int, shifts: tuple[int, ...], mask: int
+) -> torch.Tensor:
+    """Bit fields of packed bytes: (n, k) -> (n, k * len(shifts)) uint8.
+
+    Per run of ``group`` bytes, the field at ``shift`` of every byte, for each shift in turn
+    (the GGUF order: e.g. all low nibbles of 16 bytes, then all high nibbles). Works on
+    8 bytes at a time (int64 lanes) when ``group`` allows it.
+    """
+    n, k = packed.shape
+    if group % 8 == 0:
+        lanes = packed.contiguous().view(n, k // group, 1, group).view(torch.int64)
+        fields = torch.bitwise_right_shift(lanes, _shifts(shifts, torch.int64))
+        return fields.bitwise_and_(mask * 0x0101010101010101).view(torch.uint8).view(n, -1)
+    grouped = packed.reshape(n, k // group, 1, group)
+    fields = torch.bitwise_right_shift(grouped, _shifts(shifts, torch.uint8))
+    return fields.bitwise_and_(mask).view(n, -1)
+
+
+def unpack_nibbles(qs: torch.Tensor) -> torch.Tensor:
     """(n, k) bytes -> codes (n, 2k): low nibbles first, then high nibbles (GGUF order)."""
-    n, k = qs.shape
-    if codes is None:
-        codes = torch.empty(n, 2 * k, dtype=torch.uint8)
-    view = codes.view(n, 2, k)
-    torch.bitwise_and(qs, 0x0F, out=view[:, 0])
-    torch.bitwise_right_shift(qs, 4, out=view[:, 1])
-    return codes
+    return split_fields(qs, qs.shape[1], (0, 4), 0x0F)
 
 
 def unpack_bits(packed: torch.Tensor) -> torch.Tensor:
@@ -127,7 +146,7 @@ def quantize_q8_0(x: torch.Tensor) -> torch.Tensor:
 
 # -- Q4_0 / Q4_1 ----------------------------------------------------------------------------
 def dequantize_q4_0(blocks: torch.Tensor, out: torch.Tensor) -> None:
-    codes = unpack_nibbles(blocks[:, 2:], torch.empty_like(out, dtype=torch.uint8))
+    codes = unpack_nibbles(blocks[:, 2:])
     out.copy_(codes.view(torch.int8).sub_(8))
     out.mul_(f16_at(blocks, 0))
 
@@ -139,8 +158,7 @@ def quantize_q4_0(x: torch.Tensor) -> torch.Tensor:
 
 
 def dequantize_q4_1(blocks: torch.Tensor, out: torch.Tensor) -> None:
-    codes = unpack_nibbles(blocks[:, 4:], torch.empty_like(out, dtype=torch.uint8))
-    out.copy_(codes)
+    out.copy_(unpack_nibbles(blocks[:, 4:]))
     out.mul_(f16_at(blocks, 0)).add_(f16_at(blocks, 2))
 
 
@@ -153,13 +171,12 @@ def quantize_q4_1(x: torch.Tensor) -> torch.Tensor:
 
 
 # -- Q5_0 / Q5_1 ----------------------------------------------------------------------------
-def _codes5(qh: torch.Tensor, qs: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    codes = unpack_nibbles(qs, torch.empty_like(like, dtype=torch.uint8))
-    return codes.bitwise_or_(unpack_bits(qh).bitwise_left_shift_(4))
+def _codes5(qh: torch.Tensor, qs: torch.Tensor) -> torch.Tensor:
+    return unpack_nibbles(qs).bitwise_or_(unpack_bits(qh).bitwise_left_shift_(4))
 
 
 def dequantize_q5_0(blocks: torch.Tensor, out: torch.Tensor) -> None:
-    codes = _codes5(blocks[:, 2:6], blocks[:, 6:], out)
+    codes = _codes5(blocks[:, 2:6], blocks[:, 6:])
     out.copy_(codes.view(torch.int8).sub_(16))
     out.mul_(f16_at(blocks, 0))
 
@@ -171,7 +188,7 @@ def quantize_q5_0(x: torch.Tensor) -> torch.Tensor:
 
 
 def dequantize_q5_1(blocks: torch.Tensor, out: torch.Tensor) -> None:
-    codes = _codes5(blocks[:, 4:8], blocks[:, 8:], out)
+    codes = _codes5(blocks[:, 4:8], blocks[:, 8:])
     out.copy_(codes)
     out.mul_(f16_at(blocks, 0)).add_(f16_at(blocks, 2))
 

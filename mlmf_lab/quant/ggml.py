@@ -2,8 +2,9 @@
 
 Each ``BlockType`` names its pure block functions (``blocks_legacy``, ``blocks_k``,
 ``blocks_k_quant``); ``quantize_tensor`` and ``dequantize_tensor`` cut a tensor into rows of
-blocks and run them chunk by chunk (a Python loop over chunks of many thousand blocks, never
-over blocks), so temporaries stay in cache and a reused ``out`` buffer is written once.
+blocks and run them chunk by chunk on a few single-threaded workers (``chunks.run_chunks``;
+a chunk is thousands of blocks, never one), so temporaries stay in cache and a reused
+``out`` buffer is written once.
 
 A GGUF ``QTensor`` keeps ``data`` as ``uint8`` of shape ``(*shape[:-1], row_bytes)``: the
 bytes exactly as a GGUF file stores them, one row of blocks per row of the tensor.
@@ -22,8 +23,9 @@ from . import blocks_k as bk
 from . import blocks_k_quant as bkq
 from . import blocks_legacy as bl
 from .base import QTensor, Scheme, register_scheme
+from .chunks import run_chunks
 
-CHUNK_WEIGHTS = 1 << 16  # weights per chunk: the temporaries of one chunk stay in L2
+CHUNK_WEIGHTS = 1 << 17  # weights per chunk: a chunk's output and temporaries stay in L2
 
 
 class BlockType(NamedTuple):
@@ -131,9 +133,12 @@ def quantize_tensor(tensor: torch.Tensor, name: str) -> QTensor:
         )
     x = tensor.detach().to("cpu", torch.float32).contiguous().view(-1, bt.block_size)
     out = torch.empty(x.shape[0], bt.type_size, dtype=torch.uint8)
-    step = _chunk_blocks(bt)
-    for start in range(0, x.shape[0], step):
-        out[start : start + step] = bt.quantize_blocks(x[start : start + step])
+    fn = bt.quantize_blocks
+
+    def run(start: int, stop: int) -> None:
+        out[start:stop] = fn(x[start:stop])
+
+    run_chunks(run, x.shape[0], _chunk_blocks(bt))
     data = out.view(*shape[:-1], bt.row_bytes(shape[-1]))
     return QTensor(bt.scheme, shape, data)
 
@@ -173,9 +178,11 @@ def dequantize_tensor(qt: QTensor, out: torch.Tensor | None = None) -> torch.Ten
         )
     blocks = data.reshape(-1, bt.type_size)
     values = out.view(-1, bt.block_size)
-    step = _chunk_blocks(bt)
-    for start in range(0, blocks.shape[0], step):
-        bt.dequantize_blocks(blocks[start : start + step], values[start : start + step])
+
+    def run(start: int, stop: int) -> None:
+        bt.dequantize_blocks(blocks[start:stop], values[start:stop])
+
+    run_chunks(run, blocks.shape[0], _chunk_blocks(bt))
     return out.view(qt.shape)
 
 

@@ -1,0 +1,138 @@
+"""Quantization throughput: mlmf_lab's torch block maths against ``gguf.quants`` (numpy).
+
+Sections (each a function returning a markdown table; ``main`` runs those in ``SECTIONS``):
+
+1. ``dequantize``: per GGUF type, dequantizing a 4096x4096 tensor into a fresh tensor (vs
+   ``gguf.quants.dequantize``, goal >= 2x faster) and into a reused float32 buffer, the path
+   a quantized linear takes (vs a plain copy of the same 64 MiB output, goal within 3x).
+2. ``quantize``: quantizing the same tensor (vs ``gguf.quants.quantize``, goal >= 2x).
+
+Run: ``.venv/bin/python benchmarks/bench_quant.py [--quick]``. Timings are medians of
+repeated runs after a warm-up; the copy baseline is measured beside every scheme so that
+load from other processes affects both sides of each ratio alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import median_time, publish, table  # noqa: E402
+
+import mlmf_lab as ml  # noqa: E402
+from mlmf_lab.quant import ggml  # noqa: E402
+
+DEQUANT_SCHEMES = ["f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1",
+                   "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"]
+QUANT_SCHEMES = ["f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q6_k"]
+# where the fp16 scale fields sit in the K blocks we cannot produce ourselves
+SCALE_SLOTS = {"q2_k": (80, 82), "q3_k": (108,), "q5_k": (0, 2)}
+
+
+def weights(quick: bool) -> torch.Tensor:
+    shape = (512, 1024) if quick else (4096, 4096)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+
+def blocks_for(x: torch.Tensor, scheme: str) -> ml.quant.QTensor:
+    """Realistic blocks: quantized from ``x``, or random codes with small finite scales."""
+    if scheme not in SCALE_SLOTS:
+        return ml.quant.quantize(x, scheme)
+    bt = ggml.block_type(scheme)
+    g = torch.Generator().manual_seed(1)
+    data = torch.randint(0, 256, (x.shape[0], bt.row_bytes(x.shape[1])), dtype=torch.uint8,
+                         generator=g)
+    blocks = data.view(-1, bt.type_size)
+    scale = torch.tensor([0.01], dtype=torch.float16).view(torch.uint8)
+    for at in SCALE_SLOTS[scheme]:
+        blocks[:, at : at + 2] = scale
+    return ml.quant.QTensor(scheme, tuple(x.shape), data)
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f}"
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x"
+
+
+def quiet(fn: Callable[[], object]) -> Callable[[], object]:
+    def run() -> object:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fn()
+    return run
+
+
+def section_dequantize(quick: bool) -> str:
+    x = weights(quick)
+    repeat = 3 if quick else 7
+    out = torch.empty(x.numel())
+    src = torch.randn(x.numel())
+    rows = []
+    for scheme in DEQUANT_SCHEMES:
+        qt = blocks_for(x, scheme)
+        qtype = gguf.GGMLQuantizationType[scheme.upper()]
+        raw = qt.data.numpy()
+        fresh = median_time(lambda qt=qt: ml.quant.dequantize(qt), repeat)
+        ref = median_time(quiet(lambda raw=raw, q=qtype: gguf.quants.dequantize(raw, q)),
+                          max(3, repeat // 2))
+        into = median_time(lambda qt=qt: ml.quant.dequantize(qt, out=out), repeat)
+        copy = median_time(lambda: out.copy_(src), repeat)
+        rows.append([scheme, f"{qt.bits_per_weight:g}", ms(fresh), ms(ref), ratio(ref, fresh),
+                     ms(into), ms(copy), ratio(into, copy)])
+    header = ["scheme", "bits/w", "ours, fresh (ms)", "gguf.quants (ms)",
+              "speed-up (goal >= 2x)", "ours, into out= (ms)", "plain copy (ms)",
+              "vs copy (goal <= 3x)"]
+    return f"Dequantize a {x.shape[0]}x{x.shape[1]} tensor to float32\n\n" + table(header, rows)
+
+
+def section_quantize(quick: bool) -> str:
+    x = weights(quick)
+    xn = x.numpy()
+    repeat = 3 if quick else 5
+    rows = []
+    for scheme in QUANT_SCHEMES:
+        ours = median_time(lambda s=scheme: ml.quant.quantize(x, s), repeat)
+        qtype = gguf.GGMLQuantizationType[scheme.upper()]
+        try:
+            peer = gguf.quants.quantize(xn[:32], qtype) is not None
+        except NotImplementedError:
+            peer = False
+        if peer:
+            ref = median_time(quiet(lambda q=qtype: gguf.quants.quantize(xn, q)),
+                              max(3, repeat // 2))
+            rows.append([scheme, ms(ours), ms(ref), ratio(ref, ours)])
+        else:
+            rows.append([scheme, ms(ours), "not implemented in gguf", "-"])
+    header = ["scheme", "ours (ms)", "gguf.quants (ms)", "speed-up (goal >= 2x)"]
+    return f"Quantize a {x.shape[0]}x{x.shape[1]} float32 tensor\n\n" + table(header, rows)
+
+
+SECTIONS: list[Callable[[bool], str]] = [section_dequantize, section_quantize]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
+    args = parser.parse_args(argv)
+    body = "\n\n".join(section(args.quick) for section in SECTIONS)
+    how = (
+        f"torch {torch.__version__} with {torch.get_num_threads()} threads vs gguf-py "
+        f"{getattr(gguf, '__version__', '')} (numpy {np.__version__}); medians after a warm-up; "
+        "the 2 cores may be shared with other processes."
+    )
+    publish("quant", "Quantization: mlmf_lab (torch) vs gguf.quants (numpy)", how, body, args.quick)
+
+
+if __name__ == "__main__":
+    main()
