@@ -10,11 +10,11 @@
 # `meta` device without holding its weights twice.
 
 # %%
+%matplotlib inline
 import os
 import tempfile
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import psutil
 import torch
 from torch import nn
