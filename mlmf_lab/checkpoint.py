@@ -68,6 +68,9 @@ from .formats import atomic, load_state_dict
 from .formats.sharded import parse_size
 from .loading import compare_keys
 
+__all__ = ["CheckpointDiff", "CheckpointList", "CheckpointManager", "CheckpointRecord",
+           "diff_state_dicts", "plan_retention"]
+
 Which = int | Literal["latest", "best"] | CheckpointRecord
 # Hidden leftovers of interrupted writes or deletions: ".step-000120.tmp-<pid>-<hex>".
 _LEFTOVER = re.compile(r"^\.step-\d+\.(?:tmp|old|del)-(\d+)-[0-9a-f]+$")
