@@ -59,8 +59,10 @@ def save_forever(root: str, seed: int, ready: Connection) -> None:
 def test_sigkill_during_saves_never_breaks_a_listed_checkpoint(tmp_path: Path) -> None:
     root = tmp_path / "ck"
     ctx = mp.get_context("forkserver")
-    # Only effective if no forkserver runs yet; otherwise the children import what they need.
-    ctx.set_forkserver_preload(["torch", "torch._dynamo", "mlmf_lab.checkpoint", __name__])
+    # Effective only if no forkserver runs yet (this file sorts before the distributed tests,
+    # which share the server: their modules are preloaded too; missing ones are skipped).
+    ctx.set_forkserver_preload(["torch", "torch._dynamo", "torch.distributed",
+                                "mlmf_lab.checkpoint", "mlmf_lab.distributed", __name__])
     timing = random.Random(0)
     interrupted = 0
     best_so_far, latest_so_far = math.inf, -1
