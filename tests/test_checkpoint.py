@@ -221,9 +221,7 @@ def test_list_ignores_unfinished_and_foreign_folders(tmp_path):
 
 
 def test_leftovers_of_dead_processes_are_removed(tmp_path):
-    proc = subprocess.run(["true"], check=True)
-    assert proc.returncode == 0
-    dead = 2**22 + 12345  # above the default pid_max: no such process
+    dead = 2**22 + 12345  # above Linux's largest pid_max: no such process
     stale = tmp_path / f".step-000003.tmp-{dead}-0123abcd"
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"partial")
