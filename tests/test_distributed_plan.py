@@ -223,6 +223,31 @@ def test_gpt2_fused_qkv_is_split_per_projection(tmp_path: Path) -> None:
     assert torch.equal(shard["transformer.h.0.attn.c_attn.weight"], expect)
 
 
+def test_gguf_q8_0_reads_only_its_blocks(tmp_path: Path) -> None:
+    import numpy as np
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    path = tmp_path / "llama.gguf"
+    ml.save_state_dict(llama_state(4, hidden=128, inter=256), path,
+                       metadata={"model_type": "llama"}, quant="q8_0")
+    ref = ml.load_state_dict(path)
+    for strategy, n in (("layers", 2), ("tensor", 2), ("tensor", 4)):
+        plan = D.plan(path, strategy, world_size=n)
+        full, counts = rebuild(path, plan)
+        assert all(torch.equal(full[k], ref[k]) for k in ref)
+        assert counts == plan.bytes_per_rank() and max(counts) <= plan.total_bytes / n * 1.05
+    # rank 1's half of a row-parallel weight: its own blocks, dequantized by gguf-py itself
+    name = "model.layers.2.mlp.down_proj.weight"
+    piece = plan.piece(name, 1)
+    assert piece is not None and piece.dim == 1 and plan.info(name).quant == "Q8_0"
+    rt = next(t for t in GGUFReader(path).tensors if t.name == name)
+    expect = torch.from_numpy(np.asarray(dequantize(rt.data, rt.tensor_type)))
+    got = D.load_shard(path, plan, rank=1, world_size=4)[name]
+    (a, b), = piece.spans
+    assert torch.equal(got, expect.reshape(plan.info(name).shape)[:, a:b])
+
+
 def test_real_minilm_splits_with_bert_rules() -> None:
     path = ml.examples.minilm_path()
     plan = D.plan(path, "tensor", world_size=2)

@@ -6,8 +6,9 @@ outer index. ``RangeReader`` reads them with ``os.preadv`` straight into the res
 tensor's memory (no intermediate copy) and counts every byte: that count is what the
 "each rank reads only its share" guarantee is checked against.
 
-Formats without byte addressing (pickle files, quantized GGUF blocks) are read through
-their own reader and counted as whole tensors.
+GGUF block-quantized tensors are read by whole rows (dim 0) or by whole blocks of each
+row (last dim), and only those are dequantized. Formats without byte addressing (pickle
+files) are read through their own reader and counted as whole tensors.
 """
 
 from __future__ import annotations
@@ -104,6 +105,39 @@ def byte_addressed(wf: WeightFile, info: TensorInfo) -> bool:
             and info.nbytes == info.numel * dtype.itemsize)
 
 
+def block_addressed(wf: WeightFile, info: TensorInfo) -> bool:
+    """True for a GGUF block-quantized tensor this lab can dequantize: its rows (dim 0)
+    are contiguous runs of whole blocks, so a row range is a byte range."""
+    from ..quant.ggml import BLOCK_TYPES
+
+    return wf.format == "gguf" and info.quant in BLOCK_TYPES and len(info.shape) >= 1
+
+
+def _read_blocks(reader: RangeReader, info: TensorInfo, piece: Piece,
+                 shape: tuple[int, ...]) -> torch.Tensor:
+    """Read the quantized rows of ``piece`` and dequantize only them."""
+    from ..quant.base import QTensor
+    from ..quant.ggml import BLOCK_TYPES, dequantize_tensor
+
+    bt = BLOCK_TYPES[info.quant or ""]
+    if piece.dim is None or piece.dim == 0:  # whole rows: one byte range per span
+        outer, unit = 1, info.nbytes // info.shape[0]  # bytes of one row
+        spans = piece.spans if piece.dim == 0 else ((0, info.shape[0]),)
+    else:  # whole blocks of every row (split_tensor cuts only at block boundaries)
+        outer, unit = math.prod(info.shape[:-1]), bt.type_size
+        spans = tuple((a // bt.block_size, b // bt.block_size) for a, b in piece.spans)
+    row_bytes = info.nbytes // outer
+    per_row = sum(b - a for a, b in spans) * unit
+    raw = torch.empty(outer * per_row, dtype=torch.uint8)
+    view, at = _bytes_view(raw), 0
+    for o in range(outer):
+        for a, b in spans:
+            start = info.offset + o * row_bytes + a * unit
+            reader.read_into(info.file, start, view[at:at + (b - a) * unit])
+            at += (b - a) * unit
+    return dequantize_tensor(QTensor(bt.scheme, shape, raw))
+
+
 def _bytes_view(t: torch.Tensor) -> memoryview:
     arr: Any = t.view(torch.uint8).reshape(-1).numpy()
     return memoryview(arr)
@@ -116,6 +150,9 @@ def read_piece(reader: RangeReader, wf: WeightFile, piece: Piece,
     and a contiguous range) as a copy-free view of the file."""
     info = wf.info(piece.name)
     shape = local_shape(info, piece)
+    if block_addressed(wf, info) and piece.dim in (None, 0, len(info.shape) - 1):
+        q = _read_blocks(reader, info, piece, shape)
+        return q if out is None else out.copy_(q)
     if not byte_addressed(wf, info):
         full = wf.tensor(piece.name)
         reader.bytes_read += info.nbytes

@@ -118,10 +118,14 @@ def split_tensor(info: TensorInfo, rule: Rule, world_size: int) -> list[Piece]:
         raise ConfigError(f"rule {rule.pattern!r} splits dim {dim} of {info.name!r}, "
                           f"which has shape {list(info.shape)}")
     dim %= len(info.shape)
+    unit = 1  # quantized blocks run along the last dim: cut there only between whole blocks
     if info.quant is not None and dim != 0:
-        # quantized blocks run along the last dim: only whole rows can be cut out of the bytes
+        unit = _block_size(info.quant) if dim == len(info.shape) - 1 else 0
+        if not unit or info.shape[dim] % (unit * rule.parts):
+            return replicated(info, world_size)
+    n = info.shape[dim] // unit
+    if unit > 1 and n // rule.parts < world_size:  # fewer blocks than ranks
         return replicated(info, world_size)
-    n = info.shape[dim]
     if n % rule.parts or n // rule.parts < world_size:
         raise ConfigError(
             f"{info.name!r}: dim {dim} has {n} entries, which cannot be cut into {rule.parts} "
@@ -132,13 +136,22 @@ def split_tensor(info: TensorInfo, rule: Rule, world_size: int) -> list[Piece]:
     per_rank: list[list[tuple[int, int]]] = [[] for _ in range(world_size)]
     for part in range(rule.parts):
         for r, (a, b) in enumerate(split_bounds(block, world_size)):
-            per_rank[r].append((part * block + a, part * block + b))
+            per_rank[r].append(((part * block + a) * unit, (part * block + b) * unit))
+    n *= unit
     pieces = []
     for r, spans in enumerate(per_rank):
         count = sum(b - a for a, b in spans)
         nbytes = info.nbytes * count // n
         pieces.append(Piece(info.name, r, dim, tuple(spans), nbytes, rule.role, True))
     return pieces
+
+
+def _block_size(quant: str) -> int:
+    """Weights per block of a GGUF quant type (0 when unknown)."""
+    from ..quant.ggml import BLOCK_TYPES
+
+    bt = BLOCK_TYPES.get(quant)
+    return bt.block_size if bt is not None else 0
 
 
 def _tensor(

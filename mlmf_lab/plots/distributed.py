@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -21,7 +21,7 @@ def plot_shard_plan(plan: ShardPlan, bytes_read: Sequence[int] | None = None) ->
     """Left: the file's bytes in order (x) against ranks (y), coloured by how each piece is
     split. Right: bytes per rank by role, the ideal ``total / N`` dashed, and the bytes each
     rank actually read (black ticks) when ``bytes_read`` is given."""
-    fig = Figure(figsize=(10, 1.2 + 0.55 * plan.world_size))
+    fig = Figure(figsize=(10, 1.6 + 0.5 * plan.world_size))
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 1.4]})
     mib = 2**20
     start, offsets = 0, {}
@@ -49,10 +49,7 @@ def plot_shard_plan(plan: ShardPlan, bytes_read: Sequence[int] | None = None) ->
     left.set_xlabel("position in the file (MiB of tensor data)")
     left.set_title(f"{plan.strategy!r} plan over {plan.world_size} ranks", fontsize=10)
     roles = sorted({p.role for p in plan.pieces}, key=list(ROLE_COLORS).index)
-    left.legend(handles=[Patch(color=ROLE_COLORS[r], label=r) for r in roles],
-                fontsize=7, loc="upper center",
-                bbox_to_anchor=(0.5, -0.35 - 0.02 * plan.world_size),
-                ncol=len(roles), frameon=False)
+    handles: list[Any] = [Patch(color=ROLE_COLORS[r], label=r) for r in roles]
 
     ranks = range(plan.world_size)
     bottom = [0.0] * plan.world_size
@@ -68,7 +65,9 @@ def plot_shard_plan(plan: ShardPlan, bytes_read: Sequence[int] | None = None) ->
     right.set_yticks(list(ranks), [str(r) for r in ranks])
     right.invert_yaxis()
     right.set_xlabel("MiB per rank")
-    right.legend(fontsize=7, loc="lower right")
     right.set_title(f"imbalance {plan.imbalance:.2f}", fontsize=10)
-    fig.tight_layout()
+    handles += right.get_legend_handles_labels()[0]
+    height = fig.get_figheight()
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.35 / height, 1, 1))  # room for the legend below
     return fig
