@@ -119,7 +119,9 @@ def merge_rows(pm: nn.Module, ours: nn.Module, repeat: int) -> list[list[str]]:
     rows = []
     for name, model, merge, unmerge, held in [
         ("PEFT merge_adapter / unmerge_adapter", pm, pm.merge_adapter, pm.unmerge_adapter, 0),
-        ("ml.lora.merge / unmerge", ours, lambda: ml.lora.merge(ours),
+        ("ml.lora.merge (safe=True, default) / unmerge", ours, lambda: ml.lora.merge(ours),
+         lambda: ml.lora.unmerge(ours), targeted),
+        ("ml.lora.merge(safe=False) / unmerge", ours, lambda: ml.lora.merge(ours, safe=False),
          lambda: ml.lora.unmerge(ours), targeted),
     ]:
         before = base_weights(model)
@@ -158,7 +160,7 @@ def main(quick: bool) -> None:
            f"modules), float32, one thread, `torch.no_grad`. Forward: median over {rounds} "
            f"interleaved rounds of {calls} calls. Merge/unmerge: median of {repeat} cycles. "
            "mlmf_lab keeps the original weight objects while merged (exact unmerge); PEFT "
-           "subtracts ΔW again.")
+           "subtracts ΔW again (its merge_adapter default is safe_merge=False).")
     publish("lora", "LoRA: unmerged forward vs PEFT, merge/unmerge", how, body, quick)
 
 

@@ -202,17 +202,26 @@ class LoraLayer(nn.Module):
             h = x if x.dtype == A.dtype else x.to(A.dtype)
             if p and self.training:
                 h = F.dropout(h, p, True)
-            lora = F.linear(F.linear(h, A), B)  # (..., r) -> (..., out)
-            out = torch.add(out, lora if lora.dtype == out.dtype else lora.to(out.dtype),
-                            alpha=coef)
+            h = F.linear(h, A)  # (..., in) -> (..., r)
+            if out.dtype == B.dtype and not out.requires_grad and out.is_contiguous():
+                # out += coef·h·Bᵀ as one GEMM; safe: nothing recorded ``out`` for backward
+                out.view(-1, out.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), B.T, alpha=coef)
+            else:
+                lora = F.linear(h, B)  # (..., r) -> (..., out)
+                out = torch.add(out, lora if lora.dtype == out.dtype else lora.to(out.dtype),
+                                alpha=coef)
         return out
 
     # -- merging ----------------------------------------------------------------------------
     def merge_target(self) -> torch.Tensor:
         """The float32 merged weight for the active combination (nothing is modified)."""
         target = self.kind.read(self.base_layer)
+        fifo = self.fan_in_fan_out
         for A, B, coef, _ in self._plan:
-            target = target + scaled_delta(A, B, coef, self.fan_in_fan_out)
+            a, b = A.detach().float(), B.detach().float()
+            # W + coef·B·A (or its transpose) in one GEMM, into a new tensor: W stays intact
+            target = (torch.addmm(target, a.T, b.T, alpha=coef) if fifo
+                      else torch.addmm(target, b, a, alpha=coef))
         return target
 
     def commit_merge(self, stored: Any) -> None:

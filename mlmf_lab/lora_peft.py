@@ -107,6 +107,8 @@ def load_peft_adapter(
 ) -> LoraSummary:
     """Load a PEFT LoRA adapter folder into ``model`` as adapter ``name`` (made active).
 
+    As with ``inject``, the base is frozen afterwards (only LoRA factors require grad).
+
     Every check runs before the model is touched: a key naming no module of ``model``,
     a factor of the wrong shape, or a config this loader cannot honour is an error.
 

@@ -215,3 +215,22 @@ def test_dropout_acts_on_the_adapter_input_in_training_only() -> None:
     assert (a - b).abs().max() > 1e-3
     with pytest.raises(ConfigError, match=r"dropout must be in \[0, 1\), found 1.5"):
         ml.lora.inject(net(), rank=2, alpha=4, targets=["q_proj"], dropout=1.5)
+
+
+@pytest.mark.parametrize("x_requires_grad", [False, True])
+def test_gradients_match_the_formula(x_requires_grad: bool) -> None:
+    model = net()
+    ml.lora.inject(model, rank=3, alpha=6, targets=["q_proj"])
+    nonzero(model)
+    layer = ml.lora.lora_layers(model)["0.q_proj"]
+    A, B = layer.lora_A["default"], layer.lora_B["default"]
+    A2, B2 = A.detach().clone().requires_grad_(), B.detach().clone().requires_grad_()
+    x = torch.randn(2, 4, 16, requires_grad=x_requires_grad)
+    x2 = x.detach().clone().requires_grad_(x_requires_grad)
+    w = torch.randn(2, 4, 16)
+    (layer(x) * w).sum().backward()
+    ((layer.base_layer(x2) + 2.0 * (x2 @ A2.T) @ B2.T) * w).sum().backward()
+    torch.testing.assert_close(A.grad, A2.grad)
+    torch.testing.assert_close(B.grad, B2.grad)
+    if x_requires_grad:
+        torch.testing.assert_close(x.grad, x2.grad)
