@@ -7,6 +7,7 @@ the label to show.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -53,18 +54,31 @@ def plot_error_histogram(reports: Mapping[str, QuantReport], bins: int = 81) -> 
     return fig
 
 
+def _short_names(names: list[str]) -> list[str]:
+    """Drop the dotted prefix every name shares (``encoder.layer.``)."""
+    if len(names) < 2:
+        return names
+    common = os.path.commonprefix(names)
+    cut = common.rfind(".") + 1
+    return [n[cut:] for n in names]
+
+
 def plot_layer_errors(report: QuantReport) -> Figure:
-    """Per layer: weight SNR in dB (bars) and output drift (line, right axis)."""
-    names = [r.name for r in report.layers]
-    fig = Figure(figsize=(max(6.0, 0.28 * len(names) + 2), 3.8))
+    """Per layer: weight SNR in dB (bars), output drift and local drift (lines, right axis)."""
+    names = _short_names([r.name for r in report.layers])
+    fig = Figure(figsize=(max(6.0, 0.22 * len(names) + 2), 4.2))
     ax = fig.add_subplot()
     snr = [r.snr_db if math.isfinite(r.snr_db) else 0.0 for r in report.layers]
     ax.bar(range(len(names)), snr, color="#4c72b0")
     ax.set_ylabel("weight SNR (dB)", color="#4c72b0")
     ax.set_xticks(range(len(names)), names, rotation=80, fontsize=6)
     twin = ax.twinx()
-    twin.plot(range(len(names)), [r.drift for r in report.layers], color="#c44e52", marker=".")
-    twin.set_ylabel("output drift (rel. L2)", color="#c44e52")
+    twin.plot(range(len(names)), [r.drift for r in report.layers], color="#c44e52", marker=".",
+              label="output drift")
+    twin.plot(range(len(names)), [r.local_drift for r in report.layers], color="#dd8452",
+              ls="--", lw=1, label="local drift")
+    twin.set_ylabel("drift (rel. L2)", color="#c44e52")
+    twin.legend(fontsize=8, loc="upper left")
     ax.set_title(f"Per-layer error: {report.schemes}")
     fig.tight_layout()
     return fig

@@ -1,0 +1,203 @@
+# %% [markdown]
+# # 04 · Quantization: smaller weights, measured errors
+#
+# Quantization stores weights with fewer bits: a few integer codes per weight plus a scale
+# (and sometimes a zero point) per row or per block. This notebook quantizes a real model,
+# the MiniLM sentence encoder (all-MiniLM-L6-v2, 22 M parameters), with several schemes and
+# measures what it costs:
+#
+# - `ml.quant.quantize(tensor, scheme)` → a `QTensor` (codes + scales), `ml.quant.dequantize`;
+# - `ml.quant.quantize_model(model, scheme)` swaps every `nn.Linear` for a `QuantLinear`
+#   that keeps its weights quantized in memory and runs a CPU kernel on them;
+# - `ml.quant.report(model_fp32, model_q, inputs)`: per-layer error table and figures;
+# - GGUF files: `ml.save_state_dict(..., "x.gguf", quant="q4_0")`, readable by the `gguf`
+#   package (llama.cpp's format), and `ml.load_into(..., keep_quantized=True)`.
+
+# %%
+%matplotlib inline
+import random
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+
+import mlmf_lab as ml
+from mlmf_lab.models import MiniLM
+
+random.seed(0)
+np.random.seed(0)
+torch.manual_seed(0)
+torch.set_num_threads(1)  # small layers: one thread is as fast, and steady on a busy machine
+work = Path(tempfile.mkdtemp())
+folder = ml.examples.minilm_dir()
+ref = MiniLM.from_pretrained(folder)  # float32, memory-mapped from model.safetensors
+print(sorted(ml.quant.SCHEMES))
+
+# %% [markdown]
+# ## One weight matrix, every scheme
+# `bits/weight` counts everything stored: codes, scales and zero points. `int8` keeps one
+# scale per output row; `int4` one bfloat16 scale and zero per group of 32–128 weights;
+# the GGUF types (`q8_0`, `q5_0`, `q4_0`, ... and the K-quants) one or two float16 scales
+# per block of 32 weights (super-blocks of 256 for `q4_k`, `q6_k`).
+
+# %%
+w = ref.encoder.layer[0].output.dense.weight.detach()  # (384, 1536)
+print(f"{'scheme':<14}{'bits/weight':>12}{'rel. L2 error':>15}")
+for scheme, options in [("int8", {}), ("q8_0", {}), ("q6_k", {}), ("q5_0", {}),
+                        ("int4", {"group_size": 32}), ("q4_1", {}), ("q4_k", {}),
+                        ("q4_0", {}), ("int4", {"group_size": 128})]:
+    qt = ml.quant.quantize(w, scheme, **options)
+    err = float((qt.dequantize() - w).norm() / w.norm())
+    label = scheme + (f"/g{options['group_size']}" if options else "")
+    print(f"{label:<14}{qt.bits_per_weight:>12.3f}{err:>15.4f}")
+qt
+
+# %% [markdown]
+# ## The whole encoder
+# Each scheme gets a fresh copy of the model (loading is copy-free, so this is cheap) and
+# `quantize_model` replaces its 36 encoder linears; the pooler, unused by sentence
+# embeddings, stays in float (`skip=`). The report runs both models on the same tokenized
+# sentences and compares every quantized layer with its float twin.
+
+# %%
+sentences = [
+    "A man is playing a guitar.",
+    "Someone is playing an instrument.",
+    "The stock market fell sharply today.",
+    "Shares dropped on Wall Street this morning.",
+    "A cat sleeps on the sofa.",
+]
+batch = ref.tokenize(sentences)
+inputs = (batch["input_ids"], batch["attention_mask"])
+emb = {"fp32": ref.encode(sentences)}
+
+schemes = {"int8": ("int8", {}), "q8_0": ("q8_0", {}), "q5_0": ("q5_0", {}),
+           "int4/g32": ("int4", {"group_size": 32}), "q4_0": ("q4_0", {})}
+models, summaries, reports = {}, {}, {}
+for label, (scheme, options) in schemes.items():
+    model = MiniLM.from_pretrained(folder)
+    summaries[label] = ml.quant.quantize_model(model, scheme, skip=["pooler"], **options)
+    reports[label] = ml.quant.report(ref, model, inputs)
+    emb[label] = model.encode(sentences)
+    models[label] = model
+for label, rep in reports.items():
+    print(f"{label:<9} {rep.bits_per_weight:5.2f} bits/weight  weight error "
+          f"{rep.rel_error:.4f}  token-state drift {rep.output_drift:.3f}  "
+          f"linears {summaries[label].ratio:.1f}x smaller")
+
+# %% [markdown]
+# What `quantize_model` did for `q4_0` (the kernel column: `int4pack` is torch's fused
+# int4 CPU kernel, which reads the 4-bit codes directly):
+
+# %%
+summaries["q4_0"]
+
+# %% [markdown]
+# ## Size against error
+# One point per scheme: fewer bits, more error. Blocks of 32 weights with their own scale
+# (`q8_0`) beat one scale per row (`int8`) at the same size, because a single outlier no
+# longer stretches the grid of a whole row.
+
+# %%
+ml.plots.plot_bits_vs_error(reports)
+
+# %% [markdown]
+# The errors of single weights, in units of each layer's weight RMS: 8-bit schemes stay
+# within a few percent, 4-bit schemes spread to tens of percent of a typical weight.
+
+# %%
+ml.plots.plot_error_histogram(reports)
+
+# %% [markdown]
+# ## Do the sentence embeddings survive?
+# What the encoder is for: similar sentences must stay similar. The table shows the
+# cosine similarity of sentence pairs for the float model and each quantized one, then the
+# cosine between each scheme's embedding and the float one (1 = identical).
+
+# %%
+pairs = [(0, 1), (2, 3), (0, 2), (1, 4)]
+labels = list(emb)
+print(f"{'pair':<8}" + "".join(f"{k:>10}" for k in labels))
+for i, j in pairs:
+    row = "".join(f"{float(emb[k][i] @ emb[k][j]):>10.3f}" for k in labels)
+    print(f"{i}-{j:<6}{row}")
+agree = "".join(f"{float((emb[k] * emb['fp32']).sum(-1).min()):>10.3f}" for k in labels)
+print(f"{'vs fp32':<8}{agree}   (lowest over the sentences)")
+
+# %% [markdown]
+# ## Layer by layer
+# The report of one scheme: weight error (relative L2, SNR in dB), the drift of each
+# layer's output in the quantized network (errors of earlier layers included), and its
+# *local* drift (the quantized layer fed the float model's input). Local drifts stay close
+# to the weight error, while the drift grows with depth: each layer adds its own error to
+# the errors it receives.
+
+# %%
+reports["int4/g32"]
+
+# %%
+ml.plots.plot_layer_errors(reports["int4/g32"])
+
+# %% [markdown]
+# ### Why `int8` drifts more than `q8_0`
+# The `int8` kernel is torch's fbgemm dynamic quantized linear: it also quantizes the
+# *activations* to 8 bits on every call, with one scale for the whole input. BERT's
+# LayerNorm outputs have a few large features, which take most of that range. The same
+# int8 weights through the `dequant` kernel (float activations) drift much less; it is
+# the accuracy/speed choice `kernel=` offers.
+
+# %%
+weight_only = MiniLM.from_pretrained(folder)
+ml.quant.quantize_model(weight_only, "int8", skip=["pooler"], kernel="dequant")
+rep = ml.quant.report(ref, weight_only, inputs)
+print(f"int8 + fbgemm (8-bit activations): token-state drift {reports['int8'].output_drift:.3f}")
+print(f"int8 weights, float activations:   token-state drift {rep.output_drift:.3f}")
+
+# %% [markdown]
+# ## Save as GGUF, read it with the `gguf` package
+# GGUF is llama.cpp's file format. We write the encoder with `q4_0` blocks (1-D tensors,
+# norms and biases, stay float32, as llama.cpp does), then open the file with the `gguf`
+# package itself, the reader other tools use.
+
+# %%
+path = work / "minilm-q4_0.gguf"
+ml.save_state_dict(ref.state_dict(), path, quant="q4_0",
+                   metadata={"general.architecture": "bert", "general.name": "all-MiniLM-L6-v2"})
+reader = gguf.GGUFReader(path)
+print(dict(Counter(t.tensor_type.name for t in reader.tensors)))
+print({k: v.contents() for k, v in reader.fields.items() if k.startswith("general.")})
+print(f"model.safetensors (fp32): {ml.formats.human_bytes(ml.examples.minilm_path().stat().st_size)}"
+      f"   minilm-q4_0.gguf: {ml.formats.human_bytes(path.stat().st_size)}")
+
+# %% [markdown]
+# The `gguf` package's own dequantizer (numpy) and ours (torch) read the same bytes the
+# same way:
+
+# %%
+name = "encoder.layer.0.intermediate.dense.weight"
+t = next(t for t in reader.tensors if t.name == name)
+theirs = gguf.quants.dequantize(t.data, t.tensor_type).reshape(1536, 384)
+ours = ml.open_weights(path).tensor(name)
+print(t.tensor_type.name, [int(d) for d in t.shape], "(GGUF lists the innermost dimension first)")
+print("identical:", np.array_equal(theirs, ours.numpy()))
+
+# %% [markdown]
+# Loading back with `keep_quantized=True`: the linears get the file's `q4_0` blocks as they
+# are (no float copy): the very bytes `quantize_model` made in memory. The file also holds
+# the three embedding tables in `q4_0` (they are dequantized on loading), so its sentence
+# embeddings differ slightly from the in-memory model, where only the linears are quantized.
+
+# %%
+with torch.device("meta"):
+    loaded = MiniLM(ref.config, tokenizer=ref.tokenizer)
+ml.load_into(loaded, path, keep_quantized=True)
+layer = loaded.encoder.layer[0].intermediate.dense
+print(layer)
+print("same blocks as in memory:",
+      torch.equal(layer.qweight.data, models["q4_0"].encoder.layer[0].intermediate.dense.qweight.data))
+e = loaded.encode(sentences)
+print("vs fp32:", f"{float((e * emb['fp32']).sum(-1).min()):.3f}",
+      " vs in-memory q4_0:", f"{float((e * emb['q4_0']).sum(-1).min()):.4f}")
