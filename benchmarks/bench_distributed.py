@@ -160,7 +160,8 @@ def main() -> None:
            f"of {repeat} repetition(s) of the slowest rank's load time and the largest rank's "
            "peak RSS growth (VmHWM after /proc/self/clear_refs); warm page cache; ranks are "
            "gloo processes on 127.0.0.1 sharing the machine's cores. Speed-up of broadcast is "
-           "against N=1 layers.")
+           "against N=1 layers. Times on a shared machine are noisy; memory and bytes are "
+           "not.")
     publish("distributed", "Distributed loading: time and memory per rank", how, body, args.quick)
 
 

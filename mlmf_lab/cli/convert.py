@@ -10,8 +10,9 @@ from ..convert import convert
 
 def register(sub: Any) -> None:
     p = sub.add_parser("convert", help="convert between safetensors, HF sharded, GGUF, ...")
-    p.add_argument("src", help="input weight file or folder")
-    p.add_argument("dst", help="output: x.safetensors, x.gguf, or a folder (HF sharded)")
+    p.add_argument("src", help="input weight file or folder (also a PyTorch DCP folder)")
+    p.add_argument("dst", help="output: x.safetensors, x.gguf, x.dcp (PyTorch DCP folder), "
+                   "or a folder (HF sharded)")
     p.add_argument("--quant", default=None, help="quantization scheme for the output (GGUF)")
     p.set_defaults(func=run)
 
