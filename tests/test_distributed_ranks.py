@@ -113,6 +113,7 @@ def paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 @pytest.mark.parametrize("n", [2, 4])
 def test_healthy_run(paths: dict[str, str], n: int) -> None:
     results = D.launch(healthy_checks, n, paths, timeout=RUN_TIMEOUT, pg_timeout=PG_TIMEOUT)
+    assert [r.exitcode for r in results] == [0] * n
     outs = [r.value for r in results]
     ref = ml.load_state_dict(paths["llama"])
     for strategy in ("layers", "tensor", "replicate"):
@@ -148,6 +149,7 @@ def test_faults_fail_fast_naming_rank_and_file(paths: dict[str, str], n: int, dy
     results = D.launch(fault_checks, n, paths, dying, timeout=RUN_TIMEOUT,
                        pg_timeout=PG_TIMEOUT, check=False)
     assert time.monotonic() - start < PG_TIMEOUT  # nobody waited for a timeout
+    assert all(r.exitcode is not None for r in results)  # every process is gone
     assert results[dying].exitcode == 7 and "without reporting" in (results[dying].error or "")
     for r in results:
         if r.rank == dying:
@@ -162,3 +164,14 @@ def test_faults_fail_fast_naming_rank_and_file(paths: dict[str, str], n: int, dy
         message, seconds = out["died"]
         assert f"rank {dying} died or stopped responding while reading" in message, message
         assert paths["llama"] in message and seconds < 10
+
+
+def stuck() -> None:
+    time.sleep(600)
+
+
+def test_launcher_stops_a_stuck_rank() -> None:
+    start = time.monotonic()
+    with pytest.raises(DistributedError, match="rank 0 did not finish within 3 s and was stopped"):
+        D.launch(stuck, 1, timeout=3.0)
+    assert time.monotonic() - start < 15

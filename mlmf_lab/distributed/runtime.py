@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import torch.distributed as dist
 
-from ..errors import ConfigError, DistributedError, MLMFError
+from ..errors import ConfigError, DistributedError
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 60.0  # seconds; every collective and store wait is bounded by it
@@ -151,7 +151,7 @@ def checked(what: str, file: str | os.PathLike[str], step: Callable[[], T],
     try:
         result = step()
         status = "ok"
-    except (MLMFError, OSError, RuntimeError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001  (every rank must hear of it, then it is re-raised)
         local, status = e, f"failed: {type(e).__name__}: {e}"
     _post(f"{key}/{rank}", status)
     if local is not None and collective:
