@@ -6,6 +6,8 @@ Sections (each a function returning a markdown table; ``main`` runs those in ``S
    ``gguf.quants.dequantize``, goal >= 2x faster) and into a reused float32 buffer, the path
    a quantized linear takes (vs a plain copy of the same 64 MiB output, goal within 3x).
 2. ``quantize``: quantizing the same tensor (vs ``gguf.quants.quantize``, goal >= 2x).
+3. ``linear``: forward of a 4096x4096 linear at batch 1 and 32, fp32 vs int8 vs q4_0
+   (time, relative output error, weight memory), in ``bench_quant_linear.py``.
 
 Run: ``.venv/bin/python benchmarks/bench_quant.py [--quick]``. Timings are medians of
 repeated runs after a warm-up; the copy baseline is measured beside every scheme so that
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_quant_linear import section_linear  # noqa: E402
 from common import median_time, publish, table  # noqa: E402
 
 import mlmf_lab as ml  # noqa: E402
@@ -118,7 +121,7 @@ def section_quantize(quick: bool) -> str:
     return f"Quantize a {x.shape[0]}x{x.shape[1]} float32 tensor\n\n" + table(header, rows)
 
 
-SECTIONS: list[Callable[[bool], str]] = [section_dequantize, section_quantize]
+SECTIONS: list[Callable[[bool], str]] = [section_dequantize, section_quantize, section_linear]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,145 @@
+"""Quantized linear forward: fp32 vs int8 vs q4_0 on a 4096x4096 layer, batch 1 and 32.
+
+The "linear" section of ``bench_quant.py`` (also runnable alone:
+``.venv/bin/python benchmarks/bench_quant_linear.py [--quick]``, prints without saving).
+
+Every candidate computes ``x @ W.T + b`` for the same ``W``; times are per call, medians over
+rounds in which all candidates run in turn (so load from other processes hits them alike).
+The relative output error is against the float32 layer. Weight memory is what the layer
+holds for its weights, and the resident-memory growth per layer measured by building four
+of them (after ``malloc_trim``, Linux) checks it.
+
+Peers measured in the same run: torch's ``_weight_int8pack_mm`` (float32 and bfloat16
+activations) and our own ``dequant`` kernel (dequantize into a reused buffer, then F.linear).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import table  # noqa: E402
+
+import mlmf_lab as ml  # noqa: E402
+from mlmf_lab.quant import QuantLinear  # noqa: E402
+
+MiB = 2**20
+
+
+def _rss() -> int:
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed blocks back: RSS = live memory
+    except OSError:
+        pass
+    return psutil.Process().memory_info().rss
+
+
+def rss_per_layer(build: Callable[[], object], count: int = 4) -> float:
+    """Resident-memory growth (MiB) per object that ``build()`` returns, ``count`` kept alive."""
+    build()  # warm-up: kernels' one-time probes and allocator pools
+    before = _rss()
+    kept = [build() for _ in range(count)]
+    grown = _rss() - before
+    del kept
+    return grown / count / MiB
+
+
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int, inner: int) -> dict[str, float]:
+    """Median seconds per call of each function, timed in turns."""
+    for fn in fns.values():
+        fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / inner)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def section_linear(quick: bool) -> str:
+    n = 1024 if quick else 4096
+    rounds = 3 if quick else 9
+    g = torch.Generator().manual_seed(0)
+    layer = torch.nn.Linear(n, n)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(n, n, generator=g) / n**0.5)
+        layer.bias.copy_(torch.randn(n, generator=g) * 0.1)
+    w, b = layer.weight.detach(), layer.bias.detach()
+    q8, q40 = ml.quant.quantize(w, "int8"), ml.quant.quantize(w, "q4_0")
+    codes, scale = q8.data, q8.params["scale"]
+
+    def quant_layer(qt: ml.quant.QTensor, kernel: str) -> QuantLinear:
+        return QuantLinear(qt, b, kernel=kernel)
+
+    layers = {
+        "int8 · fbgemm-int8 (ours)": ("int8", quant_layer(q8, "fbgemm-int8")),
+        "int8 · dequant (ours)": ("int8", quant_layer(q8, "dequant")),
+        "q4_0 · int4pack (ours)": ("q4_0", quant_layer(q40, "int4pack")),
+        "q4_0 · dequant (ours)": ("q4_0", quant_layer(q40, "dequant")),
+    }
+    memory = {"fp32 · F.linear": (w.numel() * 4, rss_per_layer(lambda: torch.randn(n, n)))}
+    for name, (scheme, lay) in layers.items():
+        qt = q8 if scheme == "int8" else q40
+        kernel = lay.kernel
+        memory[name] = (lay.weight_nbytes, rss_per_layer(
+            lambda qt=qt, kernel=kernel: QuantLinear(ml.quant.QTensor(
+                qt.scheme, qt.shape, qt.data.clone(), dict(qt.params), qt.options), b, kernel)))
+    memory["int8 · torch._weight_int8pack_mm f32"] = (codes.numel() + 4 * n, float("nan"))
+    memory["int8 · torch._weight_int8pack_mm bf16"] = (codes.numel() + 2 * n, float("nan"))
+    scale_bf16 = scale.to(torch.bfloat16)
+
+    rows = []
+    for batch in (1, 32):
+        x = torch.randn(batch, n, generator=g)
+        xb = x.to(torch.bfloat16)
+        fns: dict[str, Callable[[], torch.Tensor]] = {
+            "fp32 · F.linear": lambda x=x: F.linear(x, w, b)}
+        for name, (_, lay) in layers.items():
+            fns[name] = lambda x=x, lay=lay: lay(x)
+        fns["int8 · torch._weight_int8pack_mm bf16"] = (
+            lambda xb=xb: torch._weight_int8pack_mm(xb, codes, scale_bf16).float() + b)
+        if batch == 1 or quick:  # float32 activations take ~1.5 s per call at batch 32
+            fns["int8 · torch._weight_int8pack_mm f32"] = (
+                lambda x=x: torch._weight_int8pack_mm(x, codes, scale) + b)
+        with torch.inference_mode():
+            ref = fns["fp32 · F.linear"]()
+            errors = {k: rel(fn(), ref) for k, fn in fns.items()}
+            inner = 20 if batch == 1 else 4
+            times = interleaved(fns, rounds, inner)
+        base = times["fp32 · F.linear"]
+        for name, t in times.items():
+            held, grown = memory[name]
+            rows.append([batch, name, f"{t * 1e3:.3f}", f"{base / t:.2f}x", f"{errors[name]:.4f}",
+                         f"{held / MiB:.1f}", "-" if grown != grown else f"{grown:.1f}",
+                         f"{w.numel() * 4 / held:.1f}x"])
+    header = ["batch", "kernel", "ms / call", "speed vs fp32", "rel. output error",
+              "weight MiB held", "RSS MiB / layer", "memory vs fp32"]
+    goals = ("Goals: int8 >= 3x faster than fp32 at batch 1 and >= 2x at batch 32 with "
+             "relative output error <= 0.025; q4_0 no slower than fp32 at batch 1 with >= 7x "
+             "less weight memory.")
+    return (f"Forward of a {n}x{n} linear (float32 in and out)\n\n{goals}\n\n"
+            + table(header, rows))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
+    print(section_linear(parser.parse_args().quick))
