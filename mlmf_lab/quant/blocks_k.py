@@ -23,35 +23,29 @@ from __future__ import annotations
 
 import torch
 
-from .blocks_legacy import f16_at, split_fields, unpack_nibbles
+from .bits import f16_at, fields
 
 QK_K = 256
 K_SCALE_SIZE = 12
+_LOW6, _HIGH2, _LOW4 = 0x3F3F3F3F, 0x30303030, 0x0F0F0F0F  # byte masks in int32 lanes
+_NIBBLE_SHIFTS = torch.tensor([0, 4], dtype=torch.int32)
 
 
-
-def crumbs(packed: torch.Tensor, group: int) -> torch.Tensor:
-    """(n, k) bytes -> (n, 4k) 2-bit fields: per ``group`` bytes, shift 0, 2, 4, 6 in turn."""
-    return split_fields(packed, group, (0, 2, 4, 6), 0x03)
-
-
-def bit_planes(packed: torch.Tensor, planes: int) -> torch.Tensor:
-    """(n, 32) bytes -> (n, 32 * planes) bits: plane ``i`` is bit ``i`` of every byte."""
-    return split_fields(packed, 32, tuple(range(planes)), 0x01)
-
-
-def scale_min_k4(scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unpack Q4_K/Q5_K's 12 scale bytes into 8 six-bit scales and 8 six-bit mins.
+def scale_min_k4(scales: torch.Tensor) -> torch.Tensor:
+    """Unpack Q4_K/Q5_K's 12 scale bytes: (n, 12) -> (n, 2, 8) uint8 six-bit scales and mins.
 
     Bytes 0-3 hold scales 0-3 (low 6 bits) and the top bits of scales 4-7; bytes 4-7 the
     same for mins; bytes 8-11 the low 4 bits of scale (low nibble) and min (high nibble) 4-7.
+    Computed on the three 4-byte words at once: ``[:, 0]`` are the scales, ``[:, 1]`` the mins.
     """
     n = scales.shape[0]
-    s = scales.reshape(n, 3, 4)
-    d, m, md = s[:, 0], s[:, 1], s[:, 2]
-    sc = torch.cat([d & 0x3F, (md & 0x0F) | ((d >> 2) & 0x30)], dim=1)
-    mn = torch.cat([m & 0x3F, (md >> 4) | ((m >> 2) & 0x30)], dim=1)
-    return sc, mn
+    words = scales.contiguous().view(torch.int32)  # (n, 3): scale word, min word, low-nibble word
+    sm, md = words[:, :2], words[:, 2:]
+    out = torch.empty(n, 2, 2, dtype=torch.int32)  # (n, scale|min, entries 0-3|4-7)
+    torch.bitwise_and(sm, _LOW6, out=out[:, :, 0])
+    high = torch.bitwise_right_shift(md, _NIBBLE_SHIFTS).bitwise_and_(_LOW4)
+    torch.bitwise_or(high, (sm >> 2) & _HIGH2, out=out[:, :, 1])
+    return out.view(torch.uint8).view(n, 2, 8)
 
 
 def pack_scale_min_k4(sc: torch.Tensor, mn: torch.Tensor) -> torch.Tensor:
@@ -62,57 +56,59 @@ def pack_scale_min_k4(sc: torch.Tensor, mn: torch.Tensor) -> torch.Tensor:
     return torch.cat([lo_d, lo_m, md], dim=1)
 
 
-def _scaled(out: torch.Tensor, codes: torch.Tensor, dl: torch.Tensor, sub: int) -> torch.Tensor:
-    """out = dl * codes per sub-block of ``sub`` weights; returns out viewed (n, 256/sub, sub)."""
-    n = out.shape[0]
-    grouped = out.view(n, QK_K // sub, sub)
-    grouped.copy_(codes.view(n, QK_K // sub, sub))
-    return grouped.mul_(dl.unsqueeze(-1))
+def _scale(out: torch.Tensor, dl: torch.Tensor, ml: torch.Tensor | None = None) -> None:
+    """out (n, 256) = out * dl - ml per sub-block; dl and ml are (n, sub-blocks)."""
+    n, subs = dl.shape
+    grouped = out.view(n, subs, QK_K // subs)
+    grouped.mul_(dl.unsqueeze(-1))
+    if ml is not None:
+        grouped.sub_(ml.unsqueeze(-1))
+
+
+def _crumbs(packed: torch.Tensor) -> torch.Tensor:
+    """(n, 64) bytes -> (n, 256) 2-bit codes: per 32 bytes, shifts 0, 2, 4, 6 in turn."""
+    return fields(packed, 32, (0, 2, 4, 6), 0x03)
 
 
 def dequantize_q2_k(blocks: torch.Tensor, out: torch.Tensor) -> None:
-    scales, qs = blocks[:, :16], blocks[:, 16:80]
-    d, dmin = f16_at(blocks, 80), f16_at(blocks, 82)
-    dl = d * (scales & 0x0F).float()
-    ml = dmin * (scales >> 4).float()
-    _scaled(out, crumbs(qs, 32), dl, 16).sub_(ml.unsqueeze(-1))
+    out.copy_(_crumbs(blocks[:, 16:80]))
+    scale_min = fields(blocks[:, :16], 16, (0, 4), 0x0F).view(-1, 2, 16)  # scales, then mins
+    factors = f16_at(blocks, 80, 2).unsqueeze(-1) * scale_min.float()
+    _scale(out, factors[:, 0], factors[:, 1])
 
 
 def dequantize_q3_k(blocks: torch.Tensor, out: torch.Tensor) -> None:
-    hmask, qs, raw = blocks[:, :32], blocks[:, 32:96], blocks[:, 96:108]
-    d = f16_at(blocks, 108)
-    low = unpack_nibbles(raw[:, :8])
-    high = crumbs(raw[:, 8:], 4)
+    codes = _crumbs(blocks[:, 32:96])  # bits 0-1
+    hmask = fields(blocks[:, :32], 32, tuple(range(8)), 0x01)  # bit 2, same weight order
+    codes.bitwise_or_(hmask.bitwise_left_shift_(2))
+    out.copy_(codes.view(torch.int8).sub_(4))  # code - 4 where the hmask bit is 0
+    raw = blocks[:, 96:108]
+    low = fields(raw[:, :8], 8, (0, 4), 0x0F)  # scale j: low 4 bits
+    high = fields(raw[:, 8:], 4, (0, 2, 4, 6), 0x03)  # scale j: bits 4-5
     scales = (low | (high << 4)).view(torch.int8) - 32
-    # code = 2 low bits - 4 when the hmask bit is 0
-    codes = crumbs(qs, 32).view(torch.int8)
-    codes.sub_(bit_planes(hmask, 8).bitwise_xor_(1).view(torch.int8).mul_(4))
-    _scaled(out, codes, d * scales.float(), 16)
+    _scale(out, f16_at(blocks, 108) * scales.float())
+
+
+def _q45_k(blocks: torch.Tensor, out: torch.Tensor, codes: torch.Tensor) -> None:
+    """Shared tail of Q4_K/Q5_K: (n, 256) codes -> d * scale * code - dmin * min."""
+    out.copy_(codes)
+    # (d, dmin) times (scales, mins) in one op: (n, 2, 1) * (n, 2, 8)
+    factors = f16_at(blocks, 0, 2).unsqueeze(-1) * scale_min_k4(blocks[:, 4:16]).float()
+    _scale(out, factors[:, 0], factors[:, 1])
 
 
 def dequantize_q4_k(blocks: torch.Tensor, out: torch.Tensor) -> None:
-    n = blocks.shape[0]
-    d, dmin = f16_at(blocks, 0), f16_at(blocks, 2)
-    sc, mn = scale_min_k4(blocks[:, 4:16])
-    codes = unpack_nibbles(blocks[:, 16:].reshape(n * 4, 32))
-    _scaled(out, codes, d * sc.float(), 32).sub_((dmin * mn.float()).unsqueeze(-1))
+    _q45_k(blocks, out, fields(blocks[:, 16:], 32, (0, 4), 0x0F))
 
 
 def dequantize_q5_k(blocks: torch.Tensor, out: torch.Tensor) -> None:
-    n = blocks.shape[0]
-    d, dmin = f16_at(blocks, 0), f16_at(blocks, 2)
-    sc, mn = scale_min_k4(blocks[:, 4:16])
-    qh, qs = blocks[:, 16:48], blocks[:, 48:]
-    codes = unpack_nibbles(qs.reshape(n * 4, 32))
-    codes = codes.view(n, QK_K).bitwise_or_(bit_planes(qh, 8).bitwise_left_shift_(4))
-    _scaled(out, codes, d * sc.float(), 32).sub_((dmin * mn.float()).unsqueeze(-1))
+    codes = fields(blocks[:, 48:], 32, (0, 4), 0x0F)
+    high = fields(blocks[:, 16:48], 32, tuple(range(8)), 0x01)  # bit 4, same weight order
+    _q45_k(blocks, out, codes.bitwise_or_(high.bitwise_left_shift_(4)))
 
 
 def dequantize_q6_k(blocks: torch.Tensor, out: torch.Tensor) -> None:
-    n = blocks.shape[0]
-    ql, qh, scales = blocks[:, :128], blocks[:, 128:192], blocks[:, 192:208]
-    d = f16_at(blocks, 208)
-    # per half of 128 weights: ql[0:64] low nibbles, then ql[0:64] high nibbles
-    codes = unpack_nibbles(ql.reshape(n * 2, 64))
-    codes = codes.view(n, QK_K).bitwise_or_(crumbs(qh, 32).bitwise_left_shift_(4))
-    _scaled(out, codes.view(torch.int8).sub_(32), d * scales.view(torch.int8).float(), 16)
+    codes = fields(blocks[:, :128], 64, (0, 4), 0x0F)  # bits 0-3, per half of 128 weights
+    high = _crumbs(blocks[:, 128:192])  # bits 4-5, same weight order
+    out.copy_(codes.bitwise_or_(high.bitwise_left_shift_(4)).view(torch.int8).sub_(32))
+    _scale(out, f16_at(blocks, 208) * blocks[:, 192:208].view(torch.int8).float())

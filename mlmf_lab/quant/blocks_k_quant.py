@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import torch
 
+from .bits import pack_nibbles
 from .blocks_k import pack_scale_min_k4
-from .blocks_legacy import pack_nibbles
 
 GROUP_MAX_EPS = 1e-15
 _SHIFT_2BIT = torch.tensor([0, 2, 4, 6], dtype=torch.uint8).view(1, 4, 1)

@@ -20,72 +20,9 @@ Layouts (little-endian, per block of 32 weights unless noted):
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
-_SHIFT_BITS = torch.arange(8, dtype=torch.uint8)
-
-
-# -- byte helpers -------------------------------------------------------------------------
-def f16_at(blocks: torch.Tensor, start: int) -> torch.Tensor:
-    """The fp16 field at byte ``start`` of every block, as float32 of shape (n_blocks, 1)."""
-    return blocks[:, start : start + 2].view(torch.float16).float()
-
-
-@functools.lru_cache(maxsize=32)
-def _shifts(shifts: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    return torch.tensor(shifts, dtype=dtype).view(1, 1, -1, 1)
-
-
-def split_fields(
-    packed: torch.Tensor, group: int, shifts: tuple[int, ...], mask: int
-) -> torch.Tensor:
-    """Bit fields of packed bytes: (n, k) -> (n, k * len(shifts)) uint8.
-
-    Per run of ``group`` bytes, the field at ``shift`` of every byte, for each shift in turn
-    (the GGUF order: e.g. all low nibbles of 16 bytes, then all high nibbles). Works on
-    8 bytes at a time (int64 lanes) when ``group`` allows it.
-    """
-    n, k = packed.shape
-    if group % 8 == 0:
-        lanes = packed.contiguous().view(n, k // group, 1, group).view(torch.int64)
-        fields = torch.bitwise_right_shift(lanes, _shifts(shifts, torch.int64))
-        return fields.bitwise_and_(mask * 0x0101010101010101).view(torch.uint8).view(n, -1)
-    grouped = packed.reshape(n, k // group, 1, group)
-    fields = torch.bitwise_right_shift(grouped, _shifts(shifts, torch.uint8))
-    return fields.bitwise_and_(mask).view(n, -1)
-
-
-def unpack_nibbles(qs: torch.Tensor) -> torch.Tensor:
-    """(n, k) bytes -> codes (n, 2k): low nibbles first, then high nibbles (GGUF order)."""
-    return split_fields(qs, qs.shape[1], (0, 4), 0x0F)
-
-
-def unpack_bits(packed: torch.Tensor) -> torch.Tensor:
-    """(n, k) bytes -> (n, 8k) uint8 of 0/1, bit ``i`` of byte ``b`` at index ``8b + i``."""
-    n, k = packed.shape
-    bits = torch.bitwise_right_shift(packed.unsqueeze(-1), _SHIFT_BITS).bitwise_and_(1)
-    return bits.view(n, 8 * k)
-
-
-def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
-    """Inverse of ``unpack_nibbles``: codes (n, 2k) in 0..15 -> (n, k) bytes."""
-    n, two_k = codes.shape
-    halves = codes.view(n, 2, two_k // 2)
-    return torch.bitwise_or(halves[:, 0] & 0x0F, torch.bitwise_left_shift(halves[:, 1], 4))
-
-
-def pack_bits(bits: torch.Tensor) -> torch.Tensor:
-    """Inverse of ``unpack_bits``: (n, 8k) of 0/1 -> (n, k) bytes (little bit order)."""
-    n, m = bits.shape
-    weighted = torch.bitwise_left_shift(bits.view(n, m // 8, 8), _SHIFT_BITS)
-    return weighted.sum(dim=-1, dtype=torch.uint8)
-
-
-def f16_bytes(x: torch.Tensor) -> torch.Tensor:
-    """(n, 1) float32 -> (n, 2) bytes of the fp16 value (round to nearest even)."""
-    return x.to(torch.float16).view(torch.uint8)
+from .bits import f16_at, f16_bytes, fields, high_bits16, pack_bits, pack_nibbles
 
 
 def _inverse(d: torch.Tensor) -> torch.Tensor:
@@ -145,9 +82,13 @@ def quantize_q8_0(x: torch.Tensor) -> torch.Tensor:
 
 
 # -- Q4_0 / Q4_1 ----------------------------------------------------------------------------
+def _nibbles(qs: torch.Tensor) -> torch.Tensor:
+    """(n, 16) bytes -> (n, 32) codes: low nibbles (weights 0-15), then high (16-31)."""
+    return fields(qs, 16, (0, 4), 0x0F)
+
+
 def dequantize_q4_0(blocks: torch.Tensor, out: torch.Tensor) -> None:
-    codes = unpack_nibbles(blocks[:, 2:])
-    out.copy_(codes.view(torch.int8).sub_(8))
+    out.copy_(_nibbles(blocks[:, 2:]).view(torch.int8).sub_(8))
     out.mul_(f16_at(blocks, 0))
 
 
@@ -158,8 +99,9 @@ def quantize_q4_0(x: torch.Tensor) -> torch.Tensor:
 
 
 def dequantize_q4_1(blocks: torch.Tensor, out: torch.Tensor) -> None:
-    out.copy_(unpack_nibbles(blocks[:, 4:]))
-    out.mul_(f16_at(blocks, 0)).add_(f16_at(blocks, 2))
+    out.copy_(_nibbles(blocks[:, 4:]))
+    dm = f16_at(blocks, 0, 2)
+    out.mul_(dm[:, :1]).add_(dm[:, 1:])
 
 
 def quantize_q4_1(x: torch.Tensor) -> torch.Tensor:
@@ -172,12 +114,12 @@ def quantize_q4_1(x: torch.Tensor) -> torch.Tensor:
 
 # -- Q5_0 / Q5_1 ----------------------------------------------------------------------------
 def _codes5(qh: torch.Tensor, qs: torch.Tensor) -> torch.Tensor:
-    return unpack_nibbles(qs).bitwise_or_(unpack_bits(qh).bitwise_left_shift_(4))
+    """(n, 32) 5-bit codes: nibbles plus bit 4 from ``qh``."""
+    return _nibbles(qs).bitwise_or_(high_bits16(qh))
 
 
 def dequantize_q5_0(blocks: torch.Tensor, out: torch.Tensor) -> None:
-    codes = _codes5(blocks[:, 2:6], blocks[:, 6:])
-    out.copy_(codes.view(torch.int8).sub_(16))
+    out.copy_(_codes5(blocks[:, 2:6], blocks[:, 6:]).view(torch.int8).sub_(16))
     out.mul_(f16_at(blocks, 0))
 
 
@@ -188,9 +130,9 @@ def quantize_q5_0(x: torch.Tensor) -> torch.Tensor:
 
 
 def dequantize_q5_1(blocks: torch.Tensor, out: torch.Tensor) -> None:
-    codes = _codes5(blocks[:, 4:8], blocks[:, 8:])
-    out.copy_(codes)
-    out.mul_(f16_at(blocks, 0)).add_(f16_at(blocks, 2))
+    out.copy_(_codes5(blocks[:, 4:8], blocks[:, 8:]))
+    dm = f16_at(blocks, 0, 2)
+    out.mul_(dm[:, :1]).add_(dm[:, 1:])
 
 
 def quantize_q5_1(x: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from . import blocks_legacy as bl
 from .base import QTensor, Scheme, register_scheme
 from .chunks import run_chunks
 
-CHUNK_WEIGHTS = 1 << 17  # weights per chunk: a chunk's output and temporaries stay in L2
+CHUNK_WEIGHTS = 1 << 18  # weights per chunk: a chunk's output and temporaries stay in L2
 
 
 class BlockType(NamedTuple):
