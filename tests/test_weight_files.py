@@ -179,3 +179,14 @@ def test_detection_is_by_structure_for_any_header_length(tmp_path: Path, header_
     (tmp_path / "x.safetensors").rename(path)
     wf = ml.open_weights(path)
     assert wf.format == "safetensors" and wf.metadata["pad"] == "p" * header_pad
+
+
+def test_views_into_one_storage_are_saved_as_copies(tmp_path: Path) -> None:
+    fused = torch.randn(12, 4)
+    q, k, v = fused.split(4)  # three views of one storage, as a fused qkv weight split in parts
+    overlap = fused[2:6]
+    path = tmp_path / "views.safetensors"
+    parts = {"q": q, "k": k, "v": v, "overlap": overlap}
+    ml.save_state_dict(parts, path)
+    ref = load_file(path)
+    assert all(torch.equal(ref[n], t) for n, t in parts.items())

@@ -144,7 +144,7 @@ def dedupe_shared(
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Drop tensors that alias another's storage (tied weights); returns (kept, alias->kept)."""
     kept: dict[str, torch.Tensor] = {}
-    seen: dict[tuple[int, int, tuple[int, ...], tuple[int, ...], torch.dtype], str] = {}
+    seen: dict[tuple[Any, ...], str] = {}
     aliases: dict[str, str] = {}
     for name, t in tensors.items():
         if t.device.type == "meta":
@@ -161,6 +161,15 @@ def dedupe_shared(
             continue
         seen[key] = name
         kept[name] = t
+    # Distinct views into one storage (a fused weight split in parts) are written as copies:
+    # safetensors refuses tensors that share memory unless they are the same tensor.
+    owners: dict[int, int] = {}
+    for t in kept.values():
+        ptr = t.untyped_storage().data_ptr()
+        owners[ptr] = owners.get(ptr, 0) + 1
+    for name, t in kept.items():
+        if t.numel() and owners[t.untyped_storage().data_ptr()] > 1:
+            kept[name] = t.clone()
     return kept, aliases
 
 

@@ -60,7 +60,8 @@ class Embeddings(nn.Module):
         self.register_buffer("position_ids", torch.arange(c.max_position_embeddings)[None])
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, d)
-        pos = self.position_ids[:, : ids.shape[1]]
+        position_ids: torch.Tensor = self.position_ids  # type: ignore[assignment]
+        pos = position_ids[:, : ids.shape[1]]
         x = self.word_embeddings(ids) + self.position_embeddings(pos)
         x = x + self.token_type_embeddings(torch.zeros_like(ids))
         return self.LayerNorm(x)
