@@ -138,7 +138,7 @@ class LoraLayer(nn.Module):
         self.lora_A = nn.ParameterDict()
         self.lora_B = nn.ParameterDict()
         self.specs: dict[str, AdapterSpec] = {}
-        self.active: list[tuple[str, float]] = []  # (adapter, weight); only names held here
+        self.active: list[tuple[str, float]] = []  # (adapter, weight) pairs in forward
         self.enabled = True
         self.merged: tuple[tuple[str, float], ...] = ()
         self._original: Any = None  # the base weight object from before merging
