@@ -9,6 +9,7 @@ Every encoder has the same two steps so that middle fusion can interleave them:
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -127,14 +128,20 @@ class MiniLMTextEncoder(Encoder):
         if cfg.pretrained is None:
             raise ConfigError(f"{cfg.name}: encoder 'minilm' needs pretrained=<MiniLM folder>, "
                               "e.g. str(ml.examples.minilm_dir())")
-        self.backbone = MiniLM.from_pretrained(cfg.pretrained)
+        if torch.get_default_device().type == "meta":  # being rebuilt to load a saved model:
+            from ..models.minilm import BertConfig  # the file brings the backbone weights
+
+            folder = Path(cfg.pretrained)
+            self.backbone = MiniLM(BertConfig.from_json(folder / "config.json"))
+        else:
+            self.backbone = MiniLM.from_pretrained(cfg.pretrained)
         width = int(self.backbone.config.hidden_size)
         self.proj = nn.Linear(width, cfg.dim)
 
     def embed(self, x: torch.Tensor,
               mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         mask = _full_mask(x.shape[0], x.shape[1], x.device) if mask is None else mask.bool()
-        hidden = self.backbone(x, mask.long()).last_hidden_state  # (B, L, 384)
+        hidden, _ = self.backbone(x, mask.long())  # (B, L, 384)
         return self.proj(hidden), mask
 
 

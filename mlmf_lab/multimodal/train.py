@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import FusionStrategy
-from .demo import ShapesData, ShapesTask, demo_config, make_dataset
+from .demo import IMAGE_ONLY_BOUND, ShapesData, ShapesTask, demo_config, make_dataset
 from .model import MultiModalModel
 
 
@@ -29,7 +29,7 @@ def train_classifier(model: MultiModalModel, data: ShapesData, steps: int = 300,
     model.train()
     losses = []
     for _ in tqdm(range(steps), disable=not progress, desc="train", leave=False):
-        idx = torch.randint(len(data), (batch_size,), generator=gen)
+        idx = torch.randint(data.n, (batch_size,), generator=gen)
         loss = F.cross_entropy(model(data.inputs(idx)).logits, data.labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -86,7 +86,7 @@ def attention_mass(model: MultiModalModel, data: ShapesData) -> AttentionMass:
     """Attention mass of the caption on the named shape's patch vs the other shapes and
     the uniform baseline."""
     w = image_attention(model, data)
-    n = torch.arange(len(data))
+    n = torch.arange(data.n)
     target = w[n, data.target_cell]
     on_objects = w.gather(1, data.cells).sum(1)
     return AttentionMass(float(target.mean()), float(((on_objects - target) / 2).mean()),
@@ -108,6 +108,7 @@ class FusionReport(NamedTuple):
 
     rows: list[FusionResult]
     chance: float
+    image_only: float  # the best any image-only model can do
     models: dict[str, MultiModalModel]
     losses: dict[str, list[float]]
 
@@ -118,6 +119,7 @@ class FusionReport(NamedTuple):
         lines += [f"| {r.strategy} | {r.accuracy:.3f} | {r.accuracy_named:.3f} | "
                   f"{r.accuracy_spoken:.3f} | {r.final_loss:.3f} |" for r in self.rows]
         lines.append(f"| (chance) | {self.chance:.3f} | | | |")
+        lines.append(f"| (best image-only) | {self.image_only:.3f} | | | |")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -127,13 +129,14 @@ class FusionReport(NamedTuple):
             f"<td>{r.final_loss:.3f}</td></tr>" for r in self.rows)
         return ("<table><tr><th>fusion</th><th>accuracy</th><th>caption names colour</th>"
                 f"<th>tone gives colour</th><th>final loss</th></tr>{body}"
-                f"<tr><td><i>chance</i></td><td>{self.chance:.3f}</td></tr></table>")
+                f"<tr><td><i>chance</i></td><td>{self.chance:.3f}</td></tr>"
+                f"<tr><td><i>best image-only</i></td><td>{self.image_only:.3f}</td></tr></table>")
 
 
 def compare_fusions(strategies: Sequence[tuple[str, FusionStrategy, str]] | None = None,
                     n_train: int = 2048, n_test: int = 512, steps: int = 300,
                     dim: int = 32, seed: int = 0, progress: bool = False,
-                    task: ShapesTask | None = None) -> FusionReport:
+                    task: ShapesTask | None = None, threads: int = 1) -> FusionReport:
     """Train one small model per strategy on the same data; test on held-out samples.
 
     Args:
@@ -151,15 +154,29 @@ def compare_fusions(strategies: Sequence[tuple[str, FusionStrategy, str]] | None
     train = make_dataset(n_train, seed, task, tok)
     test = make_dataset(n_test, seed + 1, task, tok)
     rows, models, losses = [], {}, {}
-    for label, strategy, mode in strategies:
-        torch.manual_seed(seed)
-        model = MultiModalModel(demo_config(strategy, task, tok.get_vocab_size(), dim, mode))
-        losses[label] = train_classifier(model, train, steps, seed=seed, progress=progress)
-        with torch.no_grad():
-            pred = model(test.inputs()).logits.argmax(-1)
-        ok = (pred == test.labels).float()
-        rows.append(FusionResult(label, float(ok.mean()), float(ok[~test.spoken].mean()),
-                                 float(ok[test.spoken].mean()),
-                                 float(sum(losses[label][-20:]) / 20)))
-        models[label] = model
-    return FusionReport(rows, 1.0 / 3, models, losses)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)  # tiny models: one thread is faster and reproducible
+    try:
+        for label, strategy, mode in strategies:
+            row, model, loss = _train_one(label, strategy, mode, task, tok.get_vocab_size(),
+                                          train, test, steps, dim, seed, progress)
+            rows.append(row)
+            models[label], losses[label] = model, loss
+    finally:
+        torch.set_num_threads(previous)
+    return FusionReport(rows, 1.0 / 3, IMAGE_ONLY_BOUND, models, losses)
+
+
+def _train_one(label: str, strategy: FusionStrategy, mode: str, task: ShapesTask, vocab: int,
+               train: ShapesData, test: ShapesData, steps: int, dim: int, seed: int,
+               progress: bool) -> tuple[FusionResult, MultiModalModel, list[float]]:
+    torch.manual_seed(seed)
+    model = MultiModalModel(demo_config(strategy, task, vocab, dim, mode))
+    losses = train_classifier(model, train, steps, seed=seed, progress=progress)
+    with torch.no_grad():
+        pred = model(test.inputs()).logits.argmax(-1)
+    ok = (pred == test.labels).float()
+    row = FusionResult(label, float(ok.mean()), float(ok[~test.spoken].mean()),
+                       float(ok[test.spoken].mean()), sum(losses[-20:]) / 20)
+    return row, model, losses
+

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ...errors import MLMFError
 from ..config import AudioPreprocessing
+from .image import thread_map
 
 # a path, or a waveform with its sample rate: (samples,) or (channels, samples)
 AudioInput = str | os.PathLike[str] | tuple[np.ndarray, int]
@@ -144,7 +145,7 @@ def preprocess_audio(sources: Sequence[AudioInput] | AudioInput,
         sources = [sources]
     if len(sources) == 0:
         raise MLMFError("expected at least one audio clip, found an empty batch")
-    waves = [load_audio(s, cfg) for s in sources]
+    waves = thread_map(lambda s: load_audio(s, cfg), sources)
     for s, w in zip(sources, waves, strict=True):
         if w.size < cfg.n_fft // 2 + 1:
             raise MLMFError(

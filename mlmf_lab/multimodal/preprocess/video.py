@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -157,8 +158,16 @@ def preprocess_video(path: str | os.PathLike[str], cfg: VideoPreprocessing) -> V
         >>> cfg = VideoPreprocessing(fps=4, clip_frames=8)
         >>> clips = preprocess_video("walk.avi", cfg)  # doctest: +SKIP
     """
-    frames, times = read_frames(path, cfg.fps)
-    prepared = np.stack([prepare_image(f, cfg.image) for f in frames])  # (F, S, S, 3)
+    # decoding stays on this thread; the image pipeline runs beside it on the others
+    with ThreadPoolExecutor(max(1, (os.cpu_count() or 1) - 1)) as pool:
+        pending, stamps = [], []
+        for frame, stamp in _iter_frames(path, cfg.fps):
+            pending.append(pool.submit(prepare_image, frame, cfg.image))
+            stamps.append(stamp)
+        if not pending:
+            raise MLMFError("expected at least one decodable frame, found none", path)
+        prepared = np.stack([f.result() for f in pending])  # (F, S, S, 3)
+    frames, times = prepared, np.asarray(stamps)
     starts = clip_starts(len(frames), cfg.clip_frames, cfg.stride)
     idx = np.asarray(starts)[:, None] + np.arange(cfg.clip_frames)[None, :]  # (C, T)
     mask = idx < len(frames)
