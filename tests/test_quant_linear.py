@@ -54,6 +54,7 @@ def net(seed: int = 0) -> Net:
 CASES = [  # scheme, options, kernel, tolerance against F.linear on the dequantized weight
     ("int8", {}, "fbgemm-int8", 0.025),  # activations are quantized per call (7-bit range)
     ("int8", {}, "dequant", 1e-5),
+    ("int8", {}, "int8pack-bf16", 0.01),  # bfloat16 activations and scales
     ("int4", {"group_size": 32}, "int4pack", 0.01),  # bfloat16 activations
     ("int4", {"group_size": 128}, "int4pack", 0.01),
     ("int4", {"group_size": 64}, "dequant", 1e-5),
@@ -83,7 +84,9 @@ def test_quant_linear_matches_the_dequantized_reference(
     assert torch.equal(back.data, qt.data)
     assert qt.params.keys() == back.params.keys()
     assert all(torch.equal(back.params[k], qt.params[k]) for k in qt.params)
-    assert layer.weight_nbytes == qt.nbytes
+    # what the layer holds: the QTensor's bytes (int8pack-bf16 adds bf16 copies of the scales)
+    extra = 2 * qt.shape[0] if kernel == "int8pack-bf16" else 0
+    assert layer.weight_nbytes == qt.nbytes + extra
 
 
 @pytest.mark.parametrize("rows", [16, 48, 80, 112, 384])

@@ -6,7 +6,9 @@ and can give its weights back as a ``QTensor``. Measured on a 2-core x86 machine
 
 - ``fbgemm-int8``: torch's x86/fbgemm dynamic quantized linear (activations quantized per
   call to uint8, weights prepacked int8 per channel); several times faster than float32 at
-  batch 1 and 32. ``torch._weight_int8pack_mm`` was much slower.
+  batch 1 and 32. ``int8pack-bf16`` (``torch._weight_int8pack_mm`` on bfloat16
+  activations) is slower but weight-only, hence more accurate on inputs with outliers; with
+  float32 activations that op is 5-100x slower than float32 itself.
 - ``int4pack``: torch's fused int4 CPU kernel (``_weight_int4pack_mm_for_cpu``) on
   bfloat16 activations, for ``int4`` (group 32-256) and ``q4_0`` weights; q4_0's per-block
   scales are kept as float16 and expanded per call into a shared scratch (zero points are
@@ -112,6 +114,31 @@ class Int8Dynamic:
     @property
     def nbytes(self) -> int:  # int8 codes + float32 scales, as fbgemm holds them
         return self.shape[0] * self.shape[1] + 4 * self.shape[0]
+
+
+class Int8WeightOnly:
+    """int8 weights, bfloat16 activations: torch's ``_weight_int8pack_mm`` (weight-only).
+
+    Slower than fbgemm's dynamic path but keeps activations unquantized (bfloat16), so
+    inputs with outlier features lose much less. Its float32-activation path is far slower.
+    """
+
+    name = "int8pack-bf16"
+
+    def __init__(self, qt: QTensor) -> None:
+        self.shape, self.codes, self.scale = qt.shape, qt.data, qt.params["scale"]
+        self.scale_bf16 = self.scale.to(torch.bfloat16)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.bfloat16).contiguous()
+        return torch._weight_int8pack_mm(x, self.codes, self.scale_bf16).float()
+
+    def qtensor(self) -> QTensor:
+        return QTensor("int8", self.shape, self.codes, {"scale": self.scale})
+
+    @property
+    def nbytes(self) -> int:  # codes, float32 scales and their bfloat16 copy
+        return self.codes.numel() + 6 * self.shape[0]
 
 
 # -- int4: torch's fused int4 CPU kernel --------------------------------------------------------
@@ -271,6 +298,8 @@ def _int4pack_fits(qt: QTensor) -> bool:
 KERNELS: list[KernelChoice] = [
     KernelChoice("fbgemm-int8", lambda qt: qt.scheme == "int8" and len(qt.shape) == 2
                  and fbgemm_available(), Int8Dynamic),
+    KernelChoice("int8pack-bf16", lambda qt: qt.scheme == "int8" and len(qt.shape) == 2
+                 and hasattr(torch, "_weight_int8pack_mm"), Int8WeightOnly),
     KernelChoice("int4pack", _int4pack_fits, Int4Packed),
     KernelChoice("dequant", lambda qt: True, Dequant),
 ]
