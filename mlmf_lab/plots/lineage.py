@@ -16,12 +16,22 @@ ACTIVITY_COLOR = "#ffffff"
 
 
 def _layers(g: Any) -> dict[str, tuple[int, int, int]]:
-    """node -> (layer, index in layer, layer size), layers from the sources onwards."""
+    """node -> (layer, index in layer, layer size), layers from the sources onwards.
+
+    Within a layer, nodes sit in the mean order of their predecessors (the barycentre
+    heuristic), which keeps the branches of a lineage from crossing.
+    """
     import networkx as nx
 
     pos: dict[str, tuple[int, int, int]] = {}
     for depth, layer in enumerate(nx.topological_generations(g)):
-        ordered = sorted(layer, key=lambda n: (str(g.nodes[n].get("label", "")), str(n)))
+
+        def key(n: str) -> tuple[float, str, str]:
+            preds = [pos[p][1] - (pos[p][2] - 1) / 2 for p in g.predecessors(n) if p in pos]
+            centre = sum(preds) / len(preds) if preds else 0.0
+            return (centre, str(g.nodes[n].get("label", "")), str(n))
+
+        ordered = sorted(layer, key=key)
         for i, n in enumerate(ordered):
             pos[n] = (depth, i, len(ordered))
     return pos
@@ -35,16 +45,17 @@ def _activity_text(data: dict[str, Any]) -> str:
 
 
 def plot_lineage(source: Any, focus: Any = None, title: str | None = None,
-                 orientation: str = "auto") -> Figure:
+                 orientation: str = "auto", highlight: Any = None) -> Figure:
     """Draw a lineage graph: boxes are entities (coloured by kind), white tags are activities.
 
     Args:
         source: an ``ml.Lineage`` (drawn whole, or around ``focus``) or the networkx graph
             from ``Lineage.graph()``.
-        focus: a path, entity or live object to centre on (outlined in the figure).
+        focus: a path, entity or live object: draw only it, its ancestors and descendants.
         title: figure title (default: "Lineage").
         orientation: ``"horizontal"`` (left to right), ``"vertical"`` (top to bottom), or
             ``"auto"``: vertical for long chains, which would be too wide.
+        highlight: an entity to outline (default: ``focus``); needs an ``ml.Lineage``.
 
     Returns:
         A ``matplotlib.figure.Figure``.
@@ -56,8 +67,9 @@ def plot_lineage(source: Any, focus: Any = None, title: str | None = None,
         g = source
     else:
         g = source.graph(focus)
-        if focus is not None:
-            focus_id = source.entity(focus).id
+        marked = highlight if highlight is not None else focus
+        if marked is not None:
+            focus_id = source.entity(marked).id
     pos = _layers(g) if g.number_of_nodes() else {}
     n_layers = max((p[0] for p in pos.values()), default=0) + 1
     tallest = max((p[2] for p in pos.values()), default=1)

@@ -11,10 +11,12 @@
 #    active, the library's operations (load, save, convert, quantize, LoRA inject/merge,
 #    checkpoint, ...) **record themselves**: you write no logging code.
 #
-# The story: take the real all-MiniLM-L6-v2 encoder, tune it with LoRA, merge the adapter,
-# quantize it, and convert it to GGUF. Then ask the GGUF file where it comes from.
+# The story: take the real all-MiniLM-L6-v2 encoder, tune it with LoRA, keep the adapter,
+# merge it, quantize the model, and convert it to GGUF. Then ask the GGUF file where it comes
+# from.
 
 # %%
+%matplotlib inline
 import os
 
 os.environ["TQDM_DISABLE"] = "1"  # no progress bars in the stored outputs
@@ -89,21 +91,24 @@ with lineage:
     batch = model.tokenize(pairs)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
     model.train()
-    for _ in range(4):
+    losses = []
+    for _ in range(5):
         states, _ = model(batch["input_ids"], batch["attention_mask"])
         emb = F.normalize(states.mean(1), dim=-1)
         loss = (1 - emb[0] @ emb[1]) + F.relu(emb[0] @ emb[2])
         opt.zero_grad()
         loss.backward()
         opt.step()
+        losses.append(loss.item())
     model.eval()
+    ml.lora.save_peft_adapter(model, work / "adapter")                        # lora-save
     ml.lora.merge(model)                                                      # merge
     ml.lora.unload(model)
-    ml.save_state_dict(model.state_dict(), work / "merged.safetensors")       # save
     ml.quant.quantize_model(model, "int8")                                    # quantize
     ml.save_state_dict(model.state_dict(), work / "tuned-int8.safetensors")   # save
     convert(work / "tuned-int8.safetensors", work / "minilm-tuned.gguf", quant="q8_0")  # convert
 
+print(f"toy loss {losses[0]:.2f} -> {losses[-1]:.2f}")
 lineage
 
 # %% [markdown]
@@ -111,8 +116,9 @@ lineage
 #
 # `history` walks back from the file (found by its content hash, then its path) through every
 # recorded activity. Live objects in memory are entities too: `MiniLM v2` is the model after
-# LoRA injection, `MiniLM v3` after merging. They link up because a state dict shares storage
-# with the model it came from (and a quantized model is recognised by its keys).
+# LoRA injection, `MiniLM v3` after merging, `MiniLM v4` after quantizing. They link up
+# because a state dict shares storage with the model it came from (and a quantized model,
+# whose `state_dict()` dequantizes into fresh tensors, is recognised by its keys).
 # (Content hashes of the computed files are left out of this printout: they depend on the
 # last bits of floating-point arithmetic.)
 
@@ -143,10 +149,11 @@ print("versions known: ", sorted(quantize_step.agent["versions"])[:4], "…")
 # %% [markdown]
 # ## 4 · The lineage graph
 #
-# Boxes are entities (blue: weight files, red: models in memory); white tags are activities.
+# Boxes are entities (blue: weight files, green: the adapter, red: models in memory); white
+# tags are activities.
 
 # %%
-ml.plots.plot_lineage(lineage, focus=gguf_path, title="Where minilm-tuned.gguf comes from")
+ml.plots.plot_lineage(lineage, highlight=gguf_path, title="Everything recorded in this run")
 
 # %% [markdown]
 # The same graph as a `networkx.DiGraph` (data flows along the edges), for your own queries:
@@ -157,10 +164,12 @@ src, dst = lineage.entity(base_path).id, lineage.entity(gguf_path).id
 print(" -> ".join(g.nodes[n]["name"] for n in nx.shortest_path(g, src, dst)))
 
 # %% [markdown]
-# Two files from the same run share the start of their history. `diff` shows where they part:
+# The adapter saved on the way and the GGUF file share the start of their history. `diff`
+# shows where they part:
 
 # %%
-print(lineage.diff(work / "merged.safetensors", gguf_path).text(hashes=False))
+print(lineage.diff(work / "adapter", gguf_path).text(hashes=False))
+print("the adapter is recorded as:", lineage.entity(work / "adapter").kind)
 
 # %% [markdown]
 # What does the GGUF file say about itself? Its own metadata and tensor table give the
