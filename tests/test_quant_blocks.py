@@ -141,9 +141,13 @@ def test_quantize_bytes_identical(name: str) -> None:
     assert torch.equal(mine.data, torch.from_numpy(np.ascontiguousarray(ref).view(np.uint8)))
 
 
-def test_bf16_nan_is_quieted_like_ggml() -> None:
-    signalling = torch.tensor([0x7F800001, 0xFF812345, 0x7FC00000], dtype=torch.int64)
-    x = signalling.to(torch.int32).view(torch.float32).repeat(1, 1)
+def test_bf16_nan_payloads_and_overflow_like_ggml() -> None:
+    x = torch.randn(64, 32, generator=torch.Generator().manual_seed(8)) * 3e38
+    bits = x.view(-1).view(torch.int32)
+    bits[::7] = 0x7F800001  # signalling NaN
+    bits[::11] = -0x7EDCBA  # negative NaN with a payload (0xFF812346)
+    bits[::13] = 0x7FC00000  # quiet NaN
+    bits[::17] = 0x7F7FFFFF  # largest float: rounds up to inf
     mine = ml.quant.quantize(x, "bf16").data
     ref = gguf.quants.quantize(x.numpy(), gguf.GGMLQuantizationType.BF16)
     assert torch.equal(mine, torch.from_numpy(ref.view(np.uint8)))

@@ -57,12 +57,13 @@ def quantize_f16(x: torch.Tensor) -> torch.Tensor:
 
 
 def quantize_bf16(x: torch.Tensor) -> torch.Tensor:
-    """Round to nearest even on the bit pattern; NaNs become quiet, keeping sign and payload."""
-    n = x.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
-    is_nan = (n & 0x7FFFFFFF) > 0x7F800000
-    n = torch.where(is_nan, (n & 0xFFFF0000) | (64 << 16), n)
-    n = (n + (0x7FFF + ((n >> 16) & 1))) >> 16
-    return n.to(torch.int32).to(torch.int16).view(torch.uint8).view(x.shape[0], -1)
+    """Round to nearest even (torch's cast); NaNs become quiet keeping sign and payload, as ggml."""
+    out = x.to(torch.bfloat16).view(torch.int16)
+    nan = x.isnan()
+    if bool(nan.any()):  # torch writes one canonical NaN; ggml keeps the top bits, sets bit 6
+        top = (x.contiguous().view(torch.int32) >> 16).to(torch.int16) | 0x40
+        out = torch.where(nan, top, out)
+    return out.view(torch.uint8).view(x.shape[0], -1)
 
 
 # -- Q8_0 -------------------------------------------------------------------------------------
