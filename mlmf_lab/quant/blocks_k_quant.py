@@ -42,6 +42,10 @@ def fit_asymmetric(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Weighted search for ``x ~ scale * L - min``, one fit per row of ``x`` (m, n).
 
+    Each candidate's weighted error comes from its sums in closed form
+    (``s^2 Swll + 2 s m Swl + m^2 Sw - 2 s Swxl - 2 m Swx + Swxx``, in float64), and only the
+    winning inverse scale is kept, so a candidate costs a handful of passes over ``x``.
+
     Returns:
         (scale (m,), min (m,) >= 0, L (m, n) uint8 in 0..nmax).
     """
@@ -49,37 +53,46 @@ def fit_asymmetric(
     hi = x.amax(dim=1, keepdim=True)
     flat = hi == lo
     span = torch.where(flat, torch.ones_like(hi), hi - lo)
-    sum_w = w.sum(dim=1, keepdim=True)
-    sum_x = (w * x).sum(dim=1, keepdim=True)
     shifted = x - lo
+    wx = w * x
+    sum_w = w.sum(dim=1, keepdim=True).double()
+    sum_x = wx.sum(dim=1, keepdim=True).double()
+    sum_xx = (wx * x).sum(dim=1, keepdim=True).double()
 
-    iscale = nmax / span
-    scale = 1 / iscale
-    best_l = torch.round(iscale * shifted).clamp_(0, nmax)
-    best_err = (w * (scale * best_l + lo - x).square()).sum(dim=1, keepdim=True)
-    best_min = lo
+    def sums(iscale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        codes = torch.round(iscale * shifted).clamp_(0, nmax)
+        wl = w * codes
+        return (wl.sum(dim=1, keepdim=True).double(),
+                (wl * codes).sum(dim=1, keepdim=True).double(),
+                (wl * x).sum(dim=1, keepdim=True).double())
+
+    def error(s: torch.Tensor, m: torch.Tensor, sl: torch.Tensor, sl2: torch.Tensor,
+              sxl: torch.Tensor) -> torch.Tensor:
+        return s * s * sl2 + 2 * s * m * sl + m * m * sum_w - 2 * s * sxl - 2 * m * sum_x + sum_xx
+
+    best_iscale = nmax / span
+    scale = (1 / best_iscale).double()
+    best_min = lo.double()
+    best_err = error(scale, best_min, *sums(best_iscale))
     for k in range(nstep + 1):
         iscale = (rmin + rdelta * k + nmax) / span
-        laux = torch.round(iscale * shifted).clamp_(0, nmax)
-        wl = w * laux
-        sum_l = wl.sum(dim=1, keepdim=True)
-        sum_l2 = (wl * laux).sum(dim=1, keepdim=True)
-        sum_xl = (wl * x).sum(dim=1, keepdim=True)
+        sum_l, sum_l2, sum_xl = sums(iscale)
         det = sum_w * sum_l2 - sum_l * sum_l
         this_scale = (sum_w * sum_xl - sum_x * sum_l) / det
         this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det
         clipped = this_min > 0
         this_scale = torch.where(clipped, sum_xl / sum_l2, this_scale)
         this_min = torch.where(clipped, torch.zeros_like(this_min), this_min)
-        err = (w * (this_scale * laux + this_min - x).square()).sum(dim=1, keepdim=True)
+        err = error(this_scale, this_min, sum_l, sum_l2, sum_xl)
         better = (det > 0) & (err < best_err)
-        best_l = torch.where(better, laux, best_l)
+        best_iscale = torch.where(better, iscale, best_iscale)
         best_err = torch.where(better, err, best_err)
         scale = torch.where(better, this_scale, scale)
         best_min = torch.where(better, this_min, best_min)
-    scale = torch.where(flat, torch.zeros_like(scale), scale)
-    best_l = torch.where(flat, torch.zeros_like(best_l), best_l)
-    return scale.squeeze(1), -best_min.squeeze(1), best_l.to(torch.uint8)
+    codes = torch.round(best_iscale * shifted).clamp_(0, nmax)
+    scale = torch.where(flat, torch.zeros_like(scale), scale).float()
+    codes = torch.where(flat, torch.zeros_like(codes), codes)
+    return scale.squeeze(1), -best_min.float().squeeze(1), codes.to(torch.uint8)
 
 
 def fit_symmetric(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,24 +108,25 @@ def fit_symmetric(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tenso
     w = x * x
     wx = w * x
 
-    def codes(iscale: torch.Tensor) -> torch.Tensor:
-        return torch.round(iscale * x).clamp_(-nmax, nmax - 1)
+    def sums(iscale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        codes = torch.round(iscale * x).clamp_(-nmax, nmax - 1)
+        wl = w * codes
+        return (wx * codes).sum(dim=1, keepdim=True), (wl * codes).sum(dim=1, keepdim=True)
 
-    best_l = codes(-nmax / peak)
-    sumlx = (wx * best_l).sum(dim=1, keepdim=True)
-    suml2 = (w * best_l * best_l).sum(dim=1, keepdim=True)
+    best_iscale = -nmax / peak
+    sumlx, suml2 = sums(best_iscale)
     scale = torch.where(suml2 != 0, sumlx / suml2, torch.zeros_like(sumlx))
     best = scale * sumlx
     for k in range(-9, 10):
         if k == 0:
             continue
-        l_k = codes(-(nmax + 0.1 * k) / peak)
-        sumlx = (wx * l_k).sum(dim=1, keepdim=True)
-        suml2 = (w * l_k * l_k).sum(dim=1, keepdim=True)
+        iscale = -(nmax + 0.1 * k) / peak
+        sumlx, suml2 = sums(iscale)
         better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-        best_l = torch.where(better, l_k, best_l)
+        best_iscale = torch.where(better, iscale, best_iscale)
         scale = torch.where(better, sumlx / suml2, scale)
         best = torch.where(better, scale * sumlx, best)
+    best_l = torch.round(best_iscale * x).clamp_(-nmax, nmax - 1)
     scale = torch.where(tiny, torch.zeros_like(scale), scale)
     best_l = torch.where(tiny, torch.zeros_like(best_l), best_l)
     return scale.squeeze(1), (best_l + nmax).to(torch.uint8)
