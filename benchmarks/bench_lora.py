@@ -90,6 +90,7 @@ def forward_rows(pm: nn.Module, ours: nn.Module, shapes: list[tuple[int, int]],
         with torch.no_grad():
             diff = (pm(ids).logits - ours(ids).logits).abs().max().item()
             assert diff < 1e-4, f"models disagree by {diff}"
+            assert (base(ids).logits - pm(ids).logits).abs().max() > 1e-4, "adapter is a no-op"
             t = interleaved({"base": lambda x=ids: base(x), "peft": lambda x=ids: pm(x),
                              "ours": lambda x=ids: ours(x)}, calls, rounds)
         med = {k: statistics.median(v) for k, v in t.items()}
