@@ -62,6 +62,8 @@ CASES = [
     ("arrays-nested-deep", gguf_bytes([kv("k", ARRAY, struct.pack("<IQ", ARRAY, 1) * 4 +
                                           struct.pack("<IQ", UINT8, 0))]),
      FormatError, "nested deeper than 3"),
+    ("duplicate-key", gguf_bytes([kv("k", UINT32, b"\0" * 4), kv("k", UINT32, b"\0" * 4)]),
+     FormatError, "metadata key 'k' appears twice"),
     ("unknown-value-type", gguf_bytes([kv("k", 13, b"\0" * 8)]), FormatError, "value type 13"),
     ("key-not-utf8", gguf_bytes([kv(b"\xff\xfe", UINT32, b"\0" * 4)]), FormatError,
      "not valid UTF-8"),

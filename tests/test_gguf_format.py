@@ -266,3 +266,53 @@ def test_load_into_model_from_gguf(tmp_path: Path) -> None:
     x = torch.randn(4, 64)
     assert torch.allclose(copy(x), model(x), atol=0.05)
     assert gguf_format.GGUFFile(path).info("0.weight").quant == "Q8_0"
+
+
+def flatten(value: object) -> object:
+    if isinstance(value, list) and value and isinstance(value[0], list):
+        return [v for part in value for v in flatten(part)]  # type: ignore[union-attr]
+    return value
+
+
+def test_header_parser_agrees_with_gguf_reader(tmp_path: Path) -> None:
+    path = tmp_path / "rich.gguf"
+    V = gguf.GGUFValueType
+    writer = gguf.GGUFWriter(path, "llama")
+    scalars = {
+        V.UINT8: 200, V.INT8: -100, V.UINT16: 60000, V.INT16: -30000, V.UINT32: 4_000_000_000,
+        V.INT32: -2_000_000_000, V.FLOAT32: 0.25, V.BOOL: True, V.STRING: "héllo",
+        V.UINT64: 2**63 + 5, V.INT64: -(2**62), V.FLOAT64: 0.1,
+    }
+    for vtype, value in scalars.items():
+        writer.add_key_value(f"s.{vtype.name}", value, vtype)
+        if vtype != V.STRING:
+            writer.add_key_value(f"a.{vtype.name}", [value, value], V.ARRAY, vtype)
+    writer.add_key_value("a.strings", ["", "b", "ccc"], V.ARRAY, V.STRING)
+    writer.add_key_value("a.nested", [[1, 2], [3, 4]], V.ARRAY, V.ARRAY)
+    g = torch.Generator().manual_seed(3)
+    writer.add_tensor("f32", torch.randn(3, 5, generator=g).numpy())
+    writer.add_tensor("i16", torch.arange(6, dtype=torch.int16).view(2, 3).numpy())
+    q = gguf.quants.quantize(torch.randn(2, 64, generator=g).numpy(), Q.Q5_1)
+    writer.add_tensor("q5", q, raw_dtype=Q.Q5_1)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    reader = gguf.GGUFReader(path)
+    wf = gguf_format.GGUFFile(path)
+    theirs = {k: f for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    assert list(wf.metadata) == list(theirs)
+    for key, field in theirs.items():
+        assert flatten(wf.metadata[key]) == field.contents(), key
+        assert wf.value_types[key] == field.types[0], key
+    assert wf.metadata["a.nested"] == [[1, 2], [3, 4]]  # kept nested (gguf-py flattens it)
+    assert list(wf) == [t.name for t in reader.tensors]
+    for rt in reader.tensors:
+        info = wf.info(rt.name)
+        assert info.shape == tuple(reversed(rt.shape.tolist()))
+        assert info.offset == rt.data_offset and info.nbytes == rt.n_bytes
+        assert (info.quant or rt.tensor_type.name) == rt.tensor_type.name
+        stored = wf.raw(rt.name)
+        stored = stored.data if isinstance(stored, QTensor) else stored
+        assert np.array_equal(stored.numpy().view(np.uint8), rt.data.view(np.uint8))

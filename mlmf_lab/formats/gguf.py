@@ -1,13 +1,15 @@
-"""GGUF files (llama.cpp's format): read through ``gguf.GGUFReader``, written through
-``gguf.GGUFWriter``, blocks (de)quantized in torch by ``mlmf_lab.quant.ggml``.
+"""GGUF files (llama.cpp's format): the header parsed here (``gguf_header``), tensors
+memory-mapped, written through ``gguf.GGUFWriter``; blocks (de)quantized in torch by
+``mlmf_lab.quant.ggml``.
 
-Reading is lazy: ``check_header`` walks the header with bounds checks, then ``GGUFReader``
-memory-maps the file (copy-on-write, so tensors are writable views and the file is never
-modified) and builds numpy views; no tensor data is read until asked for. Shapes are given
-in PyTorch order (GGUF stores dimensions innermost first). Quantized tensors report
-``dtype="float32"`` (what ``tensor()`` returns) and ``quant="Q8_0"`` etc.; ``raw()`` keeps
-them as a ``QTensor`` of the stored bytes. Float and integer tensors (F32, F16, BF16, F64,
-I8 ... I64) come back in their own dtype, memory-mapped.
+Reading is lazy: ``read_header`` parses and checks the header, the file is memory-mapped
+copy-on-write (tensors are writable views; the file is never modified), and no tensor data
+is read until asked for. ``gguf.GGUFReader`` is not used for reading because it takes tens of
+seconds on a real vocabulary and trusts hostile counts (see ``gguf_header``); the tests
+check our reading against it. Shapes are given in PyTorch order (GGUF stores dimensions
+innermost first). Quantized tensors report ``dtype="float32"`` (what ``tensor()`` returns)
+and ``quant="Q8_0"`` etc.; ``raw()`` keeps them as a ``QTensor`` of the stored bytes. Float
+and integer tensors (F32, F16, BF16, F64, I8 ... I64) come back in their own dtype.
 
 Writing: ``save_state_dict(tensors, "x.gguf", metadata=..., quant="q8_0")``. With ``quant``,
 floating-point tensors of two or more dimensions whose rows divide into blocks are
@@ -25,13 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import FormatError, MLMFError, UnsupportedError
+from ..errors import MLMFError, UnsupportedError
 from ..quant.base import QTensor
 from ..quant.ggml import BLOCK_TYPES, BY_ID, block_type, dequantize_tensor, quantizable
 from ..quant.ggml import quantize_tensor as quantize_blocks
 from . import atomic
 from .base import TensorInfo, WeightFile, dtype_name
-from .gguf_header import MAX_DIMS, check_header
+from .gguf_header import MAX_DIMS, read_header
 from .gguf_meta import decode_metadata, encode_metadata
 from .registry import Format, Writer, register_format, register_writer
 
@@ -47,6 +49,10 @@ NATIVE: dict[str, torch.dtype] = {
     "I64": torch.int64,
 }
 TORCH_TO_GGML = {v: k for k, v in NATIVE.items()}
+NUMPY_VIEW: dict[str, type[np.generic]] = {  # how the mapped bytes are viewed (BF16: raw bits)
+    "F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64,
+    "I8": np.int8, "I16": np.int16, "I32": np.int32, "I64": np.int64,
+}
 QUANTIZATION_VERSION = 2  # the block layouts of ggml's current quantization version
 
 
@@ -62,34 +68,35 @@ class GGUFFile(WeightFile):
     format = "gguf"
 
     def __init__(self, path: Path) -> None:
-        from gguf import GGUFReader
+        from gguf import GGMLQuantizationType
 
-        header = check_header(path, _known_types())
-        try:
-            reader = GGUFReader(path, "c")
-        except (ValueError, KeyError, IndexError, OverflowError, UnicodeDecodeError) as e:
-            raise FormatError(f"gguf could not parse the file: {e}", path) from None
-        raw_meta = {
-            name: field.contents()
-            for name, field in reader.fields.items()
-            if not name.startswith("GGUF.")
-        }
-        meta, aliases = decode_metadata(raw_meta, path)
+        sizes = _known_types()
+        header = read_header(path, sizes)
+        meta, aliases = decode_metadata(header.metadata, path)
+        mapped = np.memmap(path, mode="c") if header.tensors else np.zeros(0, np.uint8)
         infos: dict[str, TensorInfo] = {}
         self._arrays: dict[str, np.ndarray[Any, Any]] = {}
-        for rt in reader.tensors:
-            shape = tuple(int(d) for d in reversed(rt.shape.tolist()))
-            type_name = rt.tensor_type.name
-            quant = None if type_name in NATIVE else type_name
-            dtype = dtype_name(NATIVE.get(type_name, torch.float32))
-            infos[rt.name] = TensorInfo(
-                rt.name, shape, dtype, int(rt.n_bytes), os.fspath(path), int(rt.data_offset), quant
+        for e in header.tensors:
+            shape = tuple(reversed(e.dims))
+            type_name = GGMLQuantizationType(e.type_id).name
+            start = header.data_start + e.offset
+            flat = mapped[start : start + e.nbytes]
+            if type_name in NATIVE:
+                quant, dtype = None, NATIVE[type_name]
+                self._arrays[e.name] = flat.view(NUMPY_VIEW[type_name]).reshape(shape)
+            else:  # blocks: one row of bytes per row of weights
+                block, type_size = sizes[e.type_id]
+                quant, dtype = type_name, torch.float32
+                row_bytes = shape[-1] // block * type_size if shape else e.nbytes
+                self._arrays[e.name] = flat.reshape(*shape[:-1], row_bytes)
+            infos[e.name] = TensorInfo(
+                e.name, shape, dtype_name(dtype), e.nbytes, os.fspath(path), start, quant
             )
-            self._arrays[rt.name] = rt.data
         super().__init__(path=path, metadata=meta, _infos=infos)
         self.aliases = aliases
         self.version = header.version
         self.alignment = header.alignment
+        self.value_types = header.value_types
 
     def _array(self, name: str) -> np.ndarray[Any, Any]:
         if not self._arrays:
