@@ -108,6 +108,16 @@ class ShapesData(NamedTuple):
         """Number of samples."""
         return int(self.labels.shape[0])
 
+    def subset(self, keep: torch.Tensor) -> ShapesData:
+        """The samples where ``keep`` (N,) bool is True."""
+        t, i, a = self.text, self.image, self.audio
+        return ShapesData(
+            TextBatch(t.input_ids[keep], t.attention_mask[keep],
+                      [x for x, k in zip(t.tokens, keep.tolist(), strict=True) if k]),
+            ImageBatch(i.pixels[keep], i.patches[keep], i.grid),
+            AudioBatch(a.mel[keep], a.mask[keep], a.seconds[keep]),
+            self.labels[keep], self.target_cell[keep], self.cells[keep], self.spoken[keep])
+
     def inputs(self, idx: torch.Tensor | slice | None = None) -> dict[str, object]:
         """The model's inputs (all samples, or ``idx``)."""
         sel = slice(None) if idx is None else idx
