@@ -15,7 +15,6 @@ from .config import FusionStrategy
 from .demo import IMAGE_ONLY_BOUND, ShapesData, ShapesTask, demo_config, make_dataset
 from .model import MultiModalModel
 
-
 # found by a small sweep (1e-2, 5e-3, 3e-3) at 300 steps: cross-attention needs a gentler step
 LEARNING_RATES = {FusionStrategy.EARLY: 5e-3, FusionStrategy.MIDDLE: 3e-3,
                   FusionStrategy.LATE: 5e-3, FusionStrategy.ATTENTION: 5e-3}
