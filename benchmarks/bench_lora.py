@@ -80,7 +80,7 @@ def forward_rows(pm: nn.Module, ours: nn.Module, shapes: list[tuple[int, int]],
                  calls: int, rounds: int) -> list[list[str]]:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    base = copy.deepcopy(pm).merge_and_unload()  # same weights, adapter-free: the floor
+    base = copy.deepcopy(pm).unload()  # the same base weights without the adapter: the floor
     with torch.no_grad():
         for m in base.modules():
             assert not isinstance(m, BaseTunerLayer)

@@ -50,6 +50,9 @@ _UNSUPPORTED: dict[str, Any] = {
     "use_qalora": False,
 }
 
+# inits that only set A and B; PiSSA, OLoRA, CorDA, LoftQ, LoRA-GA, MiCA also rewrite W
+_PLAIN_INITS = (True, False, "gaussian", "orthogonal", "eva")
+
 
 def _read_config(folder: Path) -> dict[str, Any]:
     cfg_path = folder / CONFIG_NAME
@@ -69,6 +72,13 @@ def _read_config(folder: Path) -> dict[str, Any]:
     if odd:
         raise UnsupportedError(f"adapter uses features mlmf_lab does not load: {odd}; "
                                f"supported is plain LoRA (bias='none', no DoRA)", cfg_path)
+    init = cfg.get("init_lora_weights", True)
+    if init not in _PLAIN_INITS:
+        raise UnsupportedError(
+            f"adapter was made with init_lora_weights={init!r}, which also changes the base "
+            "weights; expected a plain LoRA init (true, false, 'gaussian', 'orthogonal', "
+            "'eva'). Convert it with PEFT: save_pretrained(..., "
+            "path_initial_model_for_weight_conversion=...)", cfg_path)
     for field in ("r", "lora_alpha"):
         if not isinstance(cfg.get(field), int | float) or isinstance(cfg.get(field), bool):
             raise FormatError(f"expected a number for {field!r}, found {cfg.get(field)!r}",

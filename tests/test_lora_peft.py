@@ -207,6 +207,9 @@ def test_other_keys_and_unsupported_configs_are_errors(tmp_path: Path) -> None:
     ok = _factors("model.layers.0.self_attn.q_proj")
     with pytest.raises(UnsupportedError, match="use_dora"):
         ml.lora.load_peft_adapter(tiny_llama(), _write_adapter(tmp_path / "b", ok, use_dora=True))
+    with pytest.raises(UnsupportedError, match="init_lora_weights='pissa', which also changes"):
+        ml.lora.load_peft_adapter(tiny_llama(),
+                                  _write_adapter(tmp_path / "p", ok, init_lora_weights="pissa"))
     with pytest.raises(UnsupportedError, match="expected peft_type 'LORA', found 'IA3'"):
         ml.lora.load_peft_adapter(tiny_llama(), _write_adapter(tmp_path / "c", ok, peft_type="IA3"))
     with pytest.raises(ml.MLMFError, match="adapter_config.json; not found"):
