@@ -9,15 +9,17 @@ Sections (each a function returning a markdown table; ``main`` runs those in ``S
 3. ``linear``: forward of a 4096x4096 linear at batch 1 and 32, fp32 vs int8 vs q4_0
    (time, relative output error, weight memory), in ``bench_quant_linear.py``.
 
-Run: ``.venv/bin/python benchmarks/bench_quant.py [--quick]``. Timings are medians of
-repeated runs after a warm-up; the copy baseline is measured beside every scheme so that
-load from other processes affects both sides of each ratio alike.
+Run: ``.venv/bin/python benchmarks/bench_quant.py [--quick]``. Each comparison times ours
+and the peer back to back, repeatedly, after a warm-up; the table gives the medians and the
+median of the per-pair ratios, so load from other processes affects both sides alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -64,10 +66,6 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f}"
 
 
-def ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}x"
-
-
 def quiet(fn: Callable[[], object]) -> Callable[[], object]:
     def run() -> object:
         with warnings.catch_warnings():
@@ -76,9 +74,25 @@ def quiet(fn: Callable[[], object]) -> Callable[[], object]:
     return run
 
 
+def paired(ours: Callable[[], object], peer: Callable[[], object],
+           repeat: int) -> tuple[float, float, float]:
+    """Medians of ours, of the peer, and of their per-pair ratio, timed back to back."""
+    ours()
+    peer()
+    times: list[tuple[float, float]] = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        ours()
+        t1 = time.perf_counter()
+        peer()
+        times.append((t1 - t0, time.perf_counter() - t1))
+    return (statistics.median(a for a, _ in times), statistics.median(b for _, b in times),
+            statistics.median(a / b for a, b in times))
+
+
 def section_dequantize(quick: bool) -> str:
     x = weights(quick)
-    repeat = 3 if quick else 7
+    repeat = 3 if quick else 15
     out = torch.empty(x.numel())
     src = torch.randn(x.numel())
     rows = []
@@ -86,13 +100,13 @@ def section_dequantize(quick: bool) -> str:
         qt = blocks_for(x, scheme)
         qtype = gguf.GGMLQuantizationType[scheme.upper()]
         raw = qt.data.numpy()
-        fresh = median_time(lambda qt=qt: ml.quant.dequantize(qt), repeat)
-        ref = median_time(quiet(lambda raw=raw, q=qtype: gguf.quants.dequantize(raw, q)),
-                          max(3, repeat // 2))
-        into = median_time(lambda qt=qt: ml.quant.dequantize(qt, out=out), repeat)
-        copy = median_time(lambda: out.copy_(src), repeat)
-        rows.append([scheme, f"{qt.bits_per_weight:g}", ms(fresh), ms(ref), ratio(ref, fresh),
-                     ms(into), ms(copy), ratio(into, copy)])
+        fresh, ref, r_fresh = paired(
+            lambda qt=qt: ml.quant.dequantize(qt),
+            quiet(lambda raw=raw, q=qtype: gguf.quants.dequantize(raw, q)), max(3, repeat // 3))
+        into, copy, r_into = paired(lambda qt=qt: ml.quant.dequantize(qt, out=out),
+                                    lambda: out.copy_(src), repeat)
+        rows.append([scheme, f"{qt.bits_per_weight:g}", ms(fresh), ms(ref), f"{1 / r_fresh:.2f}x",
+                     ms(into), ms(copy), f"{r_into:.2f}x"])
     header = ["scheme", "bits/w", "ours, fresh (ms)", "gguf.quants (ms)",
               "speed-up (goal >= 2x)", "ours, into out= (ms)", "plain copy (ms)",
               "vs copy (goal <= 3x)"]
@@ -105,17 +119,17 @@ def section_quantize(quick: bool) -> str:
     repeat = 3 if quick else 5
     rows = []
     for scheme in QUANT_SCHEMES:
-        ours = median_time(lambda s=scheme: ml.quant.quantize(x, s), repeat)
         qtype = gguf.GGMLQuantizationType[scheme.upper()]
         try:
-            peer = gguf.quants.quantize(xn[:32], qtype) is not None
+            has_peer = gguf.quants.quantize(xn[:32], qtype) is not None
         except NotImplementedError:
-            peer = False
-        if peer:
-            ref = median_time(quiet(lambda q=qtype: gguf.quants.quantize(xn, q)),
-                              max(3, repeat // 2))
-            rows.append([scheme, ms(ours), ms(ref), ratio(ref, ours)])
+            has_peer = False
+        if has_peer:
+            ours, ref, r = paired(lambda s=scheme: ml.quant.quantize(x, s),
+                                  quiet(lambda q=qtype: gguf.quants.quantize(xn, q)), repeat)
+            rows.append([scheme, ms(ours), ms(ref), f"{1 / r:.2f}x"])
         else:
+            ours = median_time(lambda s=scheme: ml.quant.quantize(x, s), repeat)
             rows.append([scheme, ms(ours), "not implemented in gguf", "-"])
     header = ["scheme", "ours (ms)", "gguf.quants (ms)", "speed-up (goal >= 2x)"]
     return f"Quantize a {x.shape[0]}x{x.shape[1]} float32 tensor\n\n" + table(header, rows)
