@@ -77,6 +77,8 @@ CASES = [
      "5 dimensions; GGUF allows 4"),
     ("row-not-blocks", gguf_bytes(infos=[info("w", (33,), type_id=8)], data=b"\0" * 64),
      FormatError, "rows of 33 weights are not a multiple of the type's block size 32"),
+    ("scalar-of-blocks", gguf_bytes(infos=[info("w", (), type_id=8)], data=b"\0" * 64),
+     FormatError, "is a scalar stored as blocks of 32"),
     ("offset-past-end", gguf_bytes(infos=[info("w", (4,), offset=4096)], data=b"\0" * 16),
      FormatError, "runs past the end of the file"),
     ("offset-misaligned", gguf_bytes(infos=[info("w", (4,), offset=4)], data=b"\0" * 32),

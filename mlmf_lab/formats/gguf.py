@@ -87,7 +87,7 @@ class GGUFFile(WeightFile):
             else:  # blocks: one row of bytes per row of weights
                 block, type_size = sizes[e.type_id]
                 quant, dtype = type_name, torch.float32
-                row_bytes = shape[-1] // block * type_size if shape else e.nbytes
+                row_bytes = shape[-1] // block * type_size  # the header checked shape is 1-D+
                 self._arrays[e.name] = flat.reshape(*shape[:-1], row_bytes)
             infos[e.name] = TensorInfo(
                 e.name, shape, dtype_name(dtype), e.nbytes, os.fspath(path), start, quant
@@ -97,9 +97,10 @@ class GGUFFile(WeightFile):
         self.version = header.version
         self.alignment = header.alignment
         self.value_types = header.value_types
+        self._closed = False
 
     def _array(self, name: str) -> np.ndarray[Any, Any]:
-        if not self._arrays:
+        if self._closed:
             raise MLMFError("the file is closed", self.path)
         return self._arrays[name]
 
@@ -134,7 +135,7 @@ class GGUFFile(WeightFile):
         return QTensor(BLOCK_TYPES[key].scheme, info.shape, torch.from_numpy(self._array(name)))
 
     def close(self) -> None:
-        self._arrays = {}  # tensors already returned keep the memory map alive
+        self._arrays, self._closed = {}, True  # tensors returned keep the memory map alive
 
 
 def torch_dtype_of(info: TensorInfo) -> torch.dtype:

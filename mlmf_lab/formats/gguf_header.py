@@ -214,6 +214,11 @@ def _tensor_entry(cur: _Cursor, i: int, block_sizes: dict[int, tuple[int, int]])
             cur.path,
         )
     block, type_size = block_sizes[type_id]
+    if block > 1 and not dims:
+        raise FormatError(
+            f"tensor {name!r} is a scalar stored as blocks of {block}; block types need rows",
+            cur.path,
+        )
     if dims and dims[0] % block:
         raise FormatError(
             f"tensor {name!r}: rows of {dims[0]} weights are not a multiple of the type's "
