@@ -194,9 +194,11 @@ def test_table_agrees_with_gguf() -> None:
 
 
 def test_chunks_run_on_workers_in_the_callers_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
     from mlmf_lab.quant import chunks
 
-    monkeypatch.setattr(ggml, "CHUNK_WEIGHTS", 64)  # many chunks: the worker pool is used
+    monkeypatch.setattr(ggml, "CHUNK_WEIGHTS", 64)  # many chunks: the helpers take part
     x = torch.randn(16, 256, generator=torch.Generator().manual_seed(6))
     qt = ml.quant.quantize(x, "q8_0")
     expected = reference_dequant(qt.data, "Q8_0").view(16, 256)
@@ -204,17 +206,19 @@ def test_chunks_run_on_workers_in_the_callers_mode(monkeypatch: pytest.MonkeyPat
         buf = torch.empty(16 * 256)  # an inference tensor: only writable in inference mode
         assert torch.equal(ml.quant.dequantize(qt, out=buf), expected)
     threads = torch.get_num_threads()
-    seen: set[str] = set()
+    done: list[int] = []
 
     def fail_on_third(start: int, stop: int) -> None:
-        import threading
-
-        seen.add(threading.current_thread().name)
+        done.append(start)
         if start == 2:
             raise ValueError("boom")
 
     with pytest.raises(ValueError, match="boom"):
-        chunks.run_chunks(fail_on_third, 8, 1)
+        chunks.run_chunks(fail_on_third, 50, 1)
+    assert 2 in done and len(done) < 50  # stopped early
     assert torch.get_num_threads() == threads  # the caller keeps its thread count
-    if threads > 1:
-        assert all(name.startswith(chunks.PREFIX) for name in seen)
+    seen: list[int] = []
+    later = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    later.start()
+    later.join()
+    assert seen == [threads]  # and so do threads started afterwards
