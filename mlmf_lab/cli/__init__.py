@@ -6,14 +6,16 @@ Adding a subcommand = a module here + one entry in ``COMMANDS``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
 from ..errors import MLMFError
 
 # Modules under mlmf_lab.cli, each with register(subparsers) setting func=run(args) -> int.
-COMMANDS = ["inspect", "convert", "cache", "lineage"]
+COMMANDS = ["inspect", "convert", "diff", "cache", "lineage"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,13 +29,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (1 with a one-line message on an ``MLMFError``)."""
+    """Entry point; returns the exit code (1 with a one-line message on an ``MLMFError``).
+
+    With ``MLMF_LINEAGE=store.db`` in the environment, the command's operations
+    (convert, ...) are recorded into that lineage store, as ``with ml.Lineage(...)`` does.
+    """
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with contextlib.ExitStack() as stack:
+            store = os.environ.get("MLMF_LINEAGE")
+            if store and args.command != "lineage":
+                from ..provenance import Lineage
+
+                stack.enter_context(Lineage(store))
+            return int(args.func(args) or 0)
     except MLMFError as e:
         print(f"mlmf-lab: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `mlmf-lab inspect x | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
