@@ -15,7 +15,6 @@ LANES = 0x0101010101010101  # a byte mask repeated in every byte of an int64 lan
 
 # _BITS16[b] = bit i of byte b, times 16, for i = 0..7 (Q5's fifth bit, already in place)
 _BITS16 = ((torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1).to(torch.uint8) * 16
-_SHIFT_BITS = torch.arange(8, dtype=torch.uint8)
 
 
 def f16_at(blocks: torch.Tensor, start: int, count: int = 1) -> torch.Tensor:
@@ -63,10 +62,3 @@ def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
     n, two_k = codes.shape
     halves = codes.view(n, 2, two_k // 2)
     return torch.bitwise_or(halves[:, 0] & 0x0F, torch.bitwise_left_shift(halves[:, 1], 4))
-
-
-def pack_bits(bits: torch.Tensor) -> torch.Tensor:
-    """(n, 8k) of 0/1 -> (n, k) bytes, bit ``i`` of byte ``b`` from index ``8b + i``."""
-    n, m = bits.shape
-    weighted = torch.bitwise_left_shift(bits.view(n, m // 8, 8), _SHIFT_BITS)
-    return weighted.sum(dim=-1, dtype=torch.uint8)

@@ -132,8 +132,8 @@ def fit_symmetric(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tenso
     return scale.squeeze(1), (best_l + nmax).to(torch.uint8)
 
 
-def quantize_q4_k(x: torch.Tensor) -> torch.Tensor:
-    """(n, 256) float32 -> (n, 144) Q4_K blocks."""
+def quantize_q4_k(x: torch.Tensor, out: torch.Tensor) -> None:
+    """(n, 256) float32 -> out (n, 144) Q4_K blocks."""
     n = x.shape[0]
     xs = x.view(n, 8, 32)
     av_x = (xs.square().sum(dim=-1, keepdim=True) / 32).sqrt()
@@ -158,13 +158,13 @@ def quantize_q4_k(x: torch.Tensor) -> torch.Tensor:
     codes = torch.where(d == 0, codes, requant)
 
     qs = pack_nibbles(codes.reshape(n * 4, 64)).view(n, 128)
-    return torch.cat(
+    out.copy_(torch.cat(
         [d16.view(torch.uint8), dmin16.view(torch.uint8), pack_scale_min_k4(ls, lm), qs], dim=1
-    )
+    ))
 
 
-def quantize_q6_k(x: torch.Tensor) -> torch.Tensor:
-    """(n, 256) float32 -> (n, 210) Q6_K blocks."""
+def quantize_q6_k(x: torch.Tensor, out: torch.Tensor) -> None:
+    """(n, 256) float32 -> out (n, 210) Q6_K blocks."""
     n = x.shape[0]
     xs = x.view(n, 16, 16)
     scales, codes = fit_symmetric(xs.reshape(-1, 16), 32)
@@ -187,5 +187,5 @@ def quantize_q6_k(x: torch.Tensor) -> torch.Tensor:
     high = (codes >> 4).view(n * 2, 4, 32)  # 2-bit fields, 4 per byte
     qh = torch.bitwise_left_shift(high, _SHIFT_2BIT).sum(dim=1, dtype=torch.uint8).view(n, 64)
     blocks = torch.cat([ql, qh, sc.view(torch.uint8), d16.view(torch.uint8)], dim=1)
-    return torch.where(empty, torch.zeros_like(blocks), blocks)
+    out.copy_(torch.where(empty, torch.zeros_like(blocks), blocks))
 

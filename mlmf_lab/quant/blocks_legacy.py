@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from .bits import f16_at, f16_bytes, fields, high_bits16, pack_bits, pack_nibbles
+from .bits import f16_at, f16_bytes, fields, high_bits16
 
 
 def _inverse(d: torch.Tensor) -> torch.Tensor:
@@ -32,7 +32,40 @@ def _inverse(d: torch.Tensor) -> torch.Tensor:
 
 def _signed_absmax(x: torch.Tensor) -> torch.Tensor:
     """The value with the largest magnitude in each row (first one on ties), shape (n, 1)."""
-    return torch.gather(x, 1, x.abs().argmax(dim=1, keepdim=True))
+    lo, hi = _min_max(x)
+    peak = torch.where(-lo > hi, lo, hi)
+    tie = ((-lo == hi) & (hi != 0)).squeeze(1)
+    if bool(tie.any()):  # +a and -a both present: the reference takes the first one
+        rows = x[tie]
+        peak[tie] = torch.gather(rows, 1, rows.abs().argmax(dim=1, keepdim=True))
+    return peak
+
+
+def _min_max(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row minimum and maximum, (n, 1) each (two reductions: faster than ``aminmax`` here)."""
+    return x.amin(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)
+
+
+def _round_half_away(v: torch.Tensor) -> torch.Tensor:
+    """In place: round half away from zero, exactly (``trunc(v) + trunc(2 * frac(v))``)."""
+    whole = torch.trunc(v)
+    return v.sub_(whole).mul_(2).trunc_().add_(whole)
+
+
+def _pack_nibbles_into(out: torch.Tensor, q: torch.Tensor) -> None:
+    """Codes (n, 32) in 0..15 as float -> out (n, 16) bytes: ``q[j] | q[j + 16] << 4``."""
+    out.copy_(torch.add(q[:, :16], q[:, 16:], alpha=16))
+
+
+_POW2 = 2.0 ** torch.arange(8)
+
+
+def _split_high_bit(qh_out: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """5-bit codes (n, 32) as float: bit 4 packed into qh_out (n, 4) bytes (bit ``i`` of byte
+    ``b`` is code ``8b + i``); returns the low 4 bits, as float."""
+    high = (q * 0.0625).trunc_()  # 0 or 1, exact
+    qh_out.copy_(torch.mv(high.view(-1, 8), _POW2).view(-1, 4))
+    return torch.add(q, high, alpha=-16)
 
 
 # -- plain float types (block size 1) -------------------------------------------------------
@@ -48,22 +81,23 @@ def dequantize_bf16(blocks: torch.Tensor, out: torch.Tensor) -> None:
     out.copy_(blocks.view(torch.bfloat16))  # bf16 -> f32 is a 16-bit shift, exact
 
 
-def quantize_f32(x: torch.Tensor) -> torch.Tensor:
-    return x.contiguous().view(torch.uint8)
+def quantize_f32(x: torch.Tensor, out: torch.Tensor) -> None:
+    out.view(torch.float32).copy_(x)
 
 
-def quantize_f16(x: torch.Tensor) -> torch.Tensor:
-    return x.to(torch.float16).view(torch.uint8)
+def quantize_f16(x: torch.Tensor, out: torch.Tensor) -> None:
+    out.view(torch.float16).copy_(x)
 
 
-def quantize_bf16(x: torch.Tensor) -> torch.Tensor:
+def quantize_bf16(x: torch.Tensor, out: torch.Tensor) -> None:
     """Round to nearest even (torch's cast); NaNs become quiet keeping sign and payload, as ggml."""
-    out = x.to(torch.bfloat16).view(torch.int16)
+    bf = out.view(torch.bfloat16)
+    bf.copy_(x)
     nan = x.isnan()
     if bool(nan.any()):  # torch writes one canonical NaN; ggml keeps the top bits, sets bit 6
         top = (x.contiguous().view(torch.int32) >> 16).to(torch.int16) | 0x40
-        out = torch.where(nan, top, out)
-    return out.view(torch.uint8).view(x.shape[0], -1)
+        bits = bf.view(torch.int16)
+        bits.copy_(torch.where(nan, top, bits))
 
 
 # -- Q8_0 -------------------------------------------------------------------------------------
@@ -72,14 +106,12 @@ def dequantize_q8_0(blocks: torch.Tensor, out: torch.Tensor) -> None:
     out.mul_(f16_at(blocks, 0))
 
 
-def quantize_q8_0(x: torch.Tensor) -> torch.Tensor:
-    d = x.abs().amax(dim=1, keepdim=True) / 127
-    v = x * _inverse(d)
-    # round half away from zero exactly as the reference does it (no x + 0.5 rounding error)
-    a = v.abs()
-    floored = a.floor()
-    q = (floored + (2 * (a - floored)).floor()) * v.sign()
-    return torch.cat([f16_bytes(d), q.to(torch.int8).view(torch.uint8)], dim=1)
+def quantize_q8_0(x: torch.Tensor, out: torch.Tensor) -> None:
+    lo, hi = _min_max(x)
+    d = torch.maximum(-lo, hi) / 127  # the largest magnitude, / 127
+    q = _round_half_away(x * _inverse(d))
+    out[:, :2].copy_(f16_bytes(d))
+    out[:, 2:].view(torch.int8).copy_(q)
 
 
 # -- Q4_0 / Q4_1 ----------------------------------------------------------------------------
@@ -93,10 +125,11 @@ def dequantize_q4_0(blocks: torch.Tensor, out: torch.Tensor) -> None:
     out.mul_(f16_at(blocks, 0))
 
 
-def quantize_q4_0(x: torch.Tensor) -> torch.Tensor:
+def quantize_q4_0(x: torch.Tensor, out: torch.Tensor) -> None:
     d = _signed_absmax(x) / -8
-    q = torch.trunc(x * _inverse(d) + 8.5).clamp_(0, 15).to(torch.uint8)
-    return torch.cat([f16_bytes(d), pack_nibbles(q)], dim=1)
+    q = (x * _inverse(d)).add_(8.5).trunc_().clamp_(0, 15)
+    out[:, :2].copy_(f16_bytes(d))
+    _pack_nibbles_into(out[:, 2:], q)
 
 
 def dequantize_q4_1(blocks: torch.Tensor, out: torch.Tensor) -> None:
@@ -105,12 +138,13 @@ def dequantize_q4_1(blocks: torch.Tensor, out: torch.Tensor) -> None:
     out.mul_(dm[:, :1]).add_(dm[:, 1:])
 
 
-def quantize_q4_1(x: torch.Tensor) -> torch.Tensor:
-    hi = x.amax(dim=1, keepdim=True)
-    lo = x.amin(dim=1, keepdim=True)
+def quantize_q4_1(x: torch.Tensor, out: torch.Tensor) -> None:
+    lo, hi = _min_max(x)
     d = (hi - lo) / 15
-    q = torch.trunc((x - lo) * _inverse(d) + 0.5).clamp_(0, 15).to(torch.uint8)
-    return torch.cat([f16_bytes(d), f16_bytes(lo), pack_nibbles(q)], dim=1)
+    q = (x - lo).mul_(_inverse(d)).add_(0.5).trunc_().clamp_(0, 15)
+    out[:, :2].copy_(f16_bytes(d))
+    out[:, 2:4].copy_(f16_bytes(lo))
+    _pack_nibbles_into(out[:, 4:], q)
 
 
 # -- Q5_0 / Q5_1 ----------------------------------------------------------------------------
@@ -124,10 +158,11 @@ def dequantize_q5_0(blocks: torch.Tensor, out: torch.Tensor) -> None:
     out.mul_(f16_at(blocks, 0))
 
 
-def quantize_q5_0(x: torch.Tensor) -> torch.Tensor:
+def quantize_q5_0(x: torch.Tensor, out: torch.Tensor) -> None:
     d = _signed_absmax(x) / -16
-    q = torch.trunc(x * _inverse(d) + 16.5).clamp_(0, 31).to(torch.uint8)
-    return torch.cat([f16_bytes(d), pack_bits(q >> 4), pack_nibbles(q)], dim=1)
+    q = (x * _inverse(d)).add_(16.5).trunc_().clamp_(0, 31)
+    out[:, :2].copy_(f16_bytes(d))
+    _pack_nibbles_into(out[:, 6:], _split_high_bit(out[:, 2:6], q))
 
 
 def dequantize_q5_1(blocks: torch.Tensor, out: torch.Tensor) -> None:
@@ -136,9 +171,10 @@ def dequantize_q5_1(blocks: torch.Tensor, out: torch.Tensor) -> None:
     out.mul_(dm[:, :1]).add_(dm[:, 1:])
 
 
-def quantize_q5_1(x: torch.Tensor) -> torch.Tensor:
-    hi = x.amax(dim=1, keepdim=True)
-    lo = x.amin(dim=1, keepdim=True)
+def quantize_q5_1(x: torch.Tensor, out: torch.Tensor) -> None:
+    lo, hi = _min_max(x)
     d = (hi - lo) / 31
-    q = torch.trunc((x - lo) * _inverse(d) + 0.5).clamp_(0, 31).to(torch.uint8)
-    return torch.cat([f16_bytes(d), f16_bytes(lo), pack_bits(q >> 4), pack_nibbles(q)], dim=1)
+    q = (x - lo).mul_(_inverse(d)).add_(0.5).trunc_().clamp_(0, 31)
+    out[:, :2].copy_(f16_bytes(d))
+    out[:, 2:4].copy_(f16_bytes(lo))
+    _pack_nibbles_into(out[:, 8:], _split_high_bit(out[:, 4:8], q))

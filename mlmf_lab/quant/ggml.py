@@ -37,8 +37,8 @@ class BlockType(NamedTuple):
         block_size: weights per block.
         type_size: bytes per block.
         dequantize_blocks: ``(blocks (n, type_size) uint8, out (n, block_size) f32) -> None``.
-        quantize_blocks: ``(x (n, block_size) f32) -> (n, type_size) uint8``, or None when
-            the type can be read but not written.
+        quantize_blocks: ``(x (n, block_size) f32, out (n, type_size) uint8) -> None``, or
+            None when the type can be read but not written.
     """
 
     name: str
@@ -46,7 +46,7 @@ class BlockType(NamedTuple):
     block_size: int
     type_size: int
     dequantize_blocks: Callable[[torch.Tensor, torch.Tensor], None]
-    quantize_blocks: Callable[[torch.Tensor], torch.Tensor] | None
+    quantize_blocks: Callable[[torch.Tensor, torch.Tensor], None] | None
 
     @property
     def scheme(self) -> str:
@@ -136,7 +136,7 @@ def quantize_tensor(tensor: torch.Tensor, name: str) -> QTensor:
     fn = bt.quantize_blocks
 
     def run(start: int, stop: int) -> None:
-        out[start:stop] = fn(x[start:stop])
+        fn(x[start:stop], out[start:stop])
 
     run_chunks(run, x.shape[0], _chunk_blocks(bt))
     data = out.view(*shape[:-1], bt.row_bytes(shape[-1]))
