@@ -134,8 +134,7 @@ def quantize_q4_0(x: torch.Tensor, out: torch.Tensor) -> None:
 
 def dequantize_q4_1(blocks: torch.Tensor, out: torch.Tensor) -> None:
     out.copy_(_nibbles(blocks[:, 4:]))
-    dm = f16_at(blocks, 0, 2)
-    out.mul_(dm[:, :1]).add_(dm[:, 1:])
+    out.mul_(f16_at(blocks, 0)).add_(f16_at(blocks, 2))  # contiguous (n, 1) factors
 
 
 def quantize_q4_1(x: torch.Tensor, out: torch.Tensor) -> None:
@@ -167,8 +166,7 @@ def quantize_q5_0(x: torch.Tensor, out: torch.Tensor) -> None:
 
 def dequantize_q5_1(blocks: torch.Tensor, out: torch.Tensor) -> None:
     out.copy_(_codes5(blocks[:, 4:8], blocks[:, 8:]))
-    dm = f16_at(blocks, 0, 2)
-    out.mul_(dm[:, :1]).add_(dm[:, 1:])
+    out.mul_(f16_at(blocks, 0)).add_(f16_at(blocks, 2))  # contiguous (n, 1) factors
 
 
 def quantize_q5_1(x: torch.Tensor, out: torch.Tensor) -> None:
