@@ -17,6 +17,7 @@ median of the per-pair ratios, so load from other processes affects both sides a
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import statistics
 import sys
 import time
@@ -145,8 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     body = "\n\n".join(section(args.quick) for section in SECTIONS)
     how = (
         f"torch {torch.__version__} with {torch.get_num_threads()} threads vs gguf-py "
-        f"{getattr(gguf, '__version__', '')} (numpy {np.__version__}); medians after a warm-up; "
-        "the 2 cores may be shared with other processes."
+        f"{importlib.metadata.version('gguf')} (numpy {np.__version__}). Ours and the peer "
+        "run back to back, repeatedly, after a warm-up; medians of times and of per-pair "
+        "ratios. The 2 cores were shared with other processes."
     )
     publish("quant", "Quantization: mlmf_lab (torch) vs gguf.quants (numpy)", how, body, args.quick)
 
