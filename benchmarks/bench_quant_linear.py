@@ -107,7 +107,9 @@ def section_linear(quick: bool) -> str:
     memory["int8 · torch._weight_int8pack_mm f32"] = (codes.numel() + 4 * n, float("nan"))
 
     rows = []
-    for batch in (1, 32):
+    threads = [torch.get_num_threads()] if quick else sorted({1, torch.get_num_threads()})
+    for nthreads, batch in [(t, size) for t in threads for size in (1, 32)]:
+        torch.set_num_threads(nthreads)
         x = torch.randn(batch, n, generator=g)
         fns: dict[str, Callable[[], torch.Tensor]] = {
             "fp32 · F.linear": lambda x=x: F.linear(x, w, b)}
@@ -124,15 +126,18 @@ def section_linear(quick: bool) -> str:
         base = times["fp32 · F.linear"]
         for name, t in times.items():
             held, grown = memory[name]
-            rows.append([batch, name, f"{t * 1e3:.3f}", f"{base / t:.2f}x", f"{errors[name]:.4f}",
-                         f"{held / MiB:.1f}", "-" if grown != grown else f"{grown:.1f}",
-                         f"{w.numel() * 4 / held:.1f}x"])
-    header = ["batch", "kernel", "ms / call", "speed vs fp32", "rel. output error",
+            rows.append([nthreads, batch, name, f"{t * 1e3:.3f}", f"{base / t:.2f}x",
+                         f"{errors[name]:.4f}", f"{held / MiB:.1f}",
+                         "-" if grown != grown else f"{grown:.1f}", f"{w.numel() * 4 / held:.1f}x"])
+    torch.set_num_threads(threads[-1])
+    header = ["threads", "batch", "kernel", "ms / call", "speed vs fp32", "rel. output error",
               "weight MiB held", "RSS MiB / layer", "memory vs fp32"]
     goals = ("Goals: int8 >= 3x faster than fp32 at batch 1 and >= 2x at batch 32 with "
              "relative output error <= 0.025; q4_0 no slower than fp32 at batch 1 with >= 7x "
              "less weight memory.")
-    return (f"Forward of a {n}x{n} linear (float32 in and out)\n\n{goals}\n\n"
+    note = ("With 2 threads, any other busy process on this 2-core machine stalls torch's "
+            "thread team for whole scheduler slices; the 1-thread rows are the steadier ones.")
+    return (f"Forward of a {n}x{n} linear (float32 in and out)\n\n{goals} {note}\n\n"
             + table(header, rows))
 
 
