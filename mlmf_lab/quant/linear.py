@@ -88,7 +88,7 @@ class QuantLinear(nn.Module):
         lead = x.shape[:-1]
         y = self._kernel(x.reshape(-1, self.in_features))
         if self.bias is not None:
-            y = y + self.bias
+            y = y.add_(self.bias)  # y is fresh from the kernel
         return y.reshape(*lead, self.out_features).to(x.dtype)
 
     # -- state dict: float weight out, float or QTensor weight in ------------------------------
