@@ -281,3 +281,15 @@ def test_quant_figures() -> None:
     assert isinstance(fig, Figure) and len(fig.axes[0].collections) == 2
     assert isinstance(ml.plots.plot_error_histogram(reports), Figure)
     assert isinstance(ml.plots.plot_layer_errors(reports["q4_0"]), Figure)
+
+
+def test_dequant_kernel_gradients_do_not_share_the_scratch_buffer() -> None:
+    torch.manual_seed(0)
+    a, b = nn.Linear(32, 32), nn.Linear(32, 32)
+    qa = QuantLinear(ml.quant.quantize(a.weight.detach(), "q8_0"), kernel="dequant")
+    qb = QuantLinear(ml.quant.quantize(b.weight.detach(), "q8_0"), kernel="dequant")
+    x = torch.randn(4, 32, requires_grad=True)
+    qb(qa(x)).sum().backward()
+    wa, wb = qa.qweight.dequantize(), qb.qweight.dequantize()
+    expected = (torch.ones(4, 32) @ wb) @ wa  # d/dx of sum(x @ wa.T @ wb.T)
+    assert x.grad is not None and torch.allclose(x.grad, expected, atol=1e-5)
