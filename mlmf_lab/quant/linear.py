@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -86,7 +87,12 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
         lead = x.shape[:-1]
-        y = self._kernel(x.reshape(-1, self.in_features))
+        if torch.is_grad_enabled() and x.requires_grad:
+            # Training through a frozen quantized base (LoRA on top, QLoRA-style): the fused
+            # kernels have no backward, so use the dequantized weight, which autograd can follow.
+            y = F.linear(x.reshape(-1, self.in_features), self.qweight.dequantize(x.dtype))
+        else:
+            y = self._kernel(x.reshape(-1, self.in_features))
         if self.bias is not None:
             y = y.add_(self.bias)  # y is fresh from the kernel
         return y.reshape(*lead, self.out_features).to(x.dtype)
