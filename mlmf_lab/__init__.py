@@ -28,7 +28,6 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "multimodal": ("mlmf_lab.multimodal", None),
     "plots": ("mlmf_lab.plots", None),
     "examples": ("mlmf_lab.examples", None),
-    "compare": ("mlmf_lab.compare", None),
     "checkpoint": ("mlmf_lab.checkpoint", None),
     "cache": ("mlmf_lab.cache", None),
     "provenance": ("mlmf_lab.provenance", None),

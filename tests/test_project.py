@@ -44,3 +44,8 @@ def test_public_api() -> None:
     for name in ["open_weights", "load_state_dict", "save_state_dict", "load_into", "MLMFError"]:
         assert callable(getattr(ml, name))
     assert ml.errors.FormatError.__mro__[1] is ml.MLMFError
+
+
+def test_every_lazy_name_imports() -> None:
+    for name in ml._LAZY:
+        assert getattr(ml, name) is not None, name
