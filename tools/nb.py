@@ -11,8 +11,10 @@ its stored outputs are what nbval compares against.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -54,7 +56,18 @@ def parse(source: str) -> nbformat.NotebookNode:
     return nb
 
 
+def _scratch_env() -> None:
+    """Kernels write IPython/Jupyter/matplotlib state to a scratch folder, as under `make test`."""
+    scratch = Path(tempfile.gettempdir()) / "mlmf-nb"
+    for key, sub in [("IPYTHONDIR", "ipython"), ("MPLCONFIGDIR", "mpl"),
+                     ("JUPYTER_CONFIG_DIR", "jupyter/config"), ("JUPYTER_DATA_DIR", "jupyter/data"),
+                     ("JUPYTER_RUNTIME_DIR", "jupyter/runtime")]:
+        os.environ.setdefault(key, str(scratch / sub))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
 def build(src: Path) -> Path:
+    _scratch_env()
     out = src.parent.parent / f"{src.stem}.ipynb"
     nb = parse(src.read_text(encoding="utf-8"))
     NotebookClient(
