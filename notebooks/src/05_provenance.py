@@ -11,9 +11,9 @@
 #    active, the library's operations (load, save, convert, quantize, LoRA inject/merge,
 #    checkpoint, ...) **record themselves**: you write no logging code.
 #
-# The story: take the real all-MiniLM-L6-v2 encoder, tune it with LoRA, keep the adapter,
-# merge it, quantize the model, and convert it to GGUF. Then ask the GGUF file where it comes
-# from.
+# The story: take the real all-MiniLM-L6-v2 encoder, quantize it, tune it with LoRA on top of
+# the quantized weights (keeping the adapter), merge the adapter into the quantized model, and
+# convert it to GGUF. Then ask the GGUF file where it comes from.
 
 # %%
 %matplotlib inline
@@ -78,6 +78,12 @@ for s in ml.provenance.tensor_stats(base_path, names=names):
 # `MiniLM.from_pretrained` loads through `ml.load_into`, `ml.lora.*` and
 # `ml.quant.quantize_model` report themselves, and so do `ml.save_state_dict` and `convert`.
 #
+# The order is the QLoRA one: quantize the base first, then train a LoRA adapter on top of it.
+# The quantized linears stay frozen; gradients flow through them (their dequantized weight)
+# into the float adapter. Merging dequantizes each weight, adds the LoRA update and
+# requantizes with the layer's own scheme (`q8_0`, the block format the GGUF file uses too);
+# the merge report gives the error that requantizing introduces.
+#
 # The "tuning" is a toy task (pull two paraphrases together, push an unrelated sentence away),
 # enough to change the weights in a few steps.
 
@@ -87,6 +93,7 @@ pairs = ["A cat sleeps on the sofa.", "A kitten naps on the couch.", "Bond yield
 
 with lineage:
     model = MiniLM.from_pretrained(ml.examples.minilm_dir())                  # load
+    ml.quant.quantize_model(model, "q8_0")                                    # quantize
     ml.lora.inject(model, rank=4, alpha=8, targets=["query", "value"])       # lora-inject
     batch = model.tokenize(pairs)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
@@ -102,13 +109,14 @@ with lineage:
         losses.append(loss.item())
     model.eval()
     ml.lora.save_peft_adapter(model, work / "adapter")                        # lora-save
-    ml.lora.merge(model)                                                      # merge
+    report = ml.lora.merge(model)                                             # merge
     ml.lora.unload(model)
-    ml.quant.quantize_model(model, "int8")                                    # quantize
-    ml.save_state_dict(model.state_dict(), work / "tuned-int8.safetensors")   # save
-    convert(work / "tuned-int8.safetensors", work / "minilm-tuned.gguf", quant="q8_0")  # convert
+    ml.save_state_dict(model.state_dict(), work / "tuned-q8_0.safetensors")   # save
+    convert(work / "tuned-q8_0.safetensors", work / "minilm-tuned.gguf", quant="q8_0")  # convert
 
 print(f"toy loss {losses[0]:.2f} -> {losses[-1]:.2f}")
+print(f"merged into {len(report.modules)} quantized layers, "
+      f"requantization error {report.max_store_error:.1e}")
 lineage
 
 # %% [markdown]
@@ -116,7 +124,7 @@ lineage
 #
 # `history` walks back from the file (found by its content hash, then its path) through every
 # recorded activity. Live objects in memory are entities too: `MiniLM v2` is the model after
-# LoRA injection, `MiniLM v3` after merging, `MiniLM v4` after quantizing. They link up
+# quantizing, `MiniLM v3` after LoRA injection, `MiniLM v4` after merging. They link up
 # because a state dict shares storage with the model it came from (and a quantized model,
 # whose `state_dict()` dequantizes into fresh tensors, is recognised by its keys).
 # (Content hashes of the computed files are left out of this printout: they depend on the
