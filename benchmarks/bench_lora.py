@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish, table  # noqa: E402
+from common import interleaved, publish, table  # noqa: E402
 
 import mlmf_lab as ml  # noqa: E402
 
@@ -59,21 +59,6 @@ def pair(hidden: int, layers: int, rank: int, folder: Path) -> tuple[nn.Module, 
     ours = make_base(hidden, layers)
     ml.lora.load_peft_adapter(ours, folder)
     return pm, ours
-
-
-def interleaved(fns: dict[str, Callable[[], object]], calls: int,
-                rounds: int) -> dict[str, list[float]]:
-    """Seconds per call, one sample per round; every round times each function in turn."""
-    for fn in fns.values():
-        fn()
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            samples[name].append((time.perf_counter() - t0) / calls)
-    return samples
 
 
 def forward_rows(pm: nn.Module, ours: nn.Module, shapes: list[tuple[int, int]],

@@ -21,7 +21,6 @@ import ctypes
 import gc
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import table  # noqa: E402
+from common import interleaved, table  # noqa: E402
 
 import mlmf_lab as ml  # noqa: E402
 from mlmf_lab.quant import QuantLinear  # noqa: E402
@@ -55,20 +54,6 @@ def rss_per_layer(build: Callable[[], object], count: int = 4) -> float:
     grown = _rss() - before
     del kept
     return grown / count / MiB
-
-
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int, inner: int) -> dict[str, float]:
-    """Median seconds per call of each function, timed in turns."""
-    for fn in fns.values():
-        fn()
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            samples[name].append((time.perf_counter() - t0) / inner)
-    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -122,7 +107,7 @@ def section_linear(quick: bool) -> str:
             ref = fns["fp32 · F.linear"]()
             errors = {k: rel(fn(), ref) for k, fn in fns.items()}
             inner = 20 if batch == 1 else 4
-            times = interleaved(fns, rounds, inner)
+            times = {k: statistics.median(v) for k, v in interleaved(fns, inner, rounds).items()}
         base = times["fp32 · F.linear"]
         for name, t in times.items():
             held, grown = memory[name]

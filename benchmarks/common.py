@@ -28,6 +28,28 @@ def median_time(fn: Callable[[], object], repeat: int = 5) -> float:
     return statistics.median(times)
 
 
+def interleaved(
+    fns: dict[str, Callable[[], object]], calls: int, rounds: int
+) -> dict[str, list[float]]:
+    """Seconds per call of each function, one sample per round, timed in turns.
+
+    Timing the candidates side by side in every round keeps a noisy neighbour from
+    favouring whichever ran during a quiet moment.
+    """
+    import time
+
+    for fn in fns.values():
+        fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / calls)
+    return samples
+
+
 def run_case(script: str, *args: str, timeout: float = 600) -> dict:
     """Run ``python script args`` in a fresh interpreter; it prints one JSON line last."""
     out = subprocess.run(
