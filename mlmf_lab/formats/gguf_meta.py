@@ -21,10 +21,7 @@ from typing import Any, NamedTuple
 from gguf import GGUFValueType
 
 from ..errors import FormatError, MLMFError
-
-JSON_KEYS = "mlmf.json"
-TIED_KEY = "mlmf.tied"
-RESERVED = (JSON_KEYS, TIED_KEY)
+from .metadata import JSON_KEYS, RESERVED, TIED_KEY
 
 _RANGES = [  # (type, lowest, highest), narrowest first
     (GGUFValueType.UINT32, 0, 2**32 - 1),
