@@ -24,9 +24,9 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
+from .cache_entry import Entry, Pending, does_not_fit
 from .cache_keys import Ident, Stamp, candidates, file_stamp, identify, parse_bytes
 from .cache_stats import EVICTION_REASONS, CacheEvent, CacheStats, entries_html
 from .disk_cache import DiskCache, derive_key
@@ -46,30 +46,6 @@ def _default_available() -> int:
     import psutil
 
     return int(psutil.virtual_memory().available)
-
-
-@dataclass
-class _Entry:
-    label: str
-    value: Any
-    size: Footprint
-    stamp: Stamp
-    loaded_at: float
-    load_seconds: float
-    pinned: bool = False
-    hits: int = 0
-
-    def __post_init__(self) -> None:
-        self.nbytes = self.size.total  # read on every hit: a plain attribute, not a property
-
-
-class _Pending:
-    """A load in progress that other threads asking for the same key wait for."""
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
 
 
 class ModelCache:
@@ -111,8 +87,8 @@ class ModelCache:
         self._clock = clock
         self._t0 = clock()
         self._lock = threading.RLock()
-        self._entries: OrderedDict[Ident, _Entry] = OrderedDict()  # LRU first
-        self._pending: dict[tuple[Ident, Stamp], _Pending] = {}
+        self._entries: OrderedDict[Ident, Entry] = OrderedDict()  # LRU first
+        self._pending: dict[tuple[Ident, Stamp], Pending] = {}
         # plain tuples on the hot path; stats() turns them into CacheEvent records
         self._events: deque[tuple[float, str, str, int, int, str]] = deque(maxlen=max_events)
         self._held = self._pinned_bytes = 0
@@ -158,12 +134,9 @@ class ModelCache:
             pending = self._pending.get((ident, stamp))
             owner = pending is None
             if pending is None:
-                pending = self._pending[(ident, stamp)] = _Pending()
+                pending = self._pending[(ident, stamp)] = Pending()
         if not owner:
-            pending.done.wait()
-            if pending.error is not None:
-                raise pending.error
-            return pending.value
+            return pending.wait()
         load = loader if loader is not None else _load_file
         try:
             start = time.perf_counter()
@@ -196,7 +169,7 @@ class ModelCache:
             entry = self._lookup(ident, stamp, label)
             return default if entry is None else entry.value
 
-    def _lookup(self, ident: Ident, stamp: Stamp, label: str) -> _Entry | None:
+    def _lookup(self, ident: Ident, stamp: Stamp, label: str) -> Entry | None:
         """Count a lookup; a hit refreshes recency, an expired or stale entry is dropped."""
         now = self._clock()
         if self.min_available_memory is not None and now >= self._next_pressure_check:
@@ -251,20 +224,15 @@ class ModelCache:
         self.expire()
         free_at_most = self.max_bytes - self._pinned_bytes
         if size.total > free_at_most:
-            why = (f"{label}: {human_bytes(size.total)} ({size.total} bytes: "
-                   f"{size.anonymous} anonymous, {size.mapped} memory-mapped) ")
-            why += (f"is larger than the whole budget of {human_bytes(self.max_bytes)}"
-                    if size.total > self.max_bytes else
-                    f"does not fit: pinned entries hold {human_bytes(self._pinned_bytes)} of the "
-                    f"{human_bytes(self.max_bytes)} budget; unpin some")
             self._log("uncached" if uncached_ok else "refused", label, size.total)
             if uncached_ok:
                 return False
+            why = does_not_fit(label, size, self.max_bytes, self._pinned_bytes)
             raise CacheError(why + "; raise max_bytes, or pass uncached_ok=True to get the "
                              "value without caching it")
         while self._held + size.total > self.max_bytes:
             self._drop(self._lru_unpinned(), "budget")
-        self._entries[ident] = _Entry(label, value, size, stamp, self._clock(), seconds)
+        self._entries[ident] = Entry(label, value, size, stamp, self._clock(), seconds)
         self._held += size.total
         assert self._held <= self.max_bytes, "budget invariant"
         self._log(event, label, size.total)
@@ -283,7 +251,7 @@ class ModelCache:
         self._evictions[reason] += 1
         self._log("evict", entry.label, entry.size.total, reason)
 
-    def _expired(self, entry: _Entry, now: float) -> bool:
+    def _expired(self, entry: Entry, now: float) -> bool:
         return self.ttl is not None and not entry.pinned and now - entry.loaded_at >= self.ttl
 
     def _log(self, event: str, label: str, nbytes: int, reason: str = "",
@@ -325,7 +293,7 @@ class ModelCache:
         return evicted
 
     # -- explicit control ---------------------------------------------------------------
-    def _entry(self, path_or_key: Any) -> tuple[Ident, _Entry]:
+    def _entry(self, path_or_key: Any) -> tuple[Ident, Entry]:
         """The entry under a path (by its absolute path) or a key; CacheError when absent."""
         for ident in candidates(path_or_key):
             try:
