@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from ..errors import UnsupportedError
 from .base import QTensor, dequantize
+from .bits import fields, pack_nibbles
 from .intx import INT4_GROUP_SIZES, pack_pairs, unpack_pairs
 
 _SCRATCH = threading.local()
@@ -197,16 +198,14 @@ def q4_0_parts(qt: QTensor) -> tuple[torch.Tensor, torch.Tensor]:
     rows, cols = qt.shape[0], qt.shape[-1]
     blocks = qt.data.reshape(rows, cols // 32, 18)
     d = blocks[..., :2].contiguous().view(torch.float16).view(rows, cols // 32)
-    qs = blocks[..., 2:]
-    codes = torch.cat([qs & 0x0F, qs >> 4], dim=-1)  # weight j<16: low nibble, j+16: high
-    return codes.reshape(rows, cols), d
+    codes = fields(blocks[..., 2:].reshape(-1, 16), 16, (0, 4), 0x0F)  # GGUF weight order
+    return codes.view(rows, cols), d
 
 
 def q4_0_from_parts(codes: torch.Tensor, d: torch.Tensor) -> QTensor:
     """Inverse of ``q4_0_parts``: the GGUF block bytes again."""
     rows, cols = codes.shape
-    c = codes.view(rows, cols // 32, 32)
-    qs = torch.bitwise_or(c[..., :16], torch.bitwise_left_shift(c[..., 16:], 4))
+    qs = pack_nibbles(codes.reshape(-1, 32)).view(rows, -1, 16)
     blocks = torch.cat([d.contiguous().view(torch.uint8).view(rows, -1, 2), qs], dim=-1)
     return QTensor("q4_0", (rows, cols), blocks.reshape(rows, -1).contiguous())
 
