@@ -81,13 +81,14 @@ def test_symmetric_fit_is_optimal_among_candidates() -> None:
 
 def test_special_blocks() -> None:
     x = torch.zeros(3, 256)
-    x[1] = 2.5  # constant positive: Q4_K must keep it (scale 0, min carries nothing: w = 0)
+    x[1] = 2.5  # constant positive: min clamps to 0, so the scale alone must carry it
     x[2, :16] = torch.linspace(-1, 1, 16)  # one live sub-block, the rest zero
     for scheme in ("q4_k", "q6_k"):
         qt = ml.quant.quantize(x, scheme)
         back = qt.dequantize()
         assert torch.isfinite(back).all()
         assert torch.equal(back[0], torch.zeros(256))
+        assert torch.equal(back[1], x[1])
         assert rel_err(back[2], x[2]) < (0.1 if scheme == "q4_k" else 0.03)
     q6 = ml.quant.quantize(x[:1], "q6_k").data
     assert not q6.any()  # an all-zero super-block is stored as zero bytes, as llama.cpp does
