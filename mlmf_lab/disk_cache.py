@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 
 from .cache_keys import derive_key, parse_age, parse_bytes
 from .cache_stats import html_table
+from .checkpoint_io import sha256_file
 from .errors import ChecksumError, ConfigError, MLMFError
 from .formats import atomic
 from .formats.base import human_bytes
@@ -80,14 +81,6 @@ def default_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mlmf_lab"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class DiskCache:
     """A content-addressed folder of derived artifacts; see the module docstring.
 
@@ -127,7 +120,7 @@ class DiskCache:
         tmp = self.root / "tmp" / f"blob-{uuid.uuid4().hex}"
         if move:
             os.replace(src, tmp)
-            digest = _sha256(tmp)
+            digest = sha256_file(tmp)
         else:
             h = hashlib.sha256()
             with open(src, "rb") as fin, open(tmp, "wb") as fout:
@@ -291,7 +284,7 @@ class DiskCache:
             raise MLMFError(f"{key!r} is not in the disk cache", self.root)
         for name, digest in entry.files.items():
             blob = self.root / "blobs" / digest
-            found = _sha256(blob) if blob.is_file() else "missing"
+            found = sha256_file(blob) if blob.is_file() else "missing"
             if found != digest:
                 raise ChecksumError(f"{name}: expected sha256 {digest}, found {found}", blob)
         return entry
