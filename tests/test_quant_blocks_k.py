@@ -88,7 +88,7 @@ def test_special_blocks() -> None:
         back = qt.dequantize()
         assert torch.isfinite(back).all()
         assert torch.equal(back[0], torch.zeros(256))
-        assert torch.equal(back[1], x[1])
+        assert rel_err(back[1], x[1]) < 1e-4  # up to the fp16 rounding of the scale
         assert rel_err(back[2], x[2]) < (0.1 if scheme == "q4_k" else 0.03)
     q6 = ml.quant.quantize(x[:1], "q6_k").data
     assert not q6.any()  # an all-zero super-block is stored as zero bytes, as llama.cpp does
