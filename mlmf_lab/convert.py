@@ -1,7 +1,7 @@
 """Conversions between weight-file layouts, first matching converter wins.
 
 The generic converter reads anything ``open_weights`` reads and writes anything
-``save_state_dict`` writes (safetensors, HF sharded folder, GGUF once registered),
+``save_state_dict`` writes (safetensors, HF sharded folder, GGUF),
 with an optional quantization scheme. Other converters (e.g. PyTorch DCP folders)
 register themselves in ``CONVERTERS`` from their own module, listed in ``PLUGINS``.
 """
