@@ -40,7 +40,6 @@ from . import events
 from .checkpoint_diff import CheckpointDiff, diff_state_dicts
 from .checkpoint_io import (
     pid_alive,
-    publish_dir,
     read_part,
     remove_dir,
     verify_manifest,
@@ -137,9 +136,8 @@ class CheckpointManager:
         final = self.root / step_dir_name(step)
         with events.activity("checkpoint", used=[model],
                              params={"step": step, "root": os.fspath(self.root)}) as act:
-            tmp = atomic.tmp_name(final)
-            tmp.mkdir()
-            try:  # every file is fsynced as it is written; then the folder, then the rename
+            # a hidden folder beside ``final``, fsynced and swapped in whole on success
+            with atomic.replacing_dir(final) as tmp:
                 sums = write_weights(state, tmp, self.max_shard_size, {"step": step})
                 if optimizer is not None:
                     write_part(tmp, "optimizer", optimizer.state_dict(), sums)
@@ -150,11 +148,6 @@ class CheckpointManager:
                 sums["rng.safetensors"] = write_safetensors(rng_tensors, tmp / "rng.safetensors")
                 sums["meta.json"] = write_json(meta, tmp / "meta.json")
                 write_manifest(tmp, sums)
-                atomic.fsync_path(tmp)
-                publish_dir(tmp, final)
-            finally:
-                if tmp.exists():
-                    shutil.rmtree(tmp, ignore_errors=True)
             act.generated.append(final)
         self._retire(protect=step)
         return read_record(final)

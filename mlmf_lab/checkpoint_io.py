@@ -292,20 +292,6 @@ def weights_file(folder: Path) -> Path:
     return index if index.exists() else folder / "model.safetensors"
 
 
-def publish_dir(tmp: Path, final: Path) -> None:
-    """Move a finished folder into place; an existing one is swapped out in one step."""
-    if not final.exists():
-        os.rename(tmp, final)
-    elif atomic._exchange(tmp, final):
-        shutil.rmtree(tmp)  # tmp now holds the replaced checkpoint, under a hidden name
-    else:  # no renameat2: a crash between the renames leaves the old one hidden, not broken
-        old = atomic.tmp_name(final, "old")
-        os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old)
-    atomic.fsync_path(final.parent)
-
-
 def remove_dir(path: Path) -> None:
     """Rename away first (atomic), so no half-deleted checkpoint is ever listed, then delete."""
     gone = atomic.tmp_name(path, "del")
