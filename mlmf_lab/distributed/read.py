@@ -22,10 +22,10 @@ import torch
 
 from ..errors import FormatError
 from ..formats import TensorInfo, WeightFile
-from ..formats.base import ST_DTYPES
+from ..formats.base import ST_DTYPES, dtype_name
 from .plans import Piece, local_shape
 
-_DTYPES = {str(d).removeprefix("torch."): d for d in ST_DTYPES.values()}
+_DTYPES = {dtype_name(d): d for d in ST_DTYPES.values()}
 BYTE_ADDRESSED = ("safetensors", "gguf")
 
 
