@@ -22,6 +22,7 @@ from torch import nn
 
 from .errors import MLMFError
 from .formats import human_bytes, open_weights
+from .formats.base import dtype_name
 from .lineage.hashing import file_tensor_hash, state_hash, unique_tensors
 from .tensorstats import TensorStats, tensor_stats
 
@@ -219,7 +220,7 @@ def _describe_module(model: nn.Module, stats: bool, hash_: bool) -> ModelDescrip
     state = unique_tensors(model.state_dict())
     by_type: dict[str, int] = {}
     for t in state.values():
-        key = str(t.dtype).removeprefix("torch.")
+        key = dtype_name(t.dtype)
         by_type[key] = by_type.get(key, 0) + t.numel() * t.element_size()
     cfg = getattr(model, "config", None)
     archs = getattr(cfg, "architectures", None)

@@ -12,6 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import MLMFError
+from .formats.base import dtype_name
 
 CHUNK_ELEMENTS = 1 << 22  # 4 Mi values -> 16 MiB of float32 at a time
 
@@ -56,7 +57,7 @@ def stats_of(name: str, t: torch.Tensor, dtype: str | None = None) -> TensorStat
             zeros += int((c == 0).sum())
     mean = total / n if n else math.nan
     var = max(sq / n - mean * mean, 0.0) if n else math.nan
-    return TensorStats(name, tuple(t.shape), dtype or str(t.dtype).removeprefix("torch."),
+    return TensorStats(name, tuple(t.shape), dtype or dtype_name(t.dtype),
                        mean, math.sqrt(var), lo if n else math.nan, hi if n else math.nan,
                        max(abs(lo), abs(hi)) if n else math.nan,
                        zeros / flat.numel() if flat.numel() else 0.0, bad)
@@ -69,7 +70,7 @@ def _tensors(x: str | os.PathLike[str] | nn.Module, names: Sequence[str] | None
         for name in names if names is not None else list(state):
             if name not in state:
                 raise MLMFError(f"the model has no tensor {name!r}")
-            yield name, state[name], str(state[name].dtype).removeprefix("torch.")
+            yield name, state[name], dtype_name(state[name].dtype)
         return
     from .formats import open_weights
 

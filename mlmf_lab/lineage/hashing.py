@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ..errors import MLMFError
+from ..formats.base import dtype_name
 
 CHUNK = 8 * 1024 * 1024
 # Formats whose TensorInfo.offset/nbytes locate the stored bytes in TensorInfo.file.
@@ -129,7 +130,7 @@ def state_hash(tensors: Mapping[str, torch.Tensor]) -> ContentHash:
         if t.device.type == "meta":
             raise MLMFError(f"tensor {name!r} is on the meta device and has no data to hash")
         nbytes = t.numel() * t.element_size()
-        h.update(record_line(name, str(t.dtype).removeprefix("torch."), t.shape, nbytes))
+        h.update(record_line(name, dtype_name(t.dtype), t.shape, nbytes))
         h.update(tensor_bytes(t))
     return ContentHash(h.hexdigest(), "tensors")
 
