@@ -48,11 +48,6 @@ LISTENERS: list[Callable[[Event], None]] = []
 _DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("mlmf_activity_depth", default=0)
 
 
-def active() -> bool:
-    """True when some listener (a lineage store) wants events."""
-    return bool(LISTENERS)
-
-
 def emit(event: Event) -> None:
     for listener in list(LISTENERS):
         listener(event)
