@@ -42,6 +42,16 @@ ST_DTYPES: dict[str, torch.dtype] = {
 TORCH_TO_ST = {v: k for k, v in ST_DTYPES.items()}
 
 
+def alias_key(t: torch.Tensor) -> tuple[Any, ...]:
+    """Identity of the bytes a tensor views: equal keys mean the same tensor (tied weights).
+
+    The writers store such tensors once and the lineage hashes them once; both use this
+    key so that a state dict in memory and the file it was saved to hash the same.
+    """
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(),
+            t.dtype)
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     """``torch.float32`` -> ``"float32"``."""
     return str(dtype).removeprefix("torch.")

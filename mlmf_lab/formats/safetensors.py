@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 
 from ..errors import FormatError, MLMFError
 from . import atomic
-from .base import ST_DTYPES, TensorInfo, WeightFile, dtype_name, torch_dtype
+from .base import ST_DTYPES, TensorInfo, WeightFile, alias_key, dtype_name, torch_dtype
 from .metadata import decode_metadata, encode_metadata
 from .registry import Format, Writer, register_format, register_writer
 
@@ -149,13 +149,7 @@ def dedupe_shared(
     for name, t in tensors.items():
         if t.device.type == "meta":
             raise MLMFError(f"tensor {name!r} is on the meta device and has no data")
-        key = (
-            t.untyped_storage().data_ptr(),
-            t.storage_offset(),
-            tuple(t.shape),
-            t.stride(),
-            t.dtype,
-        )
+        key = alias_key(t)
         if t.numel() and key in seen:
             aliases[name] = seen[key]
             continue

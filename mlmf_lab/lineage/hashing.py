@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ..errors import MLMFError
-from ..formats.base import dtype_name
+from ..formats.base import alias_key, dtype_name
 
 CHUNK = 8 * 1024 * 1024
 # Formats whose TensorInfo.offset/nbytes locate the stored bytes in TensorInfo.file.
@@ -108,8 +108,7 @@ def unique_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
     out: dict[str, torch.Tensor] = {}
     for name, t in tensors.items():
         if t.device.type != "meta" and t.numel():
-            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
-                   t.stride(), t.dtype)
+            key = alias_key(t)
             if key in seen:
                 continue
             seen.add(key)
