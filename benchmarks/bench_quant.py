@@ -1,10 +1,12 @@
-"""Quantization throughput: mlmf_lab's torch block maths against ``gguf.quants`` (numpy).
+"""Quantization throughput: mlmf_lab's block maths against ``gguf.quants`` (numpy).
 
 Sections (each a function returning a markdown table; ``main`` runs those in ``SECTIONS``):
 
 1. ``dequantize``: per GGUF type, dequantizing a 4096x4096 tensor into a fresh tensor (vs
    ``gguf.quants.dequantize``, goal >= 2x faster) and into a reused float32 buffer, the path
    a quantized linear takes (vs a plain copy of the same 64 MiB output, goal within 3x).
+   Block types run the fused C kernels (``quant.native``); the torch block functions they
+   replace (``MLMF_NATIVE=0``) are timed too, into the reused buffer.
 2. ``quantize``: quantizing the same tensor (vs ``gguf.quants.quantize``, goal >= 2x).
 3. ``linear``: forward of a 4096x4096 linear at batch 1 and 32, fp32 vs int8 vs q4_0
    (time, relative output error, weight memory), in ``bench_quant_linear.py``.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import os
 import statistics
 import sys
 import time
@@ -34,7 +37,7 @@ from bench_quant_linear import section_linear  # noqa: E402
 from common import median_time, publish, table  # noqa: E402
 
 import mlmf_lab as ml  # noqa: E402
-from mlmf_lab.quant import ggml  # noqa: E402
+from mlmf_lab.quant import ggml, native  # noqa: E402
 
 DEQUANT_SCHEMES = ["f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1",
                    "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"]
@@ -106,11 +109,16 @@ def section_dequantize(quick: bool) -> str:
             quiet(lambda raw=raw, q=qtype: gguf.quants.dequantize(raw, q)), max(3, repeat // 3))
         into, copy, r_into = paired(lambda qt=qt: ml.quant.dequantize(qt, out=out),
                                     lambda: out.copy_(src), repeat)
+        torch_into = "-"
+        if native.dequantizer(scheme) is not None:
+            os.environ["MLMF_NATIVE"] = "0"
+            torch_into = ms(median_time(lambda qt=qt: ml.quant.dequantize(qt, out=out), repeat))
+            del os.environ["MLMF_NATIVE"]
         rows.append([scheme, f"{qt.bits_per_weight:g}", ms(fresh), ms(ref), f"{1 / r_fresh:.2f}x",
-                     ms(into), ms(copy), f"{r_into:.2f}x"])
+                     ms(into), ms(copy), f"{r_into:.2f}x", torch_into])
     header = ["scheme", "bits/w", "ours, fresh (ms)", "gguf.quants (ms)",
               "speed-up (goal >= 2x)", "ours, into out= (ms)", "plain copy (ms)",
-              "vs copy (goal <= 3x)"]
+              "vs copy (goal <= 3x)", "torch path, into out= (ms)"]
     return f"Dequantize a {x.shape[0]}x{x.shape[1]} tensor to float32\n\n" + table(header, rows)
 
 
@@ -148,9 +156,10 @@ def main(argv: list[str] | None = None) -> None:
         f"torch {torch.__version__} with {torch.get_num_threads()} threads vs gguf-py "
         f"{importlib.metadata.version('gguf')} (numpy {np.__version__}). Ours and the peer "
         "run back to back, repeatedly, after a warm-up; medians of times and of per-pair "
-        "ratios. The 2 cores were shared with other processes."
+        "ratios. Dequantization of block types uses the fused C kernels "
+        f"({'built' if native.library() is not None else 'NOT available: torch path'})."
     )
-    publish("quant", "Quantization: mlmf_lab (torch) vs gguf.quants (numpy)", how, body, args.quick)
+    publish("quant", "Quantization: mlmf_lab vs gguf.quants (numpy)", how, body, args.quick)
 
 
 if __name__ == "__main__":

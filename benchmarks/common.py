@@ -67,7 +67,7 @@ def run_case(script: str, *args: str, timeout: float = 600) -> dict:
 def machine() -> str:
     return (
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"{dt.date.today().isoformat()}"
+        f"{dt.date.today().isoformat()}, load average {os.getloadavg()[0]:.2f} at the end"
     )
 
 

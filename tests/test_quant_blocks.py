@@ -1,5 +1,8 @@
 """GGUF block maths against the ``gguf`` package's numpy reference (itself bit-exact with ggml).
 
+Every dequantization test runs twice: on the fused C kernels (``quant.native``) and on the
+torch block functions they replace when no compiler is available.
+
 Dequantization: random bytes (which include inf/nan/subnormal fp16 scales) and hand-built
 edge blocks; bitwise for the simple types, within float32 rounding for the K-quants (NaN
 positions must agree; a NaN's payload bits may differ). Quantization: byte-identical output.
@@ -16,7 +19,7 @@ import torch
 
 import mlmf_lab as ml
 from mlmf_lab.errors import MLMFError, UnsupportedError
-from mlmf_lab.quant import ggml
+from mlmf_lab.quant import ggml, native
 
 SIMPLE = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]
 K_QUANTS = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
@@ -25,6 +28,19 @@ K_QUANTS = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 F16_SPECIAL = [
     0x0000, 0x8000, 0x0001, 0x03FF, 0x0400, 0x7BFF, 0x7C00, 0xFC00, 0x7E00, 0x7C01, 0x3C00,
 ]
+
+
+@pytest.fixture(params=["native", "torch"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which dequantization path the test exercises; the native one must really be used."""
+    if request.param == "torch":
+        monkeypatch.setenv("MLMF_NATIVE", "0")
+        assert native.dequantizer("q4_0") is None
+    elif native.compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    else:  # with a compiler the kernels must build and be the ones in use
+        assert native.dequantizer("q4_0") is not None
+    return str(request.param)
 
 
 def reference_dequant(raw: torch.Tensor, name: str) -> torch.Tensor:
@@ -69,7 +85,7 @@ def edge_blocks(name: str) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("name", SIMPLE + K_QUANTS)
-def test_dequantize_random_bytes(name: str) -> None:
+def test_dequantize_random_bytes(name: str, backend: str) -> None:
     bt = ggml.BLOCK_TYPES[name]
     g = torch.Generator().manual_seed(bt.type_id)
     n_blocks = 61 if bt.block_size == 256 else 257  # a few thousand weights: stay single-threaded
@@ -78,7 +94,7 @@ def test_dequantize_random_bytes(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", SIMPLE + K_QUANTS)
-def test_dequantize_edge_blocks(name: str) -> None:
+def test_dequantize_edge_blocks(name: str, backend: str) -> None:
     raw = edge_blocks(name)
     mine, ref = mine_dequant(raw, name), reference_dequant(raw, name)
     assert (ref.isnan().any() and (ref == 0).any()) or name in ("F32", "BF16")
@@ -86,7 +102,7 @@ def test_dequantize_edge_blocks(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["Q8_0", "Q4_0", "Q4_K", "Q6_K"])
-def test_dequantize_valid_blocks_bitwise(name: str) -> None:
+def test_dequantize_valid_blocks_bitwise(name: str, backend: str) -> None:
     """On blocks produced by a quantizer (finite scales) even the K-quants agree to the bit."""
     x = torch.randn(16, 512, generator=torch.Generator().manual_seed(1))
     qt = ml.quant.quantize(x, name.lower())
@@ -95,7 +111,7 @@ def test_dequantize_valid_blocks_bitwise(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["Q8_0", "Q4_1", "Q5_0", "Q3_K", "Q6_K"])
-def test_dequantize_into_reused_buffer(name: str) -> None:
+def test_dequantize_into_reused_buffer(name: str, backend: str) -> None:
     bt = ggml.BLOCK_TYPES[name]
     rows, cols = 24, 2 * bt.block_size  # more blocks than one chunk when CHUNK is small
     raw = torch.randint(0, 256, (rows, cols // bt.block_size * bt.type_size), dtype=torch.uint8,

@@ -22,7 +22,8 @@ from ..errors import MLMFError, UnsupportedError
 from . import blocks_k as bk
 from . import blocks_k_quant as bkq
 from . import blocks_legacy as bl
-from .base import QTensor, Scheme, register_scheme
+from . import native
+from .base import QTensor, Scheme, empty_float32, register_scheme
 from .chunks import run_chunks
 
 CHUNK_WEIGHTS = 1 << 18  # weights per chunk: a chunk's output and temporaries stay in L2
@@ -170,7 +171,7 @@ def dequantize_tensor(qt: QTensor, out: torch.Tensor | None = None) -> torch.Ten
             f"found {data.numel()} of {data.dtype}"
         )
     if out is None:
-        out = torch.empty(qt.shape, dtype=torch.float32)
+        out = empty_float32(qt.shape)
     elif out.dtype != torch.float32 or out.numel() != numel or not out.is_contiguous():
         raise MLMFError(
             f"out must be a contiguous float32 tensor of {numel} elements, found "
@@ -178,9 +179,10 @@ def dequantize_tensor(qt: QTensor, out: torch.Tensor | None = None) -> torch.Ten
         )
     blocks = data.reshape(-1, bt.type_size)
     values = out.view(-1, bt.block_size)
+    fn = native.dequantizer(bt.scheme) or bt.dequantize_blocks
 
     def run(start: int, stop: int) -> None:
-        bt.dequantize_blocks(blocks[start:stop], values[start:stop])
+        fn(blocks[start:stop], values[start:stop])
 
     run_chunks(run, blocks.shape[0], _chunk_blocks(bt))
     return out.view(qt.shape)

@@ -1,0 +1,71 @@
+"""Building and loading the fused C dequantization kernels, and falling back without them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+import mlmf_lab as ml
+from mlmf_lab.quant import native
+
+
+@pytest.fixture
+def fresh_build(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """A new kernel folder and no loaded library, restored afterwards."""
+    monkeypatch.setenv("MLMF_KERNEL_DIR", str(tmp_path / "kernels"))
+    native.library.cache_clear()
+    yield tmp_path / "kernels"
+    native.library.cache_clear()
+
+
+def q4_0_tensor() -> tuple[ml.quant.QTensor, np.ndarray]:
+    x = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
+    raw = gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q4_0)
+    ref = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q4_0)
+    return ml.quant.QTensor("q4_0", (64, 256), torch.from_numpy(raw)), ref
+
+
+@pytest.mark.skipif(native.compiler() is None, reason="no C compiler on this machine")
+def test_builds_once_into_the_kernel_folder(fresh_build: Path) -> None:
+    lib = native.library()
+    assert lib is not None
+    built = sorted(fresh_build.glob("dequant-*.so"))
+    assert len(built) == 1 and Path(lib._name) == built[0]
+    stamp = built[0].stat().st_mtime_ns
+    native.library.cache_clear()
+    assert native.library() is not None and built[0].stat().st_mtime_ns == stamp  # reused
+    assert not list(fresh_build.glob("*.so.*")) and not list(fresh_build.glob("tmp*"))
+    qt, ref = q4_0_tensor()
+    assert np.array_equal(qt.dequantize().numpy().view(np.uint32), ref.view(np.uint32))
+
+
+@pytest.mark.parametrize("cc", ["/nonexistent/cc", "false"])
+def test_without_a_working_compiler_the_torch_path_is_used(
+        fresh_build: Path, monkeypatch: pytest.MonkeyPatch, cc: str) -> None:
+    monkeypatch.setenv("CC", cc)
+    monkeypatch.setattr(native.shutil, "which", lambda name: None if "nonexistent" in cc
+                        or name == "gcc" else f"/bin/{name}" if name == "false" else None)
+    assert native.library() is None and native.dequantizer("q4_0") is None
+    assert not list(fresh_build.glob("*"))  # no half-written library left behind
+    qt, ref = q4_0_tensor()
+    assert np.array_equal(qt.dequantize().numpy().view(np.uint32), ref.view(np.uint32))
+
+
+def test_switched_off_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLMF_NATIVE", "0")
+    assert native.dequantizer("q8_0") is None
+    assert native.dequantizer("f16") is None  # plain float types never use it
+
+
+def test_large_fresh_outputs_are_float32_and_writable() -> None:
+    qt, ref = q4_0_tensor()
+    big = ml.quant.QTensor("q4_0", (4096, 256), qt.data.repeat(64, 1))
+    out = big.dequantize()
+    assert out.dtype == torch.float32 and out.shape == (4096, 256)
+    assert np.array_equal(out[:64].numpy(), ref)
+    out.add_(1)  # an ordinary, writable tensor
