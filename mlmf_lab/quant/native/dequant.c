@@ -55,69 +55,70 @@ static inline uint32_t u32le(const uint8_t *p) {
     return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 
-/* Q5: bit j of the little-endian qh word is bit 4 of weight j. */
-static inline void codes5(const uint8_t *qh, const uint8_t *qs, int *code) {
+/* Q5: bit j of the little-endian qh word is bit 4 of weight j; min == NULL for Q5_0 (offset 16). */
+static inline void q5(const uint8_t *qh, const uint8_t *qs, float d, const float *min,
+                      float *restrict dst) {
     const uint32_t h = u32le(qh);
-    for (int j = 0; j < 16; j++) {
-        code[j] = (int)(qs[j] & 15) | (int)(((h >> j) & 1u) << 4);
-        code[j + 16] = (int)(qs[j] >> 4) | (int)(((h >> (j + 16)) & 1u) << 4);
-    }
-}
-
-void mlmf_deq_q5_0(bytes src, floats dst, int64_t n) {
-    int code[32];
-    for (int64_t b = 0; b < n; b++, src += 22, dst += 32) {
-        const float d = f16(src);
-        codes5(src + 2, src + 6, code);
-        for (int j = 0; j < 32; j++) dst[j] = d * (float)(code[j] - 16);
-    }
-}
-
-void mlmf_deq_q5_1(bytes src, floats dst, int64_t n) {
-    int code[32];
-    for (int64_t b = 0; b < n; b++, src += 24, dst += 32) {
-        const float d = f16(src), m = f16(src + 2);
-        codes5(src + 4, src + 8, code);
-        for (int j = 0; j < 32; j++) dst[j] = d * (float)code[j] + m;
-    }
-}
-
-/* -- K-quants: super-blocks of 256 weights ------------------------------------------------ */
-
-/* 2-bit fields of 64 bytes: per run of 32 bytes, shifts 0, 2, 4, 6 in turn. */
-static inline void crumbs(const uint8_t *q, int *code) {
-    for (int run = 0; run < 2; run++)
-        for (int s = 0; s < 4; s++)
-            for (int l = 0; l < 32; l++)
-                code[run * 128 + s * 32 + l] = (q[run * 32 + l] >> (2 * s)) & 3;
-}
-
-void mlmf_deq_q2_k(bytes src, floats dst, int64_t n) {
-    int code[256];
-    for (int64_t b = 0; b < n; b++, src += 84, dst += 256) {
-        const float d = f16(src + 80), dmin = f16(src + 82);
-        crumbs(src + 16, code);
-        for (int i = 0; i < 16; i++) {
-            const float dl = d * (float)(src[i] & 15), ml = dmin * (float)(src[i] >> 4);
-            for (int l = 0; l < 16; l++) dst[i * 16 + l] = (float)code[i * 16 + l] * dl - ml;
+    for (int half = 0; half < 2; half++) {
+        const int shift = 4 * half;
+        const uint32_t hh = h >> (16 * half);
+        float *o = dst + 16 * half;
+        if (min == NULL) {
+            for (int j = 0; j < 16; j++)
+                o[j] = d * (float)((int)(((qs[j] >> shift) & 15) | (((hh >> j) & 1u) << 4)) - 16);
+        } else {
+            const float m = *min;
+            for (int j = 0; j < 16; j++)
+                o[j] = d * (float)(((qs[j] >> shift) & 15) | (((hh >> j) & 1u) << 4)) + m;
         }
     }
 }
 
+void mlmf_deq_q5_0(bytes src, floats dst, int64_t n) {
+    for (int64_t b = 0; b < n; b++, src += 22, dst += 32) q5(src + 2, src + 6, f16(src), NULL, dst);
+}
+
+void mlmf_deq_q5_1(bytes src, floats dst, int64_t n) {
+    for (int64_t b = 0; b < n; b++, src += 24, dst += 32) {
+        const float m = f16(src + 2);
+        q5(src + 4, src + 8, f16(src), &m, dst);
+    }
+}
+
+/* -- K-quants: super-blocks of 256 weights ------------------------------------------------
+ * Written as runs of 16 or 32 weights that share one scale, straight from the packed bytes,
+ * so the compiler turns each run into a few vector instructions. */
+
+void mlmf_deq_q2_k(bytes src, floats dst, int64_t n) {
+    for (int64_t b = 0; b < n; b++, src += 84, dst += 256) {
+        const float d = f16(src + 80), dmin = f16(src + 82);
+        for (int run = 0; run < 2; run++)  /* weight run*128 + s*32 + l: bits 2s of qs[run*32 + l] */
+            for (int s = 0; s < 4; s++)
+                for (int half = 0; half < 2; half++) {
+                    const int i = run * 8 + s * 2 + half;  /* sub-block of 16 */
+                    const float dl = d * (float)(src[i] & 15), ml = dmin * (float)(src[i] >> 4);
+                    const uint8_t *q = src + 16 + run * 32 + half * 16;
+                    float *o = dst + i * 16;
+                    for (int l = 0; l < 16; l++) o[l] = (float)((q[l] >> (2 * s)) & 3) * dl - ml;
+                }
+    }
+}
+
 void mlmf_deq_q3_k(bytes src, floats dst, int64_t n) {
-    int code[256];
     for (int64_t b = 0; b < n; b++, src += 110, dst += 256) {
         const float d = f16(src + 108);
         const uint8_t *hmask = src, *sc = src + 96;
-        crumbs(src + 32, code);
-        for (int i = 0; i < 8; i++)  /* bit 2 of weight i * 32 + l is bit i of hmask[l] */
-            for (int l = 0; l < 32; l++)
-                code[i * 32 + l] |= ((hmask[l] >> i) & 1) << 2;
-        for (int j = 0; j < 16; j++) {
+        for (int j = 0; j < 16; j++) {  /* sub-block j: weights 16j .. 16j + 15 */
             const int low = j < 8 ? (sc[j] & 15) : (sc[j - 8] >> 4);
             const int high = (sc[8 + (j & 3)] >> (2 * (j >> 2))) & 3;
-            const float dl = d * (float)((int)(int8_t)(uint8_t)(low | (high << 4)) - 32);
-            for (int l = 0; l < 16; l++) dst[j * 16 + l] = (float)(code[j * 16 + l] - 4) * dl;
+            const float dl = d * (float)((low | (high << 4)) - 32);
+            const int run = j / 8, s = (j / 2) & 3, hbit = j / 2;  /* weight 16j = run*128 + s*32 + .. */
+            const uint8_t *q = src + 32 + run * 32 + (j & 1) * 16, *h = hmask + (j & 1) * 16;
+            float *o = dst + j * 16;
+            for (int l = 0; l < 16; l++) {
+                const int code = ((q[l] >> (2 * s)) & 3) | (((h[l] >> hbit) & 1) << 2);
+                o[l] = (float)(code - 4) * dl;
+            }
         }
     }
 }
@@ -133,63 +134,52 @@ static inline void scale_min_k4(const uint8_t *q, int j, int *sc, int *mn) {
     }
 }
 
-/* codes (256) of Q4_K/Q5_K -> d * scale * code - dmin * min, per sub-block of 32. */
-static inline void q45_k_tail(const uint8_t *src, const int *code, float *restrict dst) {
+/* Q4_K and Q5_K (qh != NULL): sub-block j of 32 weights holds the low (even j) or high (odd
+ * j) nibbles of qs[(j / 2) * 32 ..], plus bit j of qh[l] as bit 4; d * scale * code - dmin * min. */
+static inline void q45_k(const uint8_t *src, const uint8_t *qh, const uint8_t *qs,
+                         float *restrict dst) {
     const float d = f16(src), dmin = f16(src + 2);
     for (int j = 0; j < 8; j++) {
         int sc, mn;
         scale_min_k4(src + 4, j, &sc, &mn);
         const float dl = d * (float)sc, ml = dmin * (float)mn;
-        for (int l = 0; l < 32; l++) dst[j * 32 + l] = (float)code[j * 32 + l] * dl - ml;
-    }
-}
-
-/* 4-bit fields of 128 bytes: per run of 32 bytes, low nibbles then high nibbles. */
-static inline void nibbles_k(const uint8_t *q, int *code) {
-    for (int run = 0; run < 4; run++)
-        for (int l = 0; l < 32; l++) {
-            code[run * 64 + l] = q[run * 32 + l] & 15;
-            code[run * 64 + 32 + l] = q[run * 32 + l] >> 4;
+        const uint8_t *q = qs + (j / 2) * 32;
+        const int shift = 4 * (j & 1);
+        float *o = dst + j * 32;
+        if (qh == NULL) {
+            for (int l = 0; l < 32; l++) o[l] = (float)((q[l] >> shift) & 15) * dl - ml;
+        } else {
+            for (int l = 0; l < 32; l++) {
+                const int code = ((q[l] >> shift) & 15) | (((qh[l] >> j) & 1) << 4);
+                o[l] = (float)code * dl - ml;
+            }
         }
+    }
 }
 
 void mlmf_deq_q4_k(bytes src, floats dst, int64_t n) {
-    int code[256];
-    for (int64_t b = 0; b < n; b++, src += 144, dst += 256) {
-        nibbles_k(src + 16, code);
-        q45_k_tail(src, code, dst);
-    }
+    for (int64_t b = 0; b < n; b++, src += 144, dst += 256) q45_k(src, NULL, src + 16, dst);
 }
 
 void mlmf_deq_q5_k(bytes src, floats dst, int64_t n) {
-    int code[256];
-    for (int64_t b = 0; b < n; b++, src += 176, dst += 256) {
-        const uint8_t *qh = src + 16;
-        nibbles_k(src + 48, code);
-        for (int i = 0; i < 8; i++)  /* bit 4 of weight i * 32 + l is bit i of qh[l] */
-            for (int l = 0; l < 32; l++)
-                code[i * 32 + l] |= ((qh[l] >> i) & 1) << 4;
-        q45_k_tail(src, code, dst);
-    }
+    for (int64_t b = 0; b < n; b++, src += 176, dst += 256) q45_k(src, src + 16, src + 48, dst);
 }
 
 void mlmf_deq_q6_k(bytes src, floats dst, int64_t n) {
-    int code[256], high[256];
     for (int64_t b = 0; b < n; b++, src += 210, dst += 256) {
-        const uint8_t *ql = src;
         const int8_t *scales = (const int8_t *)(src + 192);
         const float d = f16(src + 208);
-        crumbs(src + 128, high);
-        for (int run = 0; run < 2; run++)
-            for (int l = 0; l < 64; l++) {
-                code[run * 128 + l] = ql[run * 64 + l] & 15;
-                code[run * 128 + 64 + l] = ql[run * 64 + l] >> 4;
-            }
-        for (int i = 0; i < 16; i++) {
+        for (int i = 0; i < 16; i++) {  /* sub-block i: weights 16i .. 16i + 15 */
+            const int run = i / 8, s = (i / 2) & 3;  /* weight 16i = run*128 + s*32 + .. */
+            const int off = (i & 1) * 16;
+            const uint8_t *ql = src + run * 64 + (s & 1) * 32 + off;  /* low 4 bits */
+            const uint8_t *qh = src + 128 + run * 32 + off;           /* bits 4-5 */
+            const int lshift = 4 * (s >> 1), hshift = 2 * s;
             const float dl = d * (float)scales[i];
+            float *o = dst + i * 16;
             for (int l = 0; l < 16; l++) {
-                const int k = i * 16 + l;
-                dst[k] = (float)((code[k] | (high[k] << 4)) - 32) * dl;
+                const int code = ((ql[l] >> lshift) & 15) | (((qh[l] >> hshift) & 3) << 4);
+                o[l] = (float)(code - 32) * dl;
             }
         }
     }
