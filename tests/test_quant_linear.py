@@ -89,6 +89,32 @@ def test_quant_linear_matches_the_dequantized_reference(
     assert layer.weight_nbytes == qt.nbytes + extra
 
 
+@pytest.mark.parametrize("kernel", ["fbgemm-int8", "int8pack-bf16", "dequant"])
+def test_bias_edits_reach_the_kernel(kernel: str) -> None:
+    """fbgemm folds the bias into its packed weights: in-place edits, a state-dict load and a
+    new bias tensor must all be seen, like any other kernel adding the bias per call."""
+    lin = linear(128, 64)
+    layer = QuantLinear(ml.quant.quantize(lin.weight.detach(), "int8"), lin.bias.clone(),
+                        kernel=kernel)
+    x = torch.randn(4, 128)
+    with torch.no_grad():
+        w = layer.qweight.dequantize()
+
+        def expected() -> torch.Tensor:
+            return F.linear(x, w, layer.bias)
+
+        assert rel(layer(x), expected()) < 0.02
+        layer.bias.add_(1.0)
+        assert rel(layer(x), expected()) < 0.02
+        layer.load_state_dict({"weight": w, "bias": torch.full((64,), -3.0)})
+        assert torch.allclose(layer.bias, torch.tensor(-3.0)) and rel(layer(x), expected()) < 0.02
+        without = layer(x) + 3.0
+        layer.bias = nn.Parameter(torch.zeros(64), requires_grad=False)
+        assert torch.allclose(layer(x), without, atol=1e-4)
+        layer.bias = None
+        assert torch.allclose(layer(x), without, atol=1e-4)
+
+
 @pytest.mark.parametrize("rows", [16, 48, 80, 112, 384])
 def test_int4pack_layout_round_trips_for_odd_row_counts(rows: int) -> None:
     if not int4pack_available():

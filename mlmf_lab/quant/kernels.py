@@ -48,7 +48,8 @@ def scratch(numel: int, dtype: torch.dtype) -> torch.Tensor:
 class LinearKernel(Protocol):
     name: str
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...  # (B, in) -> (B, out)
+    # (B, in) -> (B, out), plus ``bias`` (out,) when given
+    def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor: ...
     def qtensor(self) -> QTensor: ...
     @property
     def nbytes(self) -> int: ...
@@ -68,6 +69,17 @@ def _prepack_int8(codes: torch.Tensor, scale: torch.Tensor) -> object:
         qw = torch._make_per_channel_quantized_tensor(
             codes, scale.double(), torch.zeros(len(scale), dtype=torch.long), 0)
         return torch.ops.quantized.linear_prepack(qw, None)
+
+
+def _with_bias(packed: object, bias: torch.Tensor | None) -> object:
+    """The same packed int8 weights with ``bias`` folded in (fbgemm adds it in its epilogue)."""
+    qw, _ = torch.ops.quantized.linear_unpack(packed)
+    b = None if bias is None else bias.detach().float().clone()
+    return torch.ops.quantized.linear_prepack(qw, b)
+
+
+def _add_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return y if bias is None else y.add_(bias)  # y is fresh from the kernel
 
 
 @functools.cache
@@ -103,8 +115,13 @@ class Int8Dynamic:
         self.scale = scale  # kept: a zero scale is packed as 1 (its codes are all 0)
         self.packed = _prepack_int8(codes, torch.where(scale > 0, scale, torch.ones_like(scale)))
         self.reduce_range = not int8_full_range()
+        # the bias folded into ``packed``: which tensor, at which version (in-place edits count)
+        self.bias_stamp: tuple[int, int] | None = None
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        stamp = None if bias is None else (id(bias), bias._version)
+        if stamp != self.bias_stamp:
+            self.packed, self.bias_stamp = _with_bias(self.packed, bias), stamp
         x = x.float().contiguous()
         return torch.ops.quantized.linear_dynamic(x, self.packed, self.reduce_range)
 
@@ -130,9 +147,9 @@ class Int8WeightOnly:
         self.shape, self.codes, self.scale = qt.shape, qt.data, qt.params["scale"]
         self.scale_bf16 = self.scale.to(torch.bfloat16)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         x = x.to(torch.bfloat16).contiguous()
-        return torch._weight_int8pack_mm(x, self.codes, self.scale_bf16).float()
+        return _add_bias(torch._weight_int8pack_mm(x, self.codes, self.scale_bf16).float(), bias)
 
     def qtensor(self) -> QTensor:
         return QTensor("int8", self.shape, self.codes, {"scale": self.scale})
@@ -238,10 +255,10 @@ class Int4Packed:
         buf[..., 1].zero_()
         return buf
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         y = torch._weight_int4pack_mm_for_cpu(
             x.to(torch.bfloat16).contiguous(), self.packed, self.group_size, self._scale_zero())
-        return y.float()
+        return _add_bias(y.float(), bias)
 
     def qtensor(self) -> QTensor:
         rows, cols = self.shape
@@ -268,10 +285,10 @@ class Dequant:
     def __init__(self, qt: QTensor) -> None:
         self.qt = qt
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         # inference only: QuantLinear sends inputs that need a gradient around every kernel
         w = scratch(self.qt.numel, torch.float32).view(self.qt.shape)
-        return F.linear(x.float(), dequantize(self.qt, out=w))
+        return F.linear(x.float(), dequantize(self.qt, out=w), bias)
 
     def qtensor(self) -> QTensor:
         return self.qt

@@ -90,11 +90,11 @@ class QuantLinear(nn.Module):
         if torch.is_grad_enabled() and x.requires_grad:
             # Training through a frozen quantized base (LoRA on top, QLoRA-style): the fused
             # kernels have no backward, so use the dequantized weight, which autograd can follow.
-            y = F.linear(x.reshape(-1, self.in_features), self.qweight.dequantize(x.dtype))
+            w = self.qweight.dequantize(x.dtype)
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            y = F.linear(x.reshape(-1, self.in_features), w, bias)
         else:
-            y = self._kernel(x.reshape(-1, self.in_features))
-        if self.bias is not None:
-            y = y.add_(self.bias)  # y is fresh from the kernel
+            y = self._kernel(x.reshape(-1, self.in_features), self.bias)
         return y.reshape(*lead, self.out_features).to(x.dtype)
 
     # -- state dict: float weight out, float or QTensor weight in ------------------------------
