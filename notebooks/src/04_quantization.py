@@ -15,6 +15,7 @@
 
 # %%
 %matplotlib inline
+import os
 import random
 import tempfile
 from collections import Counter
@@ -176,16 +177,21 @@ print(f"model.safetensors (fp32): {ml.formats.human_bytes(ml.examples.minilm_pat
       f"   minilm-q4_0.gguf: {ml.formats.human_bytes(path.stat().st_size)}")
 
 # %% [markdown]
-# The `gguf` package's own dequantizer (numpy) and ours (torch) read the same bytes the
-# same way:
+# The `gguf` package's own dequantizer (numpy) and ours read the same bytes the same way.
+# Ours is a small fused C kernel, compiled on first use; with `MLMF_NATIVE=0` (or no C
+# compiler) the same maths runs as torch ops, slower but bit for bit the same:
 
 # %%
 name = "encoder.layer.0.intermediate.dense.weight"
 t = next(t for t in reader.tensors if t.name == name)
 theirs = gguf.quants.dequantize(t.data, t.tensor_type).reshape(1536, 384)
 ours = ml.open_weights(path).tensor(name)
+os.environ["MLMF_NATIVE"] = "0"
+ours_torch = ml.open_weights(path).tensor(name)
+del os.environ["MLMF_NATIVE"]
 print(t.tensor_type.name, [int(d) for d in t.shape], "(GGUF lists the innermost dimension first)")
-print("identical:", np.array_equal(theirs, ours.numpy()))
+print("identical (C kernel):", np.array_equal(theirs, ours.numpy()))
+print("identical (torch ops):", np.array_equal(theirs, ours_torch.numpy()))
 
 # %% [markdown]
 # Loading back with `keep_quantized=True`: the linears get the file's `q4_0` blocks as they
