@@ -56,6 +56,25 @@ def test_without_a_working_compiler_the_torch_path_is_used(
     assert np.array_equal(qt.dequantize().numpy().view(np.uint32), ref.view(np.uint32))
 
 
+def test_an_unwritable_kernel_folder_falls_back(
+        fresh_build: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("MLMF_KERNEL_DIR", str(blocker / "kernels"))
+    assert native.library() is None
+    qt, ref = q4_0_tensor()
+    assert np.array_equal(qt.dequantize().numpy().view(np.uint32), ref.view(np.uint32))
+
+
+def test_the_library_name_depends_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A library built for another CPU (shared home folder) is never picked up here."""
+    keys = set()
+    for cpu in ("flags : avx2", "flags : avx2 avx512f"):
+        monkeypatch.setattr(native, "cpu_identity", lambda cpu=cpu: cpu)
+        keys.add(native.library_name("cc", native.FLAGS, "cc 1.0"))
+    assert len(keys) == 2
+
+
 def test_switched_off_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLMF_NATIVE", "0")
     assert native.dequantizer("q8_0") is None
@@ -68,4 +87,6 @@ def test_large_fresh_outputs_are_float32_and_writable() -> None:
     out = big.dequantize()
     assert out.dtype == torch.float32 and out.shape == (4096, 256)
     assert np.array_equal(out[:64].numpy(), ref)
-    out.add_(1)  # an ordinary, writable tensor
+    out.add_(1)  # an ordinary tensor: writable, resizable
+    out.resize_(8, 8)
+    assert out.shape == (8, 8)

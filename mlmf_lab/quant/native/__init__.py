@@ -5,7 +5,7 @@ over blocks, but each op is a separate pass over memory, so dequantizing a block
 a reused buffer costs several times a plain copy. ``dequant.c`` does the same maths in one
 pass per block. It is compiled on first use (``cc -O3 -march=native``, about a second) into
 ``$MLMF_KERNEL_DIR`` or ``$XDG_CACHE_HOME/mlmf_lab/kernels`` (default ``~/.cache``), named
-by a hash of the source, flags and compiler, and loaded with ``ctypes`` (calls release the
+by a hash of the source, flags, compiler and CPU, and loaded with ``ctypes`` (calls release the
 GIL, so ``chunks.run_chunks`` runs them on several threads). Without a working compiler,
 or with ``MLMF_NATIVE=0``, ``dequantizer`` returns None and callers use the torch functions.
 The tests check both paths bitwise against ``gguf.quants``.
@@ -18,6 +18,7 @@ import functools
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -50,15 +51,30 @@ def kernel_dir() -> Path:
     return Path(base) / "mlmf_lab" / "kernels"
 
 
+def cpu_identity() -> str:
+    """What ``-march=native`` depends on: a library built on another CPU (a home folder shared
+    across machines) must not be loaded here, where it could stop on an illegal instruction."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f if ln.startswith(("model name", "flags", "Features"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+
+
 def compiler() -> str | None:
     return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
 
 
 def _compile(cc: str, flags: list[str], target: Path) -> bool:
     """Build into a temporary file beside ``target``, then rename it into place (atomic)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        log.warning("mlmf_lab: cannot write native kernels to %s: %s", target.parent, exc)
+        return False
     try:
         done = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp],
                               capture_output=True, text=True, timeout=120)
@@ -75,6 +91,12 @@ def _compile(cc: str, flags: list[str], target: Path) -> bool:
             os.unlink(tmp)
 
 
+def library_name(cc: str, flags: list[str], version: str) -> str:
+    """The file name of a build: a hash of everything the machine code depends on."""
+    parts = [SOURCE.read_text(), cc, *flags, version, cpu_identity()]
+    return f"dequant-{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:16]}.so"
+
+
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The compiled kernels, building them if this machine has none yet; None if impossible."""
@@ -89,8 +111,7 @@ def library() -> ctypes.CDLL | None:
             log.warning("mlmf_lab: %s does not run (%s); using the torch kernels", cc, exc)
             return None
         for flags in (FLAGS, PORTABLE_FLAGS):
-            key = hashlib.sha256("\0".join([SOURCE.read_text(), *flags, version]).encode())
-            target = kernel_dir() / f"dequant-{key.hexdigest()[:16]}.so"
+            target = kernel_dir() / library_name(cc, flags, version)
             try:
                 if target.exists() or _compile(cc, flags, target):
                     lib = ctypes.CDLL(str(target))
