@@ -9,6 +9,7 @@ register themselves in ``CONVERTERS`` from their own module, listed in ``PLUGINS
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -30,9 +31,35 @@ CONVERTERS: list[Converter] = []
 PLUGINS: list[str] = ["mlmf_lab.distributed.dcp"]
 
 
+def _model_type(src: Path) -> str | None:
+    """``model_type`` from the Hugging Face ``config.json`` beside (or inside) ``src``."""
+    config = (src if src.is_dir() else src.parent) / "config.json"
+    try:
+        value = json.loads(config.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def carried_metadata(src: Path, dst: Path, metadata: dict[str, Any]) -> dict[str, Any]:
+    """The source's metadata as the destination should get it.
+
+    Into GGUF: safetensors' own ``format`` marker (``"pt"``) is dropped, as llama.cpp's
+    converter does, and ``general.architecture`` comes from the Hugging Face config's
+    ``model_type`` when the source has a ``config.json`` and no architecture of its own.
+    """
+    out = dict(metadata)
+    if dst.suffix.lower() == ".gguf":
+        out.pop("format", None)
+        arch = _model_type(src)
+        if arch is not None:
+            out.setdefault("general.architecture", arch)
+    return out
+
+
 def _generic(src: Path, dst: Path, quant: str | None = None, **_: Any) -> None:
     with open_weights(src) as wf:
-        metadata = dict(wf.metadata)
+        metadata = carried_metadata(src, dst, dict(wf.metadata))
     state = load_state_dict(src)
     save_state_dict(state, dst, metadata=metadata, quant=quant)
 

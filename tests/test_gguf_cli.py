@@ -51,6 +51,21 @@ def test_convert_to_gguf_with_quant_and_inspect(
     assert got == ("Q4_K", 4.5, 9216, "float32")
 
 
+def test_convert_to_gguf_takes_the_architecture_from_config_json(tmp_path: Path) -> None:
+    src = tmp_path / "model.safetensors"
+    ml.save_state_dict({"w": torch.ones(4, 32)}, src)
+    assert ml.open_weights(src).metadata.get("format") == "pt"  # safetensors' marker
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    assert main(["convert", str(src), str(tmp_path / "m.gguf")]) == 0
+    fields = gguf.GGUFReader(tmp_path / "m.gguf").fields
+    assert fields["general.architecture"].contents() == "bert"
+    assert "format" not in fields
+    (tmp_path / "config.json").write_text("{not json")
+    assert main(["convert", str(src), str(tmp_path / "n.gguf")]) == 0
+    assert gguf.GGUFReader(tmp_path / "n.gguf").fields["general.architecture"].contents() == \
+        "unknown"
+
+
 @pytest.mark.parametrize("scheme", ["q8_0", "q5_1", "f16"])
 def test_convert_round_trip_through_gguf(
     tmp_path: Path, checkpoint: tuple[Path, dict[str, torch.Tensor]], scheme: str
