@@ -51,6 +51,18 @@ def test_convert_to_gguf_with_quant_and_inspect(
     assert got == ("Q4_K", 4.5, 9216, "float32")
 
 
+@pytest.mark.parametrize(("quant", "fallback"), [("q4_k", "Q5_0"), ("q6_k", "Q8_0")])
+def test_k_quant_rows_that_do_not_divide_fall_back_like_llama_cpp(
+        tmp_path: Path, quant: str, fallback: str) -> None:
+    sd = {"wide": torch.randn(8, 512), "narrow": torch.randn(8, 384), "odd": torch.randn(8, 40)}
+    path = tmp_path / "m.gguf"
+    ml.save_state_dict(sd, path, quant=quant)
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+    assert types == {"wide": quant.upper(), "narrow": fallback, "odd": "F32"}
+    back = ml.open_weights(path).tensor("narrow")
+    assert torch.equal(back, ml.quant.quantize(sd["narrow"], fallback.lower()).dequantize())
+
+
 def test_convert_to_gguf_takes_the_architecture_from_config_json(tmp_path: Path) -> None:
     src = tmp_path / "model.safetensors"
     ml.save_state_dict({"w": torch.ones(4, 32)}, src)

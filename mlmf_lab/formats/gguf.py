@@ -15,8 +15,10 @@ and integer tensors (F32, F16, BF16, F64, I8 ... I64) come back in their own dty
 Writing: ``save_state_dict(tensors, "x.gguf", metadata=..., quant="q8_0")``. With ``quant``,
 floating-point tensors of two or more dimensions whose rows divide into blocks are
 quantized; 1-D tensors (norms, biases) and tensors whose rows do not divide are stored as
-F32, as llama.cpp does. ``general.architecture`` comes from the metadata (default
-``"unknown"``); ``general.quantization_version`` is set when blocks are written.
+F32, as llama.cpp does; with ``q4_k``/``q6_k``, rows that are not a multiple of 256 weights
+take ``q5_0``/``q8_0`` instead (llama.cpp's fallback) when they divide into 32.
+``general.architecture`` comes from the metadata (default ``"unknown"``);
+``general.quantization_version`` is set when blocks are written.
 """
 
 from __future__ import annotations
@@ -148,6 +150,10 @@ def _detect(path: Path, head: bytes) -> bool:
 
 
 # -- writing --------------------------------------------------------------------------------
+# Rows that do not divide into K-quant super-blocks fall back as in llama.cpp's quantizer.
+K_FALLBACK = {"q4_k": "q5_0", "q6_k": "q8_0"}
+
+
 def _plan(
     name: str, t: torch.Tensor, quant: str | None, path: Path
 ) -> tuple[np.ndarray[Any, Any], int | None]:
@@ -158,10 +164,12 @@ def _plan(
         raise MLMFError(f"tensor {name!r} has {t.dim()} dimensions; GGUF allows {MAX_DIMS}", path)
     t = t.detach().to("cpu").contiguous()
     if quant is not None and t.is_floating_point():
-        bt = block_type(quant)
-        if t.dim() >= 2 and t.shape[-1] % bt.block_size == 0:
-            qt = quantize_blocks(t, quant)
-            return qt.data.numpy(), bt.type_id
+        scheme: str | None = str(quant).lower()
+        while t.dim() >= 2 and scheme is not None:
+            bt = block_type(scheme)
+            if t.shape[-1] % bt.block_size == 0:
+                return quantize_blocks(t, scheme).data.numpy(), bt.type_id
+            scheme = K_FALLBACK.get(scheme)  # rows of 384 cannot hold 256-weight blocks
         t = t.float()  # 1-D tensors and rows that do not divide into blocks stay F32
     if t.dtype not in TORCH_TO_GGML:
         raise MLMFError(
