@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import threading
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
@@ -115,13 +116,21 @@ class Int8Dynamic:
         self.scale = scale  # kept: a zero scale is packed as 1 (its codes are all 0)
         self.packed = _prepack_int8(codes, torch.where(scale > 0, scale, torch.ones_like(scale)))
         self.reduce_range = not int8_full_range()
-        # the bias folded into ``packed``: which tensor, at which version (in-place edits count)
-        self.bias_stamp: tuple[int, int] | None = None
+        # the bias folded into ``packed``: which tensor (a weak reference: an id can be reused
+        # by a new tensor) at which version (in-place edits count)
+        self.bias_ref: weakref.ref[torch.Tensor] | None = None
+        self.bias_version = 0
+
+    def _bias_is_packed(self, bias: torch.Tensor | None) -> bool:
+        if bias is None or self.bias_ref is None:
+            return bias is None and self.bias_ref is None
+        return self.bias_ref() is bias and self.bias_version == bias._version
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        stamp = None if bias is None else (id(bias), bias._version)
-        if stamp != self.bias_stamp:
-            self.packed, self.bias_stamp = _with_bias(self.packed, bias), stamp
+        if not self._bias_is_packed(bias):
+            self.packed = _with_bias(self.packed, bias)
+            self.bias_ref = None if bias is None else weakref.ref(bias)
+            self.bias_version = 0 if bias is None else bias._version
         x = x.float().contiguous()
         return torch.ops.quantized.linear_dynamic(x, self.packed, self.reduce_range)
 
