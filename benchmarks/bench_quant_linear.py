@@ -9,7 +9,9 @@ The relative output error is against the float32 layer. Weight memory is what th
 holds for its weights, and the resident-memory growth per layer measured by building four
 of them (after ``malloc_trim``, Linux) checks it.
 
-Also measured in the same run: torch's ``_weight_int8pack_mm`` with float32 activations
+``int8-rowwise`` is our own kernel (C with AVX512-VNNI up to 8 rows, ``torch._int_mm``
+beyond, activations quantized per row); ``fbgemm-int8`` wraps torch's dynamic quantized
+linear. Also measured in the same run: torch's ``_weight_int8pack_mm`` with float32 activations
 (the op behind our ``int8pack-bf16`` kernel, which feeds it bfloat16), and our ``dequant``
 kernel (dequantize into a reused buffer, then F.linear), the path any scheme can take.
 """
@@ -76,6 +78,7 @@ def section_linear(quick: bool) -> str:
         return QuantLinear(qt, b, kernel=kernel)
 
     layers = {
+        "int8 · int8-rowwise (ours)": ("int8", quant_layer(q8, "int8-rowwise")),
         "int8 · fbgemm-int8 (ours)": ("int8", quant_layer(q8, "fbgemm-int8")),
         "int8 · int8pack-bf16 (ours)": ("int8", quant_layer(q8, "int8pack-bf16")),
         "int8 · dequant (ours)": ("int8", quant_layer(q8, "dequant")),

@@ -16,7 +16,7 @@ from torch import nn
 import mlmf_lab as ml
 from mlmf_lab import events
 from mlmf_lab.errors import MLMFError, UnsupportedError
-from mlmf_lab.quant import QuantLinear
+from mlmf_lab.quant import QuantLinear, native
 from mlmf_lab.quant.kernels import KERNELS, int4pack_available, q4_0_from_parts, q4_0_parts
 
 
@@ -52,6 +52,7 @@ def net(seed: int = 0) -> Net:
 
 # -- one layer, each kernel ---------------------------------------------------------------------
 CASES = [  # scheme, options, kernel, tolerance against F.linear on the dequantized weight
+    ("int8", {}, "int8-rowwise", 0.02),  # activations quantized per row (8 bits)
     ("int8", {}, "fbgemm-int8", 0.025),  # activations are quantized per call (7-bit range)
     ("int8", {}, "dequant", 1e-5),
     ("int8", {}, "int8pack-bf16", 0.01),  # bfloat16 activations and scales
@@ -70,6 +71,8 @@ def test_quant_linear_matches_the_dequantized_reference(
 ) -> None:
     if kernel == "int4pack" and not int4pack_available():
         pytest.skip("torch's int4 CPU kernel is not available here")
+    if kernel == "int8-rowwise" and not native.int8_vnni():
+        pytest.skip("no AVX512-VNNI int8 kernel here")
     lin = linear(256, 96)
     qt = ml.quant.quantize(lin.weight.detach(), scheme, **options)
     layer = QuantLinear(dataclasses.replace(qt), lin.bias, kernel=kernel)  # held by no one
@@ -84,15 +87,18 @@ def test_quant_linear_matches_the_dequantized_reference(
     assert torch.equal(back.data, qt.data)
     assert qt.params.keys() == back.params.keys()
     assert all(torch.equal(back.params[k], qt.params[k]) for k in qt.params)
-    # what the layer holds: the QTensor's bytes (int8pack-bf16 adds bf16 copies of the scales)
-    extra = 2 * qt.shape[0] if kernel == "int8pack-bf16" else 0
+    # what the layer holds: the QTensor's bytes (int8pack-bf16 adds bf16 copies of the scales,
+    # int8-rowwise int32 row sums)
+    extra = {"int8pack-bf16": 2, "int8-rowwise": 4}.get(kernel, 0) * qt.shape[0]
     assert layer.weight_nbytes == qt.nbytes + extra
 
 
-@pytest.mark.parametrize("kernel", ["fbgemm-int8", "int8pack-bf16", "dequant"])
+@pytest.mark.parametrize("kernel", ["int8-rowwise", "fbgemm-int8", "int8pack-bf16", "dequant"])
 def test_bias_edits_reach_the_kernel(kernel: str) -> None:
     """fbgemm folds the bias into its packed weights: in-place edits, a state-dict load and a
     new bias tensor must all be seen, like any other kernel adding the bias per call."""
+    if kernel == "int8-rowwise" and not native.int8_vnni():
+        pytest.skip("no AVX512-VNNI int8 kernel here")
     lin = linear(128, 64)
     layer = QuantLinear(ml.quant.quantize(lin.weight.detach(), "int8"), lin.bias.clone(),
                         kernel=kernel)

@@ -4,6 +4,9 @@ Each kernel computes ``x @ W.T`` for a 2-D float input from weights it keeps qua
 and can give its weights back as a ``QTensor``. Measured on a 2-core x86 machine
 (``benchmarks/bench_quant.py``), the fastest accurate paths are:
 
+- ``int8-rowwise`` (``kernels_int8.py``, where the CPU has AVX512-VNNI): our own int8
+  kernel, activations quantized per input row; the fastest at batch 1 and as accurate as
+  weight-only int8 on inputs with outliers.
 - ``fbgemm-int8``: torch's x86/fbgemm dynamic quantized linear (activations quantized per
   call to uint8, weights prepacked int8 per channel); several times faster than float32 at
   batch 1 and 32. ``int8pack-bf16`` (``torch._weight_int8pack_mm`` on bfloat16
@@ -30,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UnsupportedError
+from . import kernels_int8
 from .base import QTensor, dequantize
 from .bits import fields, pack_nibbles
 from .intx import INT4_GROUP_SIZES, pack_pairs, unpack_pairs
@@ -322,6 +326,7 @@ def _int4pack_fits(qt: QTensor) -> bool:
 
 
 KERNELS: list[KernelChoice] = [
+    KernelChoice("int8-rowwise", kernels_int8.available, kernels_int8.Int8Rowwise),
     KernelChoice("fbgemm-int8", lambda qt: qt.scheme == "int8" and len(qt.shape) == 2
                  and fbgemm_available(), Int8Dynamic),
     KernelChoice("int8pack-bf16", lambda qt: qt.scheme == "int8" and len(qt.shape) == 2

@@ -1,4 +1,7 @@
-"""Fused C kernels for GGUF dequantization, compiled once per machine with the system's C compiler.
+"""Fused C kernels, compiled once per machine with the system's C compiler.
+
+Two libraries: ``dequant.c`` (GGUF block dequantization) and ``int8.c`` (int8 linear for a
+few input rows, on torch's OpenMP thread team; see ``int8_linear``).
 
 The torch block functions (``blocks_legacy``, ``blocks_k``) are the reference: vectorized
 over blocks, but each op is a separate pass over memory, so dequantizing a block type into
@@ -30,7 +33,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("dequant.c")
+HERE = Path(__file__).parent
+EXTRA_FLAGS = {"dequant": [], "int8": ["-fopenmp"]}  # the sources, and what each also needs
 SCHEMES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-std=c11",
          "-shared", "-fPIC"]
@@ -66,7 +70,11 @@ def compiler() -> str | None:
     return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
 
 
-def _compile(cc: str, flags: list[str], target: Path) -> bool:
+def source_path(source: str) -> Path:
+    return HERE / f"{source}.c"
+
+
+def _compile(cc: str, flags: list[str], source: Path, target: Path) -> bool:
     """Build into a temporary file beside ``target``, then rename it into place (atomic)."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -76,7 +84,7 @@ def _compile(cc: str, flags: list[str], target: Path) -> bool:
         log.warning("mlmf_lab: cannot write native kernels to %s: %s", target.parent, exc)
         return False
     try:
-        done = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp],
+        done = subprocess.run([cc, *flags, str(source), "-o", tmp],
                               capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             log.info("mlmf_lab: %s %s failed: %s", cc, " ".join(flags), done.stderr.strip())
@@ -84,24 +92,24 @@ def _compile(cc: str, flags: list[str], target: Path) -> bool:
         os.replace(tmp, target)
         return True
     except (OSError, subprocess.SubprocessError) as exc:
-        log.info("mlmf_lab: compiling %s failed: %s", SOURCE.name, exc)
+        log.info("mlmf_lab: compiling %s failed: %s", source.name, exc)
         return False
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def library_name(cc: str, flags: list[str], version: str) -> str:
+def library_name(cc: str, flags: list[str], version: str, source: str = "dequant") -> str:
     """The file name of a build: a hash of everything the machine code depends on."""
-    parts = [SOURCE.read_text(), cc, *flags, version, cpu_identity()]
-    return f"dequant-{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:16]}.so"
+    parts = [source_path(source).read_text(), cc, *flags, version, cpu_identity()]
+    return f"{source}-{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:16]}.so"
 
 
 @functools.cache
-def library() -> ctypes.CDLL | None:
-    """The compiled kernels, building them if this machine has none yet; None if impossible."""
+def library(source: str = "dequant") -> ctypes.CDLL | None:
+    """The compiled ``source``.c, building it if this machine has none yet; None if impossible."""
     cc = compiler()
-    if cc is None or not SOURCE.exists():
+    if cc is None or not source_path(source).exists():
         return None
     with _lock:
         try:
@@ -110,17 +118,20 @@ def library() -> ctypes.CDLL | None:
         except (OSError, subprocess.SubprocessError) as exc:
             log.warning("mlmf_lab: %s does not run (%s); using the torch kernels", cc, exc)
             return None
-        for flags in (FLAGS, PORTABLE_FLAGS):
-            target = kernel_dir() / library_name(cc, flags, version)
+        for flags in (FLAGS + EXTRA_FLAGS[source], PORTABLE_FLAGS + EXTRA_FLAGS[source]):
+            target = kernel_dir() / library_name(cc, flags, version, source)
             try:
-                if target.exists() or _compile(cc, flags, target):
+                if target.exists() or _compile(cc, flags, source_path(source), target):
                     lib = ctypes.CDLL(str(target))
                     break
             except OSError as exc:
                 log.info("mlmf_lab: cannot use %s: %s", target, exc)
         else:
-            log.warning("mlmf_lab: no native dequantization kernels; using the torch ones")
+            log.warning("mlmf_lab: no native %s kernels; using the torch ones", source)
             return None
+    if source == "int8":
+        _declare_int8(lib)
+        return lib
     for scheme in SCHEMES:
         fn = getattr(lib, f"mlmf_deq_{scheme}")
         fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
@@ -143,3 +154,98 @@ def dequantizer(scheme: str) -> Dequantizer | None:
         fn(blocks.data_ptr(), out.data_ptr(), blocks.shape[0])
 
     return run
+
+
+# -- int8 linear ---------------------------------------------------------------------------------
+INT8_MAX_IN = 65536  # longest input row whose u8 x s8 sums fit in int32
+
+
+def _declare_int8(lib: ctypes.CDLL) -> None:
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.mlmf_int8_linear.argtypes = [p, i64, i64, p, i64, p, p, p, p, ctypes.c_int]
+    lib.mlmf_int8_linear.restype = ctypes.c_int
+    lib.mlmf_int8_quantize_rows.argtypes = [p, i64, i64, p, p, ctypes.c_int]
+    lib.mlmf_int8_quantize_rows.restype = ctypes.c_int
+    lib.mlmf_int8_rescale.argtypes = [p, i64, i64, p, p, p, p, ctypes.c_int]
+    lib.mlmf_int8_rescale.restype = None
+    lib.mlmf_int8_vnni.argtypes = []
+    lib.mlmf_int8_vnni.restype = ctypes.c_int
+
+
+def openmp_runtimes() -> set[str]:
+    """The OpenMP runtimes mapped into this process (Linux; empty elsewhere)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "/lib" in line}
+    except OSError:
+        return set()
+    return {p for p in paths if os.path.basename(p).startswith(("libgomp", "libiomp", "libomp"))}
+
+
+def int8_vnni() -> bool:
+    """The int8 library is built with AVX512-VNNI and runs on torch's own OpenMP threads.
+
+    A second OpenMP runtime (torch built against another one) would have its own thread
+    team, spinning against torch's on the same cores: then the kernel is not used.
+    """
+    return enabled() and _int8_usable()
+
+
+@functools.cache
+def _int8_usable() -> bool:
+    lib = library("int8")
+    if lib is None or not lib.mlmf_int8_vnni():
+        return False
+    runtimes = openmp_runtimes()
+    if len(runtimes) > 1:
+        log.warning("mlmf_lab: two OpenMP runtimes (%s); not using the int8 kernel",
+                    ", ".join(sorted(runtimes)))
+        return False
+    return True
+
+
+def _int8_library() -> ctypes.CDLL:
+    lib = library("int8")
+    if lib is None:
+        raise RuntimeError("the native int8 kernel is not available")
+    return lib
+
+
+def int8_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
+                rowsum: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """``x @ W.T + bias`` for ``W = codes * scale[:, None]``, activations quantized per row.
+
+    ``x`` (m, k) float32, ``codes`` (n, k) int8, ``scale`` (n,) float32, ``rowsum`` (n,)
+    int32 (``codes.sum(1)``), all contiguous. None when a row holds NaN or infinity (the
+    caller takes a float path).
+    """
+    lib = _int8_library()
+    m, k = x.shape
+    n = codes.shape[0]
+    if k > INT8_MAX_IN or codes.shape[1] != k:
+        raise ValueError(f"int8 kernel: input of {k} features for weights {list(codes.shape)}")
+    y = torch.empty(m, n, dtype=torch.float32)
+    if m == 0:
+        return y
+    status = lib.mlmf_int8_linear(
+        x.data_ptr(), m, k, codes.data_ptr(), n, scale.data_ptr(), rowsum.data_ptr(),
+        None if bias is None else bias.data_ptr(), y.data_ptr(), torch.get_num_threads())
+    if status < 0:
+        raise MemoryError("int8 kernel: out of memory")
+    return y if status == 0 else None
+
+
+def int8_matmul(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
+                bias: torch.Tensor | None) -> torch.Tensor | None:
+    """As ``int8_linear``, for many rows: int8 activations (symmetric, a scale per row) in C,
+    ``torch._int_mm`` (oneDNN's int8 GEMM), then the scales and bias in C, in place."""
+    lib, threads = _int8_library(), torch.get_num_threads()
+    m, k = x.shape
+    n = codes.shape[0]
+    xq, step = torch.empty(m, k, dtype=torch.int8), torch.empty(m, dtype=torch.float32)
+    if lib.mlmf_int8_quantize_rows(x.data_ptr(), m, k, xq.data_ptr(), step.data_ptr(), threads):
+        return None
+    acc = torch._int_mm(xq, codes.t()).contiguous()
+    lib.mlmf_int8_rescale(acc.data_ptr(), m, n, step.data_ptr(), scale.data_ptr(),
+                          None if bias is None else bias.data_ptr(), acc.data_ptr(), threads)
+    return acc.view(torch.float32)

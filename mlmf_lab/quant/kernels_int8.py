@@ -1,0 +1,64 @@
+"""``int8-rowwise``: int8 weights per output channel, activations quantized per input row.
+
+Quantizing each input row with its own scale keeps one outlier token from coarsening the
+others; fbgemm's dynamic linear (``fbgemm-int8``) uses one scale for the whole input, which
+costs BERT-style models (outlier features after LayerNorm) several times the output error.
+
+- up to ``GEMV_ROWS`` rows (decoding token by token): ``native/int8.c``, uint8 activations
+  with a scale and zero point per row, AVX512-VNNI dot products that read the weights once
+  for all rows, spread over torch's own OpenMP threads;
+- more rows: int8 activations (symmetric, a scale per row, in C), ``torch._int_mm``
+  (oneDNN's int8 GEMM), then the row and channel scales and the bias (in C, in place).
+
+Inputs with NaN or infinity take the float path (dequantized weights), so they propagate as
+in float32. The kernel is offered only where the native library has VNNI
+(``native.int8_vnni``); elsewhere ``fbgemm-int8`` is the default.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import native
+from .base import QTensor
+
+GEMV_ROWS = 8  # crossover measured on a 4096x4096 layer, 2 threads (bench_quant_linear.py)
+
+
+def available(qt: QTensor) -> bool:
+    return (qt.scheme == "int8" and len(qt.shape) == 2 and 0 < qt.shape[1] <= native.INT8_MAX_IN
+            and hasattr(torch, "_int_mm") and native.int8_vnni())
+
+
+def _float_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
+                  bias: torch.Tensor | None) -> torch.Tensor:
+    return F.linear(x, codes.float() * scale[:, None], bias)
+
+
+class Int8Rowwise:
+    """int8 codes ``(out, in)``, float32 scales per output channel, as ``quantize`` made them."""
+
+    name = "int8-rowwise"
+
+    def __init__(self, qt: QTensor) -> None:
+        self.shape = qt.shape
+        self.codes = qt.data.contiguous()
+        self.scale = qt.params["scale"].float().contiguous()
+        self.rowsum = self.codes.sum(dim=1, dtype=torch.int32)
+
+    def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        x = x.float().contiguous()
+        b = None if bias is None else bias.detach().float().contiguous()
+        if x.shape[0] <= GEMV_ROWS:
+            y = native.int8_linear(x, self.codes, self.scale, self.rowsum, b)
+        else:
+            y = native.int8_matmul(x, self.codes, self.scale, b)
+        return y if y is not None else _float_linear(x, self.codes, self.scale, b)
+
+    def qtensor(self) -> QTensor:
+        return QTensor("int8", self.shape, self.codes, {"scale": self.scale})
+
+    @property
+    def nbytes(self) -> int:  # codes, float32 scales, int32 row sums
+        return self.codes.numel() + 8 * self.shape[0]

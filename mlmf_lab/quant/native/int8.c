@@ -1,0 +1,158 @@
+/* int8 linear for a few input rows (batch 1-4, token-by-token decoding): y = x @ W.T + b.
+ *
+ * Each input row is quantized to uint8 with its own scale and zero point (asymmetric, so 0
+ * is exact), dotted with the int8 weight rows (per-output-channel scales) in int32, and
+ * scaled back: y[r, j] = s_x[r] * s_w[j] * (sum_i q_x[r, i] * w[j, i] - z_x[r] * sum_i w[j, i]).
+ * The weights are read once for all the input rows, four weight rows at a time; with
+ * AVX512-VNNI one instruction multiplies and adds 64 byte pairs into 16 int32 lanes without
+ * saturation. Output rows are split across threads with OpenMP: loaded into a process that
+ * has imported torch, this library binds to torch's own libgomp (same soname), so it runs on
+ * torch's thread team instead of competing with it.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#if defined(__AVX512VNNI__) && defined(__AVX512F__)
+#include <immintrin.h>
+#define MLMF_VNNI 1
+#else
+#define MLMF_VNNI 0
+#endif
+
+int mlmf_int8_vnni(void) { return MLMF_VNNI; }
+
+static int32_t dot_tail(const uint8_t *x, const int8_t *w, int64_t from, int64_t k) {
+    int32_t s = 0;
+    for (int64_t i = from; i < k; i++) s += (int32_t)x[i] * (int32_t)w[i];
+    return s;
+}
+
+/* acc[r, j] for every input row r < m and weight rows j in [j0, j1) */
+static void dot_rows(const uint8_t *xq, int64_t m, int64_t k, const int8_t *w,
+                     int64_t j0, int64_t j1, int32_t *acc, int64_t n) {
+    int64_t j = j0;
+#if MLMF_VNNI
+    const int64_t kv = k & ~(int64_t)63;
+    for (; j + 4 <= j1; j += 4) {
+        const int8_t *w0 = w + j * k, *w1 = w0 + k, *w2 = w1 + k, *w3 = w2 + k;
+        for (int64_t r = 0; r < m; r++) {
+            const uint8_t *xr = xq + r * k;
+            __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+            for (int64_t i = 0; i < kv; i += 64) {
+                const __m512i x = _mm512_loadu_si512(xr + i);
+                a0 = _mm512_dpbusd_epi32(a0, x, _mm512_loadu_si512(w0 + i));
+                a1 = _mm512_dpbusd_epi32(a1, x, _mm512_loadu_si512(w1 + i));
+                a2 = _mm512_dpbusd_epi32(a2, x, _mm512_loadu_si512(w2 + i));
+                a3 = _mm512_dpbusd_epi32(a3, x, _mm512_loadu_si512(w3 + i));
+            }
+            int32_t *ar = acc + r * n + j;
+            ar[0] = _mm512_reduce_add_epi32(a0) + dot_tail(xr, w0, kv, k);
+            ar[1] = _mm512_reduce_add_epi32(a1) + dot_tail(xr, w1, kv, k);
+            ar[2] = _mm512_reduce_add_epi32(a2) + dot_tail(xr, w2, kv, k);
+            ar[3] = _mm512_reduce_add_epi32(a3) + dot_tail(xr, w3, kv, k);
+        }
+    }
+#endif
+    for (; j < j1; j++)
+        for (int64_t r = 0; r < m; r++) acc[r * n + j] = dot_tail(xq + r * k, w + j * k, 0, k);
+}
+
+/* Quantizes row x (k floats) into q; returns 0, or 1 if it holds NaN or infinity. */
+static int quantize_row(const float *x, int64_t k, uint8_t *q, float *scale, int32_t *zero) {
+    float lo = 0.0f, hi = 0.0f;
+    int finite = 1;
+    for (int64_t i = 0; i < k; i++) {
+        finite &= isfinite(x[i]) != 0;
+        lo = x[i] < lo ? x[i] : lo;
+        hi = x[i] > hi ? x[i] : hi;
+    }
+    if (!finite) return 1;
+    const float s = hi > lo ? (hi - lo) / 255.0f : 1.0f, inv = 1.0f / s;
+    int zp = (int)nearbyintf(-lo * inv);
+    zp = zp < 0 ? 0 : zp > 255 ? 255 : zp;
+    for (int64_t i = 0; i < k; i++) {
+        const int v = (int)nearbyintf(x[i] * inv) + zp;
+        q[i] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+    }
+    *scale = s;
+    *zero = zp;
+    return 0;
+}
+
+/* x (m, k) float32, w (n, k) int8 with float32 scales and int32 row sums, bias (n,) or NULL,
+ * y (m, n) float32. Returns 0; 1 when an input row holds NaN or infinity (the caller takes a
+ * float path); -1 when memory runs out. k must be at most 65536 (int32 sums cannot overflow).
+ */
+int mlmf_int8_linear(const float *x, int64_t m, int64_t k, const int8_t *w, int64_t n,
+                     const float *w_scale, const int32_t *w_rowsum, const float *bias,
+                     float *y, int threads) {
+    enum { GROUP = 64 };  /* weight rows per scheduling unit */
+    uint8_t *xq = malloc((size_t)(m * k));
+    int32_t *acc = malloc(sizeof(int32_t) * (size_t)(m * n));
+    float *sx = malloc(sizeof(float) * (size_t)m);
+    int32_t *zx = malloc(sizeof(int32_t) * (size_t)m);
+    int status = (xq && acc && sx && zx) ? 0 : -1;
+    for (int64_t r = 0; r < m && status == 0; r++)
+        status = quantize_row(x + r * k, k, xq + r * k, sx + r, zx + r);
+    if (status == 0) {
+        const int64_t units = (n + GROUP - 1) / GROUP;
+        if (threads < 1 || units < 2) threads = 1;
+        #pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t u = 0; u < units; u++) {
+            const int64_t j0 = u * GROUP, j1 = j0 + GROUP < n ? j0 + GROUP : n;
+            dot_rows(xq, m, k, w, j0, j1, acc, n);
+        }
+        for (int64_t r = 0; r < m; r++) {
+            const int32_t *ar = acc + r * n;
+            float *yr = y + r * n;
+            for (int64_t j = 0; j < n; j++) {
+                const int64_t dot = (int64_t)ar[j] - (int64_t)zx[r] * w_rowsum[j];
+                const float v = (float)dot * (sx[r] * w_scale[j]);
+                yr[j] = bias ? v + bias[j] : v;
+            }
+        }
+    }
+    free(xq);
+    free(acc);
+    free(sx);
+    free(zx);
+    return status;
+}
+
+/* The two ends of the many-rows path, around an int8 GEMM (torch._int_mm) in between. */
+
+/* x (m, k) float32 -> q (m, k) int8, symmetric with step[r] = max|x[r]| / 127 (1 for a zero
+ * row). Returns 0, or 1 if x holds NaN or infinity. */
+int mlmf_int8_quantize_rows(const float *x, int64_t m, int64_t k, int8_t *q, float *step,
+                            int threads) {
+    int bad = 0;
+    #pragma omp parallel for num_threads(threads) schedule(static) reduction(|:bad) if(m * k >= 65536)
+    for (int64_t r = 0; r < m; r++) {
+        const float *xr = x + r * k;
+        float amax = 0.0f;
+        int finite = 1;
+        for (int64_t i = 0; i < k; i++) {
+            const float a = fabsf(xr[i]);
+            finite &= isfinite(xr[i]) != 0;
+            amax = a > amax ? a : amax;
+        }
+        if (!finite) { bad |= 1; continue; }
+        const float s = amax > 0.0f ? amax / 127.0f : 1.0f, inv = 1.0f / s;
+        for (int64_t i = 0; i < k; i++) q[r * k + i] = (int8_t)nearbyintf(xr[i] * inv);
+        step[r] = s;
+    }
+    return bad;
+}
+
+/* acc (m, n) int32 -> y (m, n) float32 (may be acc's own memory): acc * step[r] * scale[j]
+ * + bias[j]; bias may be NULL. */
+void mlmf_int8_rescale(const int32_t *acc, int64_t m, int64_t n, const float *step,
+                       const float *w_scale, const float *bias, float *y, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static) if(m * n >= 65536)
+    for (int64_t r = 0; r < m; r++) {
+        for (int64_t j = 0; j < n; j++) {
+            const float v = (float)acc[r * n + j] * step[r] * w_scale[j];
+            y[r * n + j] = bias ? v + bias[j] : v;
+        }
+    }
+}

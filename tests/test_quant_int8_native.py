@@ -1,0 +1,148 @@
+"""The ``int8-rowwise`` kernel (native/int8.c + torch._int_mm) against the naive formula."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mlmf_lab as ml
+from mlmf_lab.quant import QuantLinear, kernels_int8, native
+
+
+def cpu_has_vnni() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and "avx512_vnni" in line.split() for line in f)
+    except OSError:
+        return False
+
+
+pytestmark = pytest.mark.skipif(
+    native.compiler() is None or not cpu_has_vnni() or not native.enabled(),
+    reason="needs a C compiler and an AVX512-VNNI CPU")
+
+
+def weights(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    qt = ml.quant.quantize(torch.randn(n, k, generator=g), "int8")
+    codes, scale = qt.data.contiguous(), qt.params["scale"].float().contiguous()
+    return codes, scale, torch.randn(n, generator=g)
+
+
+def naive_asymmetric(x: np.ndarray, codes: np.ndarray, scale: np.ndarray,
+                     bias: np.ndarray) -> np.ndarray:
+    """Few rows: uint8 per row with a zero point, as written in int8.c's header, in numpy."""
+    out = []
+    for row in x:
+        lo, hi = np.float32(min(row.min(), 0)), np.float32(max(row.max(), 0))
+        s = (hi - lo) / np.float32(255) if hi > lo else np.float32(1)
+        inv = np.float32(1) / s
+        zp = int(np.clip(np.rint(-lo * inv), 0, 255))
+        q = np.clip(np.rint(row * inv).astype(np.int64) + zp, 0, 255)
+        dot = codes.astype(np.int64) @ q - zp * codes.astype(np.int64).sum(1)
+        out.append(dot.astype(np.float32) * (s * scale) + bias)
+    return np.stack(out)
+
+
+def naive_symmetric(x: np.ndarray, codes: np.ndarray, scale: np.ndarray,
+                    bias: np.ndarray) -> np.ndarray:
+    """Many rows: int8 per row, step = max|x| / 127."""
+    amax = np.abs(x).max(1)
+    step = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+    q = np.rint(x * (np.float32(1) / step)[:, None]).astype(np.int64)
+    acc = (q @ codes.astype(np.int64).T).astype(np.float32)
+    return acc * step[:, None] * scale + bias
+
+
+@pytest.mark.parametrize(("m", "k", "n"), [(1, 256, 64), (3, 100, 7), (8, 4096, 130),
+                                           (9, 100, 7), (33, 384, 96)])
+def test_matches_the_naive_formula(m: int, k: int, n: int) -> None:
+    codes, scale, bias = weights(n, k)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(1)) * 3
+    y = kernels_int8.Int8Rowwise(ml.quant.QTensor("int8", (n, k), codes, {"scale": scale}))(
+        x, bias)
+    naive = naive_asymmetric if m <= kernels_int8.GEMV_ROWS else naive_symmetric
+    expect = naive(x.numpy(), codes.numpy(), scale.numpy(), bias.numpy())
+    np.testing.assert_allclose(y.numpy(), expect, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("m", [2, 20])
+def test_same_result_on_one_and_two_threads(m: int) -> None:
+    codes, scale, bias = weights(256, 512)
+    x = torch.randn(m, 512)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = native.int8_linear(x, codes, scale, codes.sum(1, dtype=torch.int32), bias)
+        many = native.int8_matmul(x, codes, scale, bias)
+        torch.set_num_threads(2)
+        assert torch.equal(one, native.int8_linear(x, codes, scale,
+                                                   codes.sum(1, dtype=torch.int32), bias))
+        assert torch.equal(many, native.int8_matmul(x, codes, scale, bias))
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("m", [1, 4, 12])
+def test_nan_and_inf_propagate_as_in_float32(m: int) -> None:
+    codes, scale, bias = weights(32, 64)
+    x = torch.randn(m, 64)
+    x[0, 3] = float("nan")
+    x[-1, 5] = float("inf")
+    layer = QuantLinear(ml.quant.QTensor("int8", (32, 64), codes, {"scale": scale}), bias)
+    y, ref = layer(x), F.linear(x, codes.float() * scale[:, None], bias)
+    assert torch.equal(torch.isnan(y), torch.isnan(ref))
+    assert torch.equal(torch.isinf(y), torch.isinf(ref))
+
+
+def test_zero_rows_empty_batches_and_zero_scales() -> None:
+    codes, scale, bias = weights(16, 64)
+    scale[3] = 0.0
+    codes[3] = 0
+    layer = QuantLinear(ml.quant.QTensor("int8", (16, 64), codes, {"scale": scale}), bias)
+    assert torch.equal(layer(torch.zeros(2, 64)), bias.expand(2, 16))
+    assert torch.equal(layer(torch.zeros(20, 64)), bias.expand(20, 16))
+    assert layer(torch.zeros(0, 64)).shape == (0, 16)
+    assert torch.all(layer(torch.randn(3, 64))[:, 3] == bias[3])
+
+
+def test_one_outlier_token_does_not_coarsen_the_others() -> None:
+    """Per-row activation scales: a row 1000x larger than the rest costs them nothing, where
+    one scale for the whole input (fbgemm's dynamic linear) rounds the small rows away."""
+    lin = torch.nn.Linear(256, 64)
+    qt = ml.quant.quantize(lin.weight.detach(), "int8")
+    for m in (4, 24):  # both paths
+        x = torch.randn(m, 256)
+        x[0] *= 1000
+        ref = F.linear(x, qt.dequantize(), lin.bias)
+        for kernel, worst in (("int8-rowwise", 0.02), ("fbgemm-int8", 0.2)):
+            y = QuantLinear(qt, lin.bias, kernel=kernel)(x).detach()
+            errors = ((y - ref).norm(dim=1) / ref.norm(dim=1))[1:]
+            assert (errors.max() < worst) if kernel == "int8-rowwise" else (errors.min() > worst)
+
+
+def test_is_the_default_and_shares_torchs_openmp_runtime() -> None:
+    layer = QuantLinear(ml.quant.quantize(torch.randn(64, 128), "int8"))
+    assert layer.kernel == "int8-rowwise"
+    assert native.int8_vnni()
+    runtimes = native.openmp_runtimes()
+    assert len(runtimes) == 1, runtimes  # ours did not load a second one beside torch's
+    torch_lib = os.path.dirname(torch.__file__)
+    if any(name.startswith("libgomp") for name in os.listdir(os.path.join(torch_lib, "lib"))):
+        assert next(iter(runtimes)).startswith(torch_lib)
+
+
+def test_switched_off_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLMF_NATIVE", "0")
+    layer = QuantLinear(ml.quant.quantize(torch.randn(64, 128), "int8"))
+    assert layer.kernel != "int8-rowwise"
+
+
+def test_the_int8_library_is_built_beside_the_dequant_one() -> None:
+    lib = native.library("int8")
+    assert lib is not None and os.path.basename(lib._name).startswith("int8-")
+    assert os.path.dirname(lib._name) == str(native.kernel_dir())
