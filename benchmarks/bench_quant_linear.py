@@ -11,9 +11,11 @@ of them (after ``malloc_trim``, Linux) checks it.
 
 ``int8-rowwise`` is our own kernel (C with AVX512-VNNI up to 8 rows, ``torch._int_mm``
 beyond, activations quantized per row); ``fbgemm-int8`` wraps torch's dynamic quantized
-linear. Also measured in the same run: torch's ``_weight_int8pack_mm`` with float32 activations
-(the op behind our ``int8pack-bf16`` kernel, which feeds it bfloat16), and our ``dequant``
-kernel (dequantize into a reused buffer, then F.linear), the path any scheme can take.
+linear; ``q4_0-vnni`` is our own q4_0 x q8_0 kernel (llama.cpp's scheme) and ``int4pack``
+torch's fused int4 kernel. Also measured in the same run: torch's ``_weight_int8pack_mm``
+with float32 activations (the op behind our ``int8pack-bf16`` kernel, which feeds it
+bfloat16), and our ``dequant`` kernel (dequantize into a reused buffer, then F.linear), the
+path any scheme can take.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ def section_linear(quick: bool) -> str:
         "int8 · fbgemm-int8 (ours)": ("int8", quant_layer(q8, "fbgemm-int8")),
         "int8 · int8pack-bf16 (ours)": ("int8", quant_layer(q8, "int8pack-bf16")),
         "int8 · dequant (ours)": ("int8", quant_layer(q8, "dequant")),
+        "q4_0 · q4_0-vnni (ours)": ("q4_0", quant_layer(q40, "q4_0-vnni")),
         "q4_0 · int4pack (ours)": ("q4_0", quant_layer(q40, "int4pack")),
         "q4_0 · dequant (ours)": ("q4_0", quant_layer(q40, "dequant")),
     }

@@ -146,3 +146,48 @@ def test_the_int8_library_is_built_beside_the_dequant_one() -> None:
     lib = native.library("int8")
     assert lib is not None and os.path.basename(lib._name).startswith("int8-")
     assert os.path.dirname(lib._name) == str(native.kernel_dir())
+
+
+# -- q4_0 blocks against q8_0 activations ------------------------------------------------------
+def naive_q4_0(x: np.ndarray, blocks: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """llama.cpp's q4_0 x q8_0 dot, block by block, in numpy (float64 sums)."""
+    n, nb = blocks.shape[0], blocks.shape[1] // 18
+    b = blocks.reshape(n, nb, 18)
+    dw = b[..., :2].copy().view(np.float16)[..., 0].astype(np.float64)  # (n, nb)
+    codes = np.concatenate([b[..., 2:] & 15, b[..., 2:] >> 4], axis=-1).astype(np.int64) - 8
+    xb = x.reshape(x.shape[0], nb, 32)
+    d = np.abs(xb).max(-1) / np.float32(127)  # float32, as the kernel
+    inv = np.where(d > 0, np.float32(1) / np.where(d > 0, d, 1), np.float32(0)).astype(np.float32)
+    q = np.rint(xb * inv[..., None]).astype(np.int64)  # (m, nb, 32)
+    dots = np.einsum("mbi,nbi->mnb", q, codes)  # exact integers
+    return (dots * d.astype(np.float64)[:, None, :] * dw[None]).sum(-1) + bias
+
+
+@pytest.mark.parametrize(("m", "k", "n"), [(1, 4096, 64), (3, 96, 7), (5, 192, 33), (16, 384, 48)])
+def test_q4_0_matches_llama_cpps_formula(m: int, k: int, n: int) -> None:
+    g = torch.Generator().manual_seed(2)
+    qt = ml.quant.quantize(torch.randn(n, k, generator=g), "q4_0")
+    x, bias = torch.randn(m, k, generator=g) * 2, torch.randn(n, generator=g)
+    x[0, :32] = 0.0  # an all-zero activation block
+    layer = QuantLinear(qt, bias, kernel="q4_0-vnni")
+    y = layer(x).detach().numpy()
+    expect = naive_q4_0(x.numpy(), qt.data.numpy(), bias.numpy())
+    np.testing.assert_allclose(y, expect, rtol=1e-5, atol=1e-4)
+    assert rel_err(y, F.linear(x, qt.dequantize(), bias).numpy()) < 0.01
+    assert layer.weight_nbytes == qt.nbytes  # 4.5 bits per weight, as in the file
+    assert torch.equal(layer._kernel.qtensor().data, qt.data)  # the blocks, byte for byte
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def test_q4_0_is_the_default_and_propagates_nan() -> None:
+    qt = ml.quant.quantize(torch.randn(16, 64), "q4_0")
+    layer = QuantLinear(qt)
+    assert layer.kernel == "q4_0-vnni"
+    x = torch.randn(2, 64)
+    x[1, 7] = float("nan")
+    y, ref = layer(x), F.linear(x, qt.dequantize())
+    assert torch.equal(torch.isnan(y), torch.isnan(ref))
+    assert layer(torch.zeros(0, 64)).shape == (0, 16)

@@ -59,6 +59,7 @@ CASES = [  # scheme, options, kernel, tolerance against F.linear on the dequanti
     ("int4", {"group_size": 32}, "int4pack", 0.01),  # bfloat16 activations
     ("int4", {"group_size": 128}, "int4pack", 0.01),
     ("int4", {"group_size": 64}, "dequant", 1e-5),
+    ("q4_0", {}, "q4_0-vnni", 0.01),  # activations quantized to q8_0 (int8 per 32)
     ("q4_0", {}, "int4pack", 0.01),  # plus q4_0's fp16 scales read as bfloat16
     ("q4_0", {}, "dequant", 1e-5),
     ("q8_0", {}, "dequant", 1e-5),
@@ -71,7 +72,7 @@ def test_quant_linear_matches_the_dequantized_reference(
 ) -> None:
     if kernel == "int4pack" and not int4pack_available():
         pytest.skip("torch's int4 CPU kernel is not available here")
-    if kernel == "int8-rowwise" and not native.int8_vnni():
+    if kernel in ("int8-rowwise", "q4_0-vnni") and not native.int8_vnni():
         pytest.skip("no AVX512-VNNI int8 kernel here")
     lin = linear(256, 96)
     qt = ml.quant.quantize(lin.weight.detach(), scheme, **options)
@@ -128,7 +129,7 @@ def test_int4pack_layout_round_trips_for_odd_row_counts(rows: int) -> None:
     w = torch.randn(rows, 64)
     for scheme, options in (("q4_0", {}), ("int4", {"group_size": 32})):
         qt = ml.quant.quantize(w, scheme, **options)
-        layer = QuantLinear(dataclasses.replace(qt))  # its weights come from the packed layout
+        layer = QuantLinear(dataclasses.replace(qt), kernel="int4pack")  # from the packed layout
         assert layer.kernel == "int4pack" and layer.qweight is not qt
         assert torch.equal(layer.qweight.data, qt.data)
         x = torch.randn(2, 64)

@@ -1,4 +1,6 @@
-"""``int8-rowwise``: int8 weights per output channel, activations quantized per input row.
+"""Our own integer kernels (``native/int8.c``, AVX512-VNNI): ``int8-rowwise`` and ``q4_0-vnni``.
+
+``int8-rowwise``: int8 weights per output channel, activations quantized per input row.
 
 Quantizing each input row with its own scale keeps one outlier token from coarsening the
 others; fbgemm's dynamic linear (``fbgemm-int8``) uses one scale for the whole input, which
@@ -10,9 +12,12 @@ costs BERT-style models (outlier features after LayerNorm) several times the out
 - more rows: int8 activations (symmetric, a scale per row, in C), ``torch._int_mm``
   (oneDNN's int8 GEMM), then the row and channel scales and the bias (in C, in place).
 
+``q4_0-vnni``: q4_0 weights as stored in GGUF (4.5 bits per weight), activations quantized
+to q8_0 (int8 per block of 32) per call, llama.cpp's scheme, for any number of rows.
+
 Inputs with NaN or infinity take the float path (dequantized weights), so they propagate as
-in float32. The kernel is offered only where the native library has VNNI
-(``native.int8_vnni``); elsewhere ``fbgemm-int8`` is the default.
+in float32. These kernels are offered only where the native library has VNNI
+(``native.int8_vnni``); elsewhere ``fbgemm-int8`` and ``int4pack`` are the defaults.
 """
 
 from __future__ import annotations
@@ -62,3 +67,39 @@ class Int8Rowwise:
     @property
     def nbytes(self) -> int:  # codes, float32 scales, int32 row sums
         return self.codes.numel() + 8 * self.shape[0]
+
+
+def q4_0_available(qt: QTensor) -> bool:
+    return (qt.scheme == "q4_0" and len(qt.shape) == 2 and qt.shape[1] % 32 == 0
+            and native.int8_vnni())
+
+
+class Q4_0Vnni:
+    """q4_0 weights as GGUF's blocks split in two: codes ``(out, in / 2)`` and float16 scales
+    ``(out, in / 32)``, 4.5 bits per weight as in the file; activations quantized to q8_0 per
+    call (int8 per block of 32, llama.cpp's scheme for q4_0 dot products)."""
+
+    name = "q4_0-vnni"
+
+    def __init__(self, qt: QTensor) -> None:
+        self.shape = qt.shape
+        rows, nb = qt.shape[0], qt.shape[1] // 32
+        blocks = qt.data.reshape(rows, nb, 18)
+        self.scales = blocks[..., :2].contiguous().view(torch.float16).view(rows, nb)
+        self.codes = blocks[..., 2:].reshape(rows, nb * 16).contiguous()
+
+    def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        x = x.float().contiguous()
+        b = None if bias is None else bias.detach().float().contiguous()
+        y = native.q4_0_linear(x, self.codes, self.scales, b)
+        return y if y is not None else F.linear(x, self.qtensor().dequantize(), b)
+
+    def qtensor(self) -> QTensor:
+        rows, nb = self.scales.shape
+        blocks = torch.cat([self.scales.view(torch.uint8).view(rows, nb, 2),
+                            self.codes.view(rows, nb, 16)], dim=-1)
+        return QTensor("q4_0", self.shape, blocks.reshape(rows, nb * 18))
+
+    @property
+    def nbytes(self) -> int:
+        return self.codes.numel() + 2 * self.scales.numel()

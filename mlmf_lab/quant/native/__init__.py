@@ -168,6 +168,8 @@ def _declare_int8(lib: ctypes.CDLL) -> None:
     lib.mlmf_int8_quantize_rows.restype = ctypes.c_int
     lib.mlmf_int8_rescale.argtypes = [p, i64, i64, p, p, p, p, ctypes.c_int]
     lib.mlmf_int8_rescale.restype = None
+    lib.mlmf_q4_0_linear.argtypes = [p, i64, i64, p, p, i64, p, p, ctypes.c_int]
+    lib.mlmf_q4_0_linear.restype = ctypes.c_int
     lib.mlmf_int8_vnni.argtypes = []
     lib.mlmf_int8_vnni.restype = ctypes.c_int
 
@@ -249,3 +251,25 @@ def int8_matmul(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
     lib.mlmf_int8_rescale(acc.data_ptr(), m, n, step.data_ptr(), scale.data_ptr(),
                           None if bias is None else bias.data_ptr(), acc.data_ptr(), threads)
     return acc.view(torch.float32)
+
+
+def q4_0_linear(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor,
+                bias: torch.Tensor | None) -> torch.Tensor | None:
+    """``x @ W.T + bias`` for q4_0 weights split into ``codes`` (n, k / 2) uint8 (each block's
+    16 code bytes, in order) and ``scales`` (n, k / 32) float16; activations quantized to
+    q8_0 (int8 per block of 32), as llama.cpp does. None when a row holds NaN or infinity."""
+    lib = _int8_library()
+    m, k = x.shape
+    n = codes.shape[0]
+    if k % 32 or codes.shape[1] * 2 != k or scales.shape != (n, k // 32):
+        raise ValueError(f"q4_0 kernel: input of {k} features for codes {list(codes.shape)}")
+    y = torch.empty(m, n, dtype=torch.float32)
+    if m == 0:
+        return y
+    status = lib.mlmf_q4_0_linear(x.data_ptr(), m, k, codes.data_ptr(), scales.data_ptr(), n,
+                                  None if bias is None else bias.data_ptr(), y.data_ptr(),
+                                  torch.get_num_threads())
+    if status < 0:
+        raise MemoryError("q4_0 kernel: out of memory") if status == -1 else RuntimeError(
+            "q4_0 kernel: built without AVX512-VNNI")
+    return y if status == 0 else None
