@@ -90,8 +90,10 @@ for label, rep in reports.items():
           f"linears {summaries[label].ratio:.1f}x smaller")
 
 # %% [markdown]
-# What `quantize_model` did for `q4_0` (the kernel column: `int4pack` is torch's fused
-# int4 CPU kernel, which reads the 4-bit codes directly):
+# What `quantize_model` did for `q4_0`. The kernel column: `q4_0-vnni` is our own kernel,
+# which keeps GGUF's blocks and multiplies them with activations quantized to 8 bits per
+# block of 32, as llama.cpp does (`int4pack`, torch's fused int4 kernel, where the CPU lacks
+# AVX512-VNNI):
 
 # %%
 summaries["q4_0"]
