@@ -9,7 +9,7 @@ The relative output error is against the float32 layer. Weight memory is what th
 holds for its weights, and the resident-memory growth per layer measured by building four
 of them (after ``malloc_trim``, Linux) checks it.
 
-``int8-rowwise`` is our own kernel (C with AVX512-VNNI up to 6 rows, ``torch._int_mm``
+``int8-rowwise`` is our own kernel (C with AVX512-VNNI up to 4 rows, ``torch._int_mm``
 beyond, activations quantized per row); ``fbgemm-int8`` wraps torch's dynamic quantized
 linear; ``q4_0-vnni`` is our own q4_0 x q8_0 kernel (llama.cpp's scheme) and ``int4pack``
 torch's fused int4 kernel. Also measured in the same run: torch's ``_weight_int8pack_mm``

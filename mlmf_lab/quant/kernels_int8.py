@@ -6,7 +6,7 @@ Quantizing each input row with its own scale keeps one outlier token from coarse
 others; fbgemm's dynamic linear (``fbgemm-int8``) uses one scale for the whole input, which
 costs BERT-style models (outlier features after LayerNorm) several times the output error.
 
-- up to ``GEMV_ROWS`` (6) rows (decoding token by token): ``native/int8.c``, uint8 activations
+- up to ``GEMV_ROWS`` (4) rows (decoding token by token): ``native/int8.c``, uint8 activations
   with a scale and zero point per row, AVX512-VNNI dot products that read the weights once
   for all rows, spread over torch's own OpenMP threads;
 - more rows: int8 activations (symmetric, a scale per row, in C), ``torch._int_mm``
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from . import native
 from .base import QTensor
 
-GEMV_ROWS = 6  # both paths timed on a 4096x4096 layer, 2 threads: the C one wins up to 6
+GEMV_ROWS = 4  # both paths timed on a 4096x4096 layer, 2 threads: C wins up to 4, ties at 6
 
 
 def available(qt: QTensor) -> bool:

@@ -3,7 +3,7 @@
  * Each input row is quantized to uint8 with its own scale and zero point (asymmetric, so 0
  * is exact), dotted with the int8 weight rows (per-output-channel scales) in int32, and
  * scaled back: y[r, j] = s_x[r] * s_w[j] * (sum_i q_x[r, i] * w[j, i] - z_x[r] * sum_i w[j, i]).
- * The weights are read once for all the input rows, eight weight rows at a time; with
+ * The weights are read once for all the input rows, row after row; with
  * AVX512-VNNI one instruction multiplies and adds 64 byte pairs into 16 int32 lanes without
  * saturation. Output rows are split across threads with OpenMP: loaded into a process that
  * has imported torch, this library binds to torch's own libgomp (same soname), so it runs on
@@ -27,35 +27,38 @@ static int32_t dot_tail(const uint8_t *x, const int8_t *w, int64_t from, int64_t
     return s;
 }
 
+/* One weight row against one input row. Rows are walked one after another, so the weights
+ * are a single sequential stream; asking for them 2 KiB ahead (a prefetch past the end never
+ * faults) measured about 15% faster than 8 rows side by side, 8 streams. */
+static int32_t dot_row(const uint8_t *x, const int8_t *w, int64_t k) {
+    int64_t i = 0;
+#if MLMF_VNNI
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    for (; i + 256 <= k; i += 256) {
+        for (int line = 0; line < 256; line += 64)
+            _mm_prefetch((const char *)(w + i + 2048 + line), _MM_HINT_T0);
+        a0 = _mm512_dpbusd_epi32(a0, _mm512_loadu_si512(x + i), _mm512_loadu_si512(w + i));
+        a1 = _mm512_dpbusd_epi32(a1, _mm512_loadu_si512(x + i + 64),
+                                 _mm512_loadu_si512(w + i + 64));
+        a2 = _mm512_dpbusd_epi32(a2, _mm512_loadu_si512(x + i + 128),
+                                 _mm512_loadu_si512(w + i + 128));
+        a3 = _mm512_dpbusd_epi32(a3, _mm512_loadu_si512(x + i + 192),
+                                 _mm512_loadu_si512(w + i + 192));
+    }
+    for (; i + 64 <= k; i += 64)
+        a0 = _mm512_dpbusd_epi32(a0, _mm512_loadu_si512(x + i), _mm512_loadu_si512(w + i));
+    const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3));
+    return _mm512_reduce_add_epi32(sum) + dot_tail(x, w, i, k);
+#else
+    return dot_tail(x, w, i, k);
+#endif
+}
+
 /* acc[r, j] for every input row r < m and weight rows j in [j0, j1) */
 static void dot_rows(const uint8_t *xq, int64_t m, int64_t k, const int8_t *w,
                      int64_t j0, int64_t j1, int32_t *acc, int64_t n) {
-    int64_t j = j0;
-#if MLMF_VNNI
-    const int64_t kv = k & ~(int64_t)63;
-    for (; j + 8 <= j1; j += 8) {  /* 8 weight rows at a time: 8 streams from memory */
-        const int8_t *w0 = w + j * k;
-        for (int64_t r = 0; r < m; r++) {
-            const uint8_t *xr = xq + r * k;
-            __m512i a[8];
-            for (int t = 0; t < 8; t++) a[t] = _mm512_setzero_si512();
-            for (int64_t i = 0; i < kv; i += 64) {
-                const __m512i x = _mm512_loadu_si512(xr + i);
-                for (int t = 0; t < 8; t++) {
-                    /* streams run faster with the weights asked for 1 KiB ahead (a prefetch
-                     * past the end is harmless: it never faults) */
-                    _mm_prefetch((const char *)(w0 + t * k + i + 1024), _MM_HINT_T0);
-                    a[t] = _mm512_dpbusd_epi32(a[t], x, _mm512_loadu_si512(w0 + t * k + i));
-                }
-            }
-            int32_t *ar = acc + r * n + j;
-            for (int t = 0; t < 8; t++)
-                ar[t] = _mm512_reduce_add_epi32(a[t]) + dot_tail(xr, w0 + t * k, kv, k);
-        }
-    }
-#endif
-    for (; j < j1; j++)
-        for (int64_t r = 0; r < m; r++) acc[r * n + j] = dot_tail(xq + r * k, w + j * k, 0, k);
+    for (int64_t j = j0; j < j1; j++)
+        for (int64_t r = 0; r < m; r++) acc[r * n + j] = dot_row(xq + r * k, w + j * k, k);
 }
 
 /* Quantizes row x (k floats) into q; returns 0, or 1 if it holds NaN or infinity. */
