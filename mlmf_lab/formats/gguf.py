@@ -205,8 +205,9 @@ def write_gguf(
     arch = next((e.value for e in entries if e.key == "general.architecture"), "unknown")
     planned = {
         name: _plan(name, t, quant, path)
-        for name, t in tqdm(
-            kept.items(), desc="quantizing", disable=quant is None or len(kept) < 8, leave=False
+        for name, t in tqdm(  # shown unless TQDM_DISABLE is set (disable= would override it)
+            kept.items(), desc="quantizing", leave=False,
+            **({"disable": True} if quant is None or len(kept) < 8 else {}),
         )
     }
     with atomic.replacing(path) as tmp:

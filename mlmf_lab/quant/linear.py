@@ -234,7 +234,8 @@ def quantize_model(
         targets = [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]
         changes, skipped = [], []
         small = sum(m.weight.numel() for _, m in targets) < PROGRESS_MIN_WEIGHTS
-        for name, layer in tqdm(targets, desc=f"quantize {scheme}", leave=False, disable=small):
+        hide = {"disable": True} if small else {}  # else TQDM_DISABLE decides
+        for name, layer in tqdm(targets, desc=f"quantize {scheme}", leave=False, **hide):
             if _skipped(name, patterns):
                 skipped.append(name)
                 continue
