@@ -326,3 +326,12 @@ def test_dequant_kernel_gradients_do_not_share_the_scratch_buffer() -> None:
     wa, wb = qa.qweight.dequantize(), qb.qweight.dequantize()
     expected = (torch.ones(4, 32) @ wb) @ wa  # d/dx of sum(x @ wa.T @ wb.T)
     assert x.grad is not None and torch.allclose(x.grad, expected, atol=1e-5)
+
+
+def test_kernels_for_lists_what_fits_the_default_first() -> None:
+    for scheme in ("int8", "q4_0", "q8_0", "int4"):
+        qt = ml.quant.quantize(torch.randn(32, 256), scheme)
+        names = ml.quant.kernels_for(qt)
+        assert names[0] == QuantLinear(qt).kernel and names[-1] == "dequant"
+        for name in names:  # each can run it
+            assert QuantLinear(qt, kernel=name).kernel == name

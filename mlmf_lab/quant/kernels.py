@@ -340,6 +340,11 @@ KERNELS: list[KernelChoice] = [
 ]
 
 
+def kernels_for(qt: QTensor) -> list[str]:
+    """The kernels that can run ``qt`` on this machine, the default first."""
+    return [k.name for k in KERNELS if k.matches(qt)]
+
+
 def build_kernel(qt: QTensor, kernel: str | None = None) -> LinearKernel:
     """The first kernel that fits ``qt`` (or the one named ``kernel``, if it fits).
 
@@ -354,4 +359,4 @@ def build_kernel(qt: QTensor, kernel: str | None = None) -> LinearKernel:
             return choice.build(qt)
     raise UnsupportedError(
         f"kernel {kernel!r} cannot run {qt.scheme} weights of shape {list(qt.shape)} here; "
-        f"kernels that can: {', '.join(k.name for k in KERNELS if k.matches(qt))}")
+        f"kernels that can: {', '.join(kernels_for(qt))}")
