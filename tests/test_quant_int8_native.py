@@ -39,7 +39,7 @@ def naive_asymmetric(x: np.ndarray, codes: np.ndarray, scale: np.ndarray,
     out = []
     for row in x:
         lo, hi = np.float32(min(row.min(), 0)), np.float32(max(row.max(), 0))
-        s = (hi - lo) / np.float32(255) if hi > lo else np.float32(1)
+        s = hi / np.float32(255) - lo / np.float32(255) if hi > lo else np.float32(1)
         inv = np.float32(1) / s
         zp = int(np.clip(np.rint(-lo * inv), 0, 255))
         q = np.clip(np.rint(row * inv).astype(np.int64) + zp, 0, 255)
@@ -55,19 +55,46 @@ def naive_symmetric(x: np.ndarray, codes: np.ndarray, scale: np.ndarray,
     step = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
     q = np.rint(x * (np.float32(1) / step)[:, None]).astype(np.int64)
     acc = (q @ codes.astype(np.int64).T).astype(np.float32)
-    return acc * step[:, None] * scale + bias
+    return acc * (step[:, None] * scale) + bias
 
 
 @pytest.mark.parametrize(("m", "k", "n"), [(1, 256, 64), (3, 100, 7), (8, 4096, 130),
-                                           (9, 100, 7), (33, 384, 96)])
+                                           (9, 100, 7), (33, 384, 96), (9, 1, 5), (4, 1, 3)])
 def test_matches_the_naive_formula(m: int, k: int, n: int) -> None:
     codes, scale, bias = weights(n, k)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(1)) * 3
     y = kernels_int8.Int8Rowwise(ml.quant.QTensor("int8", (n, k), codes, {"scale": scale}))(
         x, bias)
-    naive = naive_asymmetric if m <= kernels_int8.GEMV_ROWS else naive_symmetric
+    gemv = m <= kernels_int8.GEMV_ROWS or k < kernels_int8.MATMUL_MIN_IN
+    naive = naive_asymmetric if gemv else naive_symmetric
     expect = naive(x.numpy(), codes.numpy(), scale.numpy(), bias.numpy())
     np.testing.assert_allclose(y.numpy(), expect, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("m", [1, 3, 9])
+def test_extreme_but_finite_inputs_stay_close_to_float32(m: int) -> None:
+    """Rows near FLT_MAX (their range overflows float32) or so small that the step is
+    subnormal: the kernels give what float32 gives, not inf, NaN or zeros."""
+    for scheme in ("int8", "q4_0"):
+        qt = ml.quant.quantize(torch.randn(16, 64), scheme)
+        layer = QuantLinear(qt)
+        assert layer.kernel in ("int8-rowwise", "q4_0-vnni")
+        for big in (2e36, 1e-38):
+            x = torch.randn(m, 64, generator=torch.Generator().manual_seed(3)) * big
+            x[0, 0], x[0, 1] = 3 * big, -3 * big
+            y, ref = layer(x).double(), F.linear(x.double(), qt.dequantize().double())
+            assert torch.isfinite(y).all()
+            assert float((y - ref).norm() / ref.norm()) < 0.03
+
+
+@pytest.mark.parametrize(("scheme", "m"), [("int8", 2), ("int8", 20), ("q4_0", 3)])
+def test_a_bias_of_the_wrong_size_is_refused(scheme: str, m: int) -> None:
+    layer = QuantLinear(ml.quant.quantize(torch.randn(64, 128), scheme), torch.zeros(64))
+    layer.bias = torch.nn.Parameter(torch.ones(1), requires_grad=False)
+    with pytest.raises(ValueError, match="bias must be 64 contiguous float32 values"):
+        layer(torch.randn(m, 128))
+    with pytest.raises(ml.errors.MLMFError, match=r"bias must have shape \[64\], found \[1\]"):
+        QuantLinear(ml.quant.quantize(torch.randn(64, 128), scheme), torch.ones(1))
 
 
 @pytest.mark.parametrize("m", [2, 20])
@@ -83,6 +110,11 @@ def test_same_result_on_one_and_two_threads(m: int) -> None:
         assert torch.equal(one, native.int8_linear(x, codes, scale,
                                                    codes.sum(1, dtype=torch.int32), bias))
         assert torch.equal(many, native.int8_matmul(x, codes, scale, bias))
+        q4 = QuantLinear(ml.quant.quantize(codes.float(), "q4_0"), bias)
+        torch.set_num_threads(1)
+        one_q4 = q4(x)
+        torch.set_num_threads(2)
+        assert torch.equal(one_q4, q4(x))
     finally:
         torch.set_num_threads(before)
 
@@ -140,6 +172,7 @@ def test_switched_off_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLMF_NATIVE", "0")
     layer = QuantLinear(ml.quant.quantize(torch.randn(64, 128), "int8"))
     assert layer.kernel != "int8-rowwise"
+    assert QuantLinear(ml.quant.quantize(torch.randn(64, 128), "q4_0")).kernel != "q4_0-vnni"
 
 
 def test_the_int8_library_is_built_beside_the_dequant_one() -> None:

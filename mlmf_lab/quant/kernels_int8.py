@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from . import native
 from .base import QTensor
 
+MATMUL_MIN_IN = 16  # narrower layers always take the C path
 GEMV_ROWS = 4  # both paths timed on a 4096x4096 layer, 2 threads: C wins up to 4, ties at 6
 
 
@@ -55,7 +56,8 @@ class Int8Rowwise:
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         x = x.float().contiguous()
         b = None if bias is None else bias.detach().float().contiguous()
-        if x.shape[0] <= GEMV_ROWS:
+        # torch._int_mm gives garbage for a single input feature (torch 2.13, CPU)
+        if x.shape[0] <= GEMV_ROWS or self.shape[1] < MATMUL_MIN_IN:
             y = native.int8_linear(x, self.codes, self.scale, self.rowsum, b)
         else:
             y = native.int8_matmul(x, self.codes, self.scale, b)

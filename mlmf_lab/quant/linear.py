@@ -48,6 +48,9 @@ class QuantLinear(nn.Module):
         if len(qweight.shape) != 2:
             raise MLMFError(f"QuantLinear expects 2-D weights, found shape {list(qweight.shape)}")
         self.out_features, self.in_features = qweight.shape
+        if bias is not None and tuple(bias.shape) != (self.out_features,):
+            raise MLMFError(f"QuantLinear bias must have shape [{self.out_features}], "
+                            f"found {list(bias.shape)}")
         self.kernel_name = kernel
         self._kernel: LinearKernel = build_kernel(qweight, kernel)
         # the QTensor it was built from, while someone else holds it (a file's state dict):

@@ -206,6 +206,16 @@ def _int8_usable() -> bool:
     return True
 
 
+def _bias_ptr(bias: torch.Tensor | None, n: int, kernel: str) -> int | None:
+    """The bias's address, once it is known to hold ``n`` float32 values (C reads n of them)."""
+    if bias is None:
+        return None
+    if bias.dtype != torch.float32 or bias.numel() != n or not bias.is_contiguous():
+        raise ValueError(f"{kernel} kernel: bias must be {n} contiguous float32 values, "
+                         f"found {list(bias.shape)} {bias.dtype}")
+    return bias.data_ptr()
+
+
 def _int8_library() -> ctypes.CDLL:
     lib = library("int8")
     if lib is None:
@@ -231,7 +241,7 @@ def int8_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
         return y
     status = lib.mlmf_int8_linear(
         x.data_ptr(), m, k, codes.data_ptr(), n, scale.data_ptr(), rowsum.data_ptr(),
-        None if bias is None else bias.data_ptr(), y.data_ptr(), torch.get_num_threads())
+        _bias_ptr(bias, n, "int8"), y.data_ptr(), torch.get_num_threads())
     if status < 0:
         raise MemoryError("int8 kernel: out of memory")
     return y if status == 0 else None
@@ -244,12 +254,13 @@ def int8_matmul(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
     lib, threads = _int8_library(), torch.get_num_threads()
     m, k = x.shape
     n = codes.shape[0]
+    bias_ptr = _bias_ptr(bias, n, "int8")
     xq, step = torch.empty(m, k, dtype=torch.int8), torch.empty(m, dtype=torch.float32)
     if lib.mlmf_int8_quantize_rows(x.data_ptr(), m, k, xq.data_ptr(), step.data_ptr(), threads):
         return None
     acc = torch._int_mm(xq, codes.t()).contiguous()
-    lib.mlmf_int8_rescale(acc.data_ptr(), m, n, step.data_ptr(), scale.data_ptr(),
-                          None if bias is None else bias.data_ptr(), acc.data_ptr(), threads)
+    lib.mlmf_int8_rescale(acc.data_ptr(), m, n, step.data_ptr(), scale.data_ptr(), bias_ptr,
+                          acc.data_ptr(), threads)
     return acc.view(torch.float32)
 
 
@@ -267,7 +278,7 @@ def q4_0_linear(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor,
     if m == 0:
         return y
     status = lib.mlmf_q4_0_linear(x.data_ptr(), m, k, codes.data_ptr(), scales.data_ptr(), n,
-                                  None if bias is None else bias.data_ptr(), y.data_ptr(),
+                                  _bias_ptr(bias, n, "q4_0"), y.data_ptr(),
                                   torch.get_num_threads())
     if status < 0:
         raise MemoryError("q4_0 kernel: out of memory") if status == -1 else RuntimeError(

@@ -61,7 +61,8 @@ static void dot_rows(const uint8_t *xq, int64_t m, int64_t k, const int8_t *w,
         for (int64_t r = 0; r < m; r++) acc[r * n + j] = dot_row(xq + r * k, w + j * k, k);
 }
 
-/* Quantizes row x (k floats) into q; returns 0, or 1 if it holds NaN or infinity. */
+/* Quantizes row x (k floats) into q; returns 0, or 1 if it holds NaN or infinity or its
+ * range is too small for a finite inverse step (the caller takes the float path). */
 static int quantize_row(const float *x, int64_t k, uint8_t *q, float *scale, int32_t *zero) {
     float lo = 0.0f, hi = 0.0f;
     int finite = 1;
@@ -70,8 +71,9 @@ static int quantize_row(const float *x, int64_t k, uint8_t *q, float *scale, int
         lo = x[i] < lo ? x[i] : lo;
         hi = x[i] > hi ? x[i] : hi;
     }
-    if (!finite) return 1;
-    const float s = hi > lo ? (hi - lo) / 255.0f : 1.0f, inv = 1.0f / s;
+    /* hi / 255 - lo / 255: hi - lo can overflow for finite inputs near FLT_MAX */
+    const float s = hi > lo ? hi / 255.0f - lo / 255.0f : 1.0f, inv = 1.0f / s;
+    if (!finite || !isfinite(inv)) return 1;  /* NaN/inf, or a subnormal step */
     int zp = (int)nearbyintf(-lo * inv);
     zp = zp < 0 ? 0 : zp > 255 ? 255 : zp;
     for (int64_t i = 0; i < k; i++) {
@@ -126,7 +128,7 @@ int mlmf_int8_linear(const float *x, int64_t m, int64_t k, const int8_t *w, int6
 /* The two ends of the many-rows path, around an int8 GEMM (torch._int_mm) in between. */
 
 /* x (m, k) float32 -> q (m, k) int8, symmetric with step[r] = max|x[r]| / 127 (1 for a zero
- * row). Returns 0, or 1 if x holds NaN or infinity. */
+ * row). Returns 0, or 1 if x holds NaN or infinity or a row's step is subnormal. */
 int mlmf_int8_quantize_rows(const float *x, int64_t m, int64_t k, int8_t *q, float *step,
                             int threads) {
     int bad = 0;
@@ -142,6 +144,7 @@ int mlmf_int8_quantize_rows(const float *x, int64_t m, int64_t k, int8_t *q, flo
         }
         if (!finite) { bad |= 1; continue; }
         const float s = amax > 0.0f ? amax / 127.0f : 1.0f, inv = 1.0f / s;
+        if (!isfinite(inv)) { bad |= 1; continue; }  /* a subnormal step */
         for (int64_t i = 0; i < k; i++) q[r * k + i] = (int8_t)nearbyintf(xr[i] * inv);
         step[r] = s;
     }
@@ -155,7 +158,7 @@ void mlmf_int8_rescale(const int32_t *acc, int64_t m, int64_t n, const float *st
     #pragma omp parallel for num_threads(threads) schedule(static) if(m * n >= 65536)
     for (int64_t r = 0; r < m; r++) {
         for (int64_t j = 0; j < n; j++) {
-            const float v = (float)acc[r * n + j] * step[r] * w_scale[j];
+            const float v = (float)acc[r * n + j] * (step[r] * w_scale[j]);
             y[r * n + j] = bias ? v + bias[j] : v;
         }
     }
@@ -219,6 +222,7 @@ static int q8_quantize_row(const float *x, int64_t k, int8_t *q, float *xd, __m5
         float amax = 0.0f;
         for (int i = 0; i < 32; i++) amax = fabsf(xb[i]) > amax ? fabsf(xb[i]) : amax;
         const float d = amax / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
+        if (!isfinite(inv)) return 1;  /* a subnormal step: the caller takes the float path */
         /* inside a group of 4 blocks, value i of block b goes to the low half (i < 16) or
          * the high half (64 bytes on), at 16 * (b % 4) + i % 16; later blocks stay in order */
         int8_t *dst = q + b * 32;
