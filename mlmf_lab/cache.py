@@ -186,13 +186,13 @@ class ModelCache:
                 entry = None
         if entry is None:
             counts["misses"] += 1
-            self._events.append((now - self._t0, "miss", label, 0, self._held, ""))
+            self._log("miss", label, 0, now=now)
             return None
         self._entries.move_to_end(ident)
         entry.hits += 1
         counts["hits"] += 1
         self._saved_seconds += entry.load_seconds
-        self._events.append((now - self._t0, "hit", label, entry.nbytes, self._held, ""))
+        self._log("hit", label, entry.nbytes, now=now)
         return entry
 
     # -- storing ------------------------------------------------------------------------
@@ -230,8 +230,8 @@ class ModelCache:
             why = does_not_fit(label, size, self.max_bytes, self._pinned_bytes)
             raise CacheError(why + "; raise max_bytes, or pass uncached_ok=True to get the "
                              "value without caching it")
-        while self._held + size.total > self.max_bytes:
-            self._drop(self._lru_unpinned(), "budget")
+        while self._held + size.total > self.max_bytes and (lru := self._lru_unpinned()):
+            self._drop(lru, "budget")
         self._entries[ident] = Entry(label, value, size, stamp, self._clock(), seconds)
         self._held += size.total
         assert self._held <= self.max_bytes, "budget invariant"
@@ -240,8 +240,8 @@ class ModelCache:
             self._relieve_pressure()
         return True
 
-    def _lru_unpinned(self) -> Ident:
-        return next(k for k, e in self._entries.items() if not e.pinned)
+    def _lru_unpinned(self) -> Ident | None:
+        return next((k for k, e in self._entries.items() if not e.pinned), None)
 
     def _drop(self, ident: Ident, reason: str) -> None:
         entry = self._entries.pop(ident)
@@ -285,8 +285,7 @@ class ModelCache:
         self._next_pressure_check = self._clock() + self.PRESSURE_INTERVAL
         evicted = 0
         while self._available() < self.min_available_memory:
-            ident = next((k for k, e in self._entries.items() if not e.pinned), None)
-            if ident is None:
+            if (ident := self._lru_unpinned()) is None:
                 break
             self._drop(ident, "memory")
             evicted += 1
