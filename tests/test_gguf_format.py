@@ -230,6 +230,10 @@ def test_write_errors(tmp_path: Path) -> None:
     path = tmp_path / "x.gguf"
     with pytest.raises(UnsupportedError, match=r"quant='int8'; GGUF schemes: f32, f16, bf16, q8_0"):
         ml.save_state_dict({"w": torch.randn(4, 32)}, path, quant="int8")
+    with pytest.raises(UnsupportedError, match="int4 is an in-memory scheme, q4_1 is GGUF's"):
+        ml.save_state_dict({"w": torch.randn(4, 32)}, path, quant="int4")
+    with pytest.raises(MLMFError, match=r"quant='int8'\); write a .gguf file with a GGUF scheme"):
+        ml.save_state_dict({"w": torch.randn(4, 32)}, tmp_path / "x.safetensors", quant="int8")
     with pytest.raises(MLMFError, match="max_shard_size applies to folder targets"):
         ml.save_state_dict({"w": torch.randn(4, 32)}, path, max_shard_size="1MB")
     with pytest.raises(MLMFError, match="dtype torch.bool, which GGUF cannot store; supported"):

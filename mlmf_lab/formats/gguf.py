@@ -197,9 +197,11 @@ def write_gguf(
     if quant is not None:
         writable = quantizable()
         if str(quant).lower() not in writable:
+            nearest = {"int8": "; int8 is an in-memory scheme, q8_0 is GGUF's nearest",
+                       "int4": "; int4 is an in-memory scheme, q4_1 is GGUF's nearest"}
             raise UnsupportedError(
-                f"GGUF cannot store quant={quant!r}; GGUF schemes: {', '.join(writable)}", path
-            )
+                f"GGUF cannot store quant={quant!r}; GGUF schemes: {', '.join(writable)}"
+                + nearest.get(str(quant).lower(), ""), path)
     kept, aliases = dedupe_shared(tensors)
     entries = encode_metadata(metadata, aliases, path)
     arch = next((e.value for e in entries if e.key == "general.architecture"), "unknown")

@@ -194,9 +194,8 @@ def _save(
     quant: str | None = None,
 ) -> None:
     if quant is not None:
-        raise MLMFError(
-            f"safetensors stores no quantized blocks (quant={quant!r}); use .gguf", path
-        )
+        raise MLMFError(f"safetensors stores no quantized blocks (quant={quant!r}); write a "
+                        ".gguf file with a GGUF scheme (q8_0, q6_k, q4_k, q4_0, ...)", path)
     if max_shard_size is not None:
         raise MLMFError("max_shard_size needs a folder target (the HF sharded layout)", path)
     write_file(tensors, path, metadata)
