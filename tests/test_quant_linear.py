@@ -96,8 +96,8 @@ def test_quant_linear_matches_the_dequantized_reference(
 
 @pytest.mark.parametrize("kernel", ["int8-rowwise", "fbgemm-int8", "int8pack-bf16", "dequant"])
 def test_bias_edits_reach_the_kernel(kernel: str) -> None:
-    """fbgemm folds the bias into its packed weights: in-place edits, a state-dict load and a
-    new bias tensor must all be seen, like any other kernel adding the bias per call."""
+    """In-place edits (also through ``.data``, which autograd does not version), a state-dict
+    load and a new bias tensor must all reach every kernel."""
     if kernel == "int8-rowwise" and not native.int8_vnni():
         pytest.skip("no AVX512-VNNI int8 kernel here")
     lin = linear(128, 64)
@@ -112,6 +112,8 @@ def test_bias_edits_reach_the_kernel(kernel: str) -> None:
 
         assert rel(layer(x), expected()) < 0.02
         layer.bias.add_(1.0)
+        assert rel(layer(x), expected()) < 0.02
+        layer.bias.data.add_(5.0)
         assert rel(layer(x), expected()) < 0.02
         layer.load_state_dict({"weight": w, "bias": torch.full((64,), -3.0)})
         assert torch.allclose(layer.bias, torch.tensor(-3.0)) and rel(layer(x), expected()) < 0.02

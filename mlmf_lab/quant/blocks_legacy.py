@@ -120,6 +120,21 @@ def _nibbles(qs: torch.Tensor) -> torch.Tensor:
     return fields(qs, 16, (0, 4), 0x0F)
 
 
+def split_q4_0(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """q4_0 rows ``(r, nb * 18)`` -> their code bytes ``(r, nb * 16)`` and float16 scales
+    ``(r, nb)``, each contiguous (the layout quantized linears keep)."""
+    blocks = rows.reshape(rows.shape[0], -1, 18)
+    d = blocks[..., :2].contiguous().view(torch.float16).view(rows.shape[0], -1)
+    return blocks[..., 2:].reshape(rows.shape[0], -1).contiguous(), d
+
+
+def join_q4_0(qs: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``split_q4_0``: the q4_0 rows as stored in the file."""
+    r, nb = d.shape
+    blocks = torch.cat([d.contiguous().view(torch.uint8).view(r, nb, 2), qs.view(r, nb, 16)], -1)
+    return blocks.reshape(r, nb * 18)
+
+
 def dequantize_q4_0(blocks: torch.Tensor, out: torch.Tensor) -> None:
     out.copy_(_nibbles(blocks[:, 2:]).view(torch.int8).sub_(8))
     out.mul_(f16_at(blocks, 0))

@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import threading
 import warnings
-import weakref
 from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
@@ -39,6 +38,7 @@ from ..errors import UnsupportedError
 from . import kernels_int8
 from .base import QTensor, dequantize
 from .bits import fields, pack_nibbles
+from .blocks_legacy import join_q4_0, split_q4_0
 from .intx import INT4_GROUP_SIZES, pack_pairs, unpack_pairs
 
 _SCRATCH = threading.local()
@@ -79,13 +79,6 @@ def _prepack_int8(codes: torch.Tensor, scale: torch.Tensor) -> object:
         return torch.ops.quantized.linear_prepack(qw, None)
 
 
-def _with_bias(packed: object, bias: torch.Tensor | None) -> object:
-    """The same packed int8 weights with ``bias`` folded in (fbgemm adds it in its epilogue)."""
-    qw, _ = torch.ops.quantized.linear_unpack(packed)
-    b = None if bias is None else bias.detach().float().clone()
-    return torch.ops.quantized.linear_prepack(qw, b)
-
-
 def _add_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return y if bias is None else y.add_(bias)  # y is fresh from the kernel
 
@@ -123,23 +116,13 @@ class Int8Dynamic:
         self.scale = scale  # kept: a zero scale is packed as 1 (its codes are all 0)
         self.packed = _prepack_int8(codes, torch.where(scale > 0, scale, torch.ones_like(scale)))
         self.reduce_range = not int8_full_range()
-        # the bias folded into ``packed``: which tensor (a weak reference: an id can be reused
-        # by a new tensor) at which version (in-place edits count)
-        self.bias_ref: weakref.ref[torch.Tensor] | None = None
-        self.bias_version = 0
-
-    def _bias_is_packed(self, bias: torch.Tensor | None) -> bool:
-        if bias is None or self.bias_ref is None:
-            return bias is None and self.bias_ref is None
-        return self.bias_ref() is bias and self.bias_version == bias._version
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        if not self._bias_is_packed(bias):
-            self.packed = _with_bias(self.packed, bias)
-            self.bias_ref = None if bias is None else weakref.ref(bias)
-            self.bias_version = 0 if bias is None else bias._version
+        # the bias is added per call, not folded into ``packed``: then no edit of it (in place,
+        # through ``.data``, or a new tensor) can leave a stale copy inside the kernel
         x = x.float().contiguous()
-        return torch.ops.quantized.linear_dynamic(x, self.packed, self.reduce_range)
+        return _add_bias(torch.ops.quantized.linear_dynamic(x, self.packed, self.reduce_range),
+                         bias)
 
     def qtensor(self) -> QTensor:
         w, _ = torch.ops.quantized.linear_unpack(self.packed)
@@ -229,18 +212,15 @@ def int4pack_available() -> bool:
 def q4_0_parts(qt: QTensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes ``(rows, cols)`` uint8 and float16 scales ``(rows, cols // 32)`` of q4_0 rows."""
     rows, cols = qt.shape[0], qt.shape[-1]
-    blocks = qt.data.reshape(rows, cols // 32, 18)
-    d = blocks[..., :2].contiguous().view(torch.float16).view(rows, cols // 32)
-    codes = fields(blocks[..., 2:].reshape(-1, 16), 16, (0, 4), 0x0F)  # GGUF weight order
-    return codes.view(rows, cols), d
+    qs, d = split_q4_0(qt.data.reshape(rows, -1))
+    return fields(qs.view(-1, 16), 16, (0, 4), 0x0F).view(rows, cols), d  # GGUF weight order
 
 
 def q4_0_from_parts(codes: torch.Tensor, d: torch.Tensor) -> QTensor:
     """Inverse of ``q4_0_parts``: the GGUF block bytes again."""
     rows, cols = codes.shape
-    qs = pack_nibbles(codes.reshape(-1, 32)).view(rows, -1, 16)
-    blocks = torch.cat([d.contiguous().view(torch.uint8).view(rows, -1, 2), qs], dim=-1)
-    return QTensor("q4_0", (rows, cols), blocks.reshape(rows, -1).contiguous())
+    qs = pack_nibbles(codes.reshape(-1, 32)).view(rows, -1)
+    return QTensor("q4_0", (rows, cols), join_q4_0(qs, d))
 
 
 class Int4Packed:

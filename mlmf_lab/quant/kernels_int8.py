@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from . import native
 from .base import QTensor
+from .blocks_legacy import join_q4_0, split_q4_0
 
 MATMUL_MIN_IN = 16  # narrower layers always take the C path
 GEMV_ROWS = 4  # both paths timed on a 4096x4096 layer, 2 threads: C wins up to 4, ties at 6
@@ -35,11 +36,6 @@ GEMV_ROWS = 4  # both paths timed on a 4096x4096 layer, 2 threads: C wins up to 
 def available(qt: QTensor) -> bool:
     return (qt.scheme == "int8" and len(qt.shape) == 2 and 0 < qt.shape[1] <= native.INT8_MAX_IN
             and hasattr(torch, "_int_mm") and native.int8_vnni())
-
-
-def _float_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
-                  bias: torch.Tensor | None) -> torch.Tensor:
-    return F.linear(x, codes.float() * scale[:, None], bias)
 
 
 class Int8Rowwise:
@@ -61,7 +57,7 @@ class Int8Rowwise:
             y = native.int8_linear(x, self.codes, self.scale, self.rowsum, b)
         else:
             y = native.int8_matmul(x, self.codes, self.scale, b)
-        return y if y is not None else _float_linear(x, self.codes, self.scale, b)
+        return y if y is not None else F.linear(x, self.qtensor().dequantize(), b)
 
     def qtensor(self) -> QTensor:
         return QTensor("int8", self.shape, self.codes, {"scale": self.scale})
@@ -85,10 +81,7 @@ class Q4_0Vnni:
 
     def __init__(self, qt: QTensor) -> None:
         self.shape = qt.shape
-        rows, nb = qt.shape[0], qt.shape[1] // 32
-        blocks = qt.data.reshape(rows, nb, 18)
-        self.scales = blocks[..., :2].contiguous().view(torch.float16).view(rows, nb)
-        self.codes = blocks[..., 2:].reshape(rows, nb * 16).contiguous()
+        self.codes, self.scales = split_q4_0(qt.data.reshape(qt.shape[0], -1))
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         x = x.float().contiguous()
@@ -97,10 +90,7 @@ class Q4_0Vnni:
         return y if y is not None else F.linear(x, self.qtensor().dequantize(), b)
 
     def qtensor(self) -> QTensor:
-        rows, nb = self.scales.shape
-        blocks = torch.cat([self.scales.view(torch.uint8).view(rows, nb, 2),
-                            self.codes.view(rows, nb, 16)], dim=-1)
-        return QTensor("q4_0", self.shape, blocks.reshape(rows, nb * 18))
+        return QTensor("q4_0", self.shape, join_q4_0(self.codes, self.scales))
 
     @property
     def nbytes(self) -> int:
