@@ -52,3 +52,16 @@ def test_lora_trains_on_a_quantized_base(scheme: str) -> None:
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.9 * losses[0], losses
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4", "q4_0"])
+def test_the_autograd_path_follows_new_weights(scheme: str) -> None:
+    """The autograd path keeps the weights it rebuilt; loading new ones must replace them."""
+    layer = ml.quant.QuantLinear(ml.quant.quantize(torch.randn(32, 256), scheme))
+    x = torch.randn(3, 256, requires_grad=True)
+    first = layer(x)
+    new = torch.randn(32, 256)
+    layer.load_state_dict({"weight": new}, strict=False)
+    expect = nn.functional.linear(x, layer.qweight.dequantize())
+    assert not torch.allclose(first, expect)
+    assert torch.allclose(layer(x), expect, atol=1e-5)

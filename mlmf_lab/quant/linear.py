@@ -56,6 +56,7 @@ class QuantLinear(nn.Module):
         # the QTensor it was built from, while someone else holds it (a file's state dict):
         # handing it back saves unpacking the kernel's layout, and loading it again is a no-op
         self._source = weakref.ref(qweight)
+        self._for_grad: QTensor | None = None  # kept once the autograd path has rebuilt it
         self._scheme, self._options = qweight.scheme, dict(qweight.options)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
 
@@ -86,6 +87,7 @@ class QuantLinear(nn.Module):
             return
         self._kernel = build_kernel(qweight, self.kernel_name)
         self._source = weakref.ref(qweight)
+        self._for_grad = None
         self._scheme, self._options = qweight.scheme, dict(qweight.options)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
@@ -93,7 +95,10 @@ class QuantLinear(nn.Module):
         if torch.is_grad_enabled() and x.requires_grad:
             # Training through a frozen quantized base (LoRA on top, QLoRA-style): the fused
             # kernels have no backward, so use the dequantized weight, which autograd can follow.
-            w = self.qweight.dequantize(x.dtype)
+            # unpacking a kernel's layout (int4pack) costs more than a step: do it once
+            if self._for_grad is None:
+                self._for_grad = self.qweight
+            w = self._for_grad.dequantize(x.dtype)
             bias = None if self.bias is None else self.bias.to(x.dtype)
             y = F.linear(x.reshape(-1, self.in_features), w, bias)
         else:
