@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from .checkpoint_state import join_state, split_state
 from .errors import ChecksumError, FormatError, MLMFError
@@ -36,6 +35,7 @@ from .formats.base import TORCH_TO_ST
 from .formats.metadata import encode_metadata
 from .formats.safetensors import dedupe_shared
 from .formats.sharded import INDEX_NAME, parse_size, plan_shards
+from .progress import bar
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "mlmf-checkpoint-manifest"
@@ -112,19 +112,19 @@ def write_views(views: list[memoryview], path: Path, label: str = "") -> str:
 
 
 def _write_and_sync(views: list[memoryview], path: Path, total: int, label: str) -> None:
-    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, leave=False,
-               desc=label or path.name, disable=total < PROGRESS_MIN_BYTES)
+    shown = bar(total=total, unit="B", unit_scale=True, unit_divisor=1024, leave=False,
+                desc=label or path.name, hide=total < PROGRESS_MIN_BYTES)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         for chunk in _chunks(views):
             done = 0
             while done < chunk.nbytes:
                 done += os.write(fd, chunk[done:])
-            bar.update(chunk.nbytes)
+            shown.update(chunk.nbytes)
         os.fsync(fd)
     finally:
         os.close(fd)
-        bar.close()
+        shown.close()
 
 
 def write_safetensors(

@@ -9,10 +9,10 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .errors import MLMFError
 from .formats.base import dtype_name
+from .progress import bar
 
 CHUNK_ELEMENTS = 1 << 22  # 4 Mi values -> 16 MiB of float32 at a time
 
@@ -96,5 +96,5 @@ def tensor_stats(x: str | os.PathLike[str] | nn.Module, names: Sequence[str] | N
         MLMFError: the file cannot be read, or a name is not in it.
     """
     items = _tensors(x, names)
-    return [stats_of(name, t, kind) for name, t, kind in tqdm(items, disable=not progress,
+    return [stats_of(name, t, kind) for name, t, kind in bar(items, hide=not progress,
                                                                desc="tensor stats")]

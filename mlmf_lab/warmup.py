@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .progress import bar
+
 if TYPE_CHECKING:
     from .cache import ModelCache
 
@@ -28,10 +30,9 @@ class WarmUp:
 
     def _run(self, cache: ModelCache, loader: Callable[[Any], Any] | None,
              progress: bool) -> None:
-        from tqdm.auto import tqdm
 
         start = time.perf_counter()
-        for p in tqdm(self.paths, desc="warming cache", unit="model", disable=not progress):
+        for p in bar(self.paths, desc="warming cache", unit="model", hide=not progress):
             try:
                 cache.get_or_load(p, loader)
             except Exception as e:  # collected for the caller; one bad file must not stop the rest

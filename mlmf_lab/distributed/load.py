@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
 from .. import events
 from ..errors import ConfigError, FormatError
 from ..formats import TensorInfo, WeightFile, human_bytes, open_weights
+from ..progress import bar
 from .plans import Piece, ShardPlan, local_shape
 from .read import RangeReader, read_piece
 from .runtime import checked, require_group, world
@@ -110,11 +110,11 @@ def _read_all(wf: WeightFile, reader: RangeReader, pieces: Sequence[Piece], prog
               into: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Read ``pieces`` into fresh tensors, or into the views ``into`` (a packed buffer)."""
     out: dict[str, torch.Tensor] = {}
-    with tqdm(total=sum(p.nbytes for p in pieces), unit="B", unit_scale=True,
-              disable=not progress, desc=f"rank {pieces[0].rank if pieces else 0}") as bar:
+    with bar(total=sum(p.nbytes for p in pieces), unit="B", unit_scale=True,
+             hide=not progress, desc=f"rank {pieces[0].rank if pieces else 0}") as shown:
         for p in pieces:
             out[p.name] = read_piece(reader, wf, p, None if into is None else into[p.name])
-            bar.update(p.nbytes)
+            shown.update(p.nbytes)
     return out
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import MLMFError, UnsupportedError
+from ..progress import bar
 from ..quant.base import QTensor
 from ..quant.ggml import BLOCK_TYPES, BY_ID, block_type, dequantize_tensor, quantizable
 from ..quant.ggml import quantize_tensor as quantize_blocks
@@ -190,7 +191,6 @@ def write_gguf(
 ) -> None:
     """Write a GGUF file atomically (see the module docstring for the rules)."""
     from gguf import GGMLQuantizationType, GGUFWriter
-    from tqdm.auto import tqdm
 
     from .safetensors import dedupe_shared
 
@@ -207,10 +207,8 @@ def write_gguf(
     arch = next((e.value for e in entries if e.key == "general.architecture"), "unknown")
     planned = {
         name: _plan(name, t, quant, path)
-        for name, t in tqdm(  # shown unless TQDM_DISABLE is set (disable= would override it)
-            kept.items(), desc="quantizing", leave=False,
-            **({"disable": True} if quant is None or len(kept) < 8 else {}),
-        )
+        for name, t in bar(kept.items(), desc="quantizing", leave=False,
+                           hide=quant is None or len(kept) < 8)
     }
     with atomic.replacing(path) as tmp:
         writer = GGUFWriter(tmp, arch=str(arch))

@@ -11,6 +11,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ..progress import bar
 from .config import FusionStrategy
 from .demo import IMAGE_ONLY_BOUND, ShapesData, ShapesTask, demo_config, make_dataset
 from .model import MultiModalModel
@@ -24,7 +25,6 @@ def train_classifier(model: MultiModalModel, data: ShapesData, steps: int = 300,
                      batch_size: int = 64, lr: float = 3e-3, seed: int = 0,
                      progress: bool = False) -> list[float]:
     """AdamW on cross-entropy over random mini-batches; returns the loss per step."""
-    from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -32,7 +32,7 @@ def train_classifier(model: MultiModalModel, data: ShapesData, steps: int = 300,
                                                 pct_start=0.15)
     model.train()
     losses = []
-    for _ in tqdm(range(steps), disable=not progress, desc="train", leave=False):
+    for _ in bar(range(steps), hide=not progress, desc="train", leave=False):
         idx = torch.randint(data.n, (batch_size,), generator=gen)
         loss = F.cross_entropy(model(data.inputs(idx)).logits, data.labels[idx])
         opt.zero_grad(set_to_none=True)

@@ -20,11 +20,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from .. import events
 from ..errors import MLMFError
 from ..formats.base import human_bytes
+from ..progress import bar
 from .base import QTensor, get_scheme, quantize
 from .kernels import LinearKernel, build_kernel
 
@@ -242,8 +242,7 @@ def quantize_model(
         targets = [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]
         changes, skipped = [], []
         small = sum(m.weight.numel() for _, m in targets) < PROGRESS_MIN_WEIGHTS
-        hide = {"disable": True} if small else {}  # else TQDM_DISABLE decides
-        for name, layer in tqdm(targets, desc=f"quantize {scheme}", leave=False, **hide):
+        for name, layer in bar(targets, desc=f"quantize {scheme}", leave=False, hide=small):
             if _skipped(name, patterns):
                 skipped.append(name)
                 continue
