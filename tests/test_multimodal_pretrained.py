@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 import mlmf_lab as ml
+from mlmf_lab.models import minilm
 from mlmf_lab.multimodal.config import (
     CrossModalAttentionConfig,
     ImagePreprocessing,
@@ -19,8 +19,6 @@ from mlmf_lab.multimodal.config import (
 from mlmf_lab.multimodal.io import load_multimodal, load_parts, save_multimodal, save_parts
 from mlmf_lab.multimodal.model import MultiModalModel
 from mlmf_lab.multimodal.preprocess import tokenize
-
-minilm = pytest.importorskip("mlmf_lab.models.minilm")
 
 
 def minilm_config(fusion: str = "middle") -> MultiModalConfig:
@@ -70,7 +68,6 @@ def test_minilm_text_path_uses_the_pretrained_weights(tmp_path: Path) -> None:
 
 
 def test_gguf_round_trip(tmp_path: Path) -> None:
-    pytest.importorskip("mlmf_lab.formats.gguf")
     from test_multimodal_model import tiny_config, tiny_inputs
 
     torch.manual_seed(4)
