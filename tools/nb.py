@@ -57,11 +57,12 @@ def parse(source: str) -> nbformat.NotebookNode:
 
 
 def _scratch_env() -> None:
-    """Kernels write IPython/Jupyter/matplotlib state to a scratch folder, as under `make test`."""
+    """Kernels write IPython/Jupyter/matplotlib state and our compiled C kernels to a scratch
+    folder, as under `make test`."""
     scratch = Path(tempfile.gettempdir()) / "mlmf-nb"
     for key, sub in [("IPYTHONDIR", "ipython"), ("MPLCONFIGDIR", "mpl"),
                      ("JUPYTER_CONFIG_DIR", "jupyter/config"), ("JUPYTER_DATA_DIR", "jupyter/data"),
-                     ("JUPYTER_RUNTIME_DIR", "jupyter/runtime")]:
+                     ("JUPYTER_RUNTIME_DIR", "jupyter/runtime"), ("MLMF_KERNEL_DIR", "kernels")]:
         os.environ.setdefault(key, str(scratch / sub))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
