@@ -9,15 +9,15 @@ register themselves in ``CONVERTERS`` from their own module, listed in ``PLUGINS
 from __future__ import annotations
 
 import importlib
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import events
-from .errors import UnsupportedError
+from .errors import MLMFError, UnsupportedError
 from .formats import load_state_dict, open_weights, save_state_dict
+from .metadata import read_json
 
 
 class Converter(NamedTuple):
@@ -33,11 +33,11 @@ PLUGINS: list[str] = ["mlmf_lab.distributed.dcp"]
 
 def _model_type(src: Path) -> str | None:
     """``model_type`` from the Hugging Face ``config.json`` beside (or inside) ``src``."""
-    config = (src if src.is_dir() else src.parent) / "config.json"
-    try:
-        value = json.loads(config.read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):
+    try:  # a broken config.json does not stop a conversion: the architecture stays unknown
+        config = read_json((src if src.is_dir() else src.parent) / "config.json") or {}
+    except (OSError, MLMFError):
         return None
+    value = config.get("model_type")
     return value if isinstance(value, str) and value else None
 
 

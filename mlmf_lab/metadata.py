@@ -133,7 +133,7 @@ class ModelDescription:
         return save_model_card(self, path, **kwargs)
 
 
-def _read_json(p: Path) -> dict[str, Any] | None:
+def read_json(p: Path) -> dict[str, Any] | None:
     if not p.is_file():
         return None
     try:
@@ -191,7 +191,7 @@ def _declared_modalities(meta: dict[str, Any], config: dict[str, Any] | None,
     if folder is not None:
         if (folder / "tokenizer.json").is_file() or (folder / "vocab.txt").is_file():
             add("text", "tokenizer beside the file")
-        pre = _read_json(folder / "preprocessor_config.json") or {}
+        pre = read_json(folder / "preprocessor_config.json") or {}
         if any(k.startswith("image_") for k in pre):
             add("vision", "preprocessor_config.json")
         if "sampling_rate" in pre:
@@ -267,8 +267,8 @@ def describe(x: str | os.PathLike[str] | nn.Module, stats: bool = False,
         n_params, nbytes, by_type = wf.num_parameters, wf.nbytes, wf.bytes_by_type()
         path = Path(wf.path)
     folder = Path(x) if Path(x).is_dir() else path.parent
-    config = _read_json(folder / "config.json")
-    adapter = _read_json(folder / "adapter_config.json")
+    config = read_json(folder / "config.json")
+    adapter = read_json(folder / "adapter_config.json")
     arch, arch_source = _architecture(meta, config, adapter)
     mods, mod_source = _declared_modalities(meta, config, folder)
     if not mods:
