@@ -114,8 +114,8 @@ def block_addressed(wf: WeightFile, info: TensorInfo) -> bool:
 
 
 def _read_blocks(reader: RangeReader, info: TensorInfo, piece: Piece,
-                 shape: tuple[int, ...]) -> torch.Tensor:
-    """Read the quantized rows of ``piece`` and dequantize only them."""
+                 shape: tuple[int, ...], out: torch.Tensor | None) -> torch.Tensor:
+    """Read the quantized rows of ``piece`` and dequantize only them (into ``out``)."""
     from ..quant.base import QTensor
     from ..quant.ggml import BLOCK_TYPES, dequantize_tensor
 
@@ -135,7 +135,7 @@ def _read_blocks(reader: RangeReader, info: TensorInfo, piece: Piece,
             start = info.offset + o * row_bytes + a * unit
             reader.read_into(info.file, start, view[at:at + (b - a) * unit])
             at += (b - a) * unit
-    return dequantize_tensor(QTensor(bt.scheme, shape, raw))
+    return dequantize_tensor(QTensor(bt.scheme, shape, raw), out=out)
 
 
 def _bytes_view(t: torch.Tensor) -> memoryview:
@@ -151,8 +151,7 @@ def read_piece(reader: RangeReader, wf: WeightFile, piece: Piece,
     info = wf.info(piece.name)
     shape = local_shape(info, piece)
     if block_addressed(wf, info) and piece.dim in (None, 0, len(info.shape) - 1):
-        q = _read_blocks(reader, info, piece, shape)
-        return q if out is None else out.copy_(q)
+        return _read_blocks(reader, info, piece, shape, out)
     if not byte_addressed(wf, info):
         full = wf.tensor(piece.name)
         reader.bytes_read += info.nbytes
