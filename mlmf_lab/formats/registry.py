@@ -15,7 +15,7 @@ import torch
 
 from .. import events
 from ..errors import FormatError, MLMFError, UnsupportedError
-from .base import WeightFile
+from .base import WeightFile, dtype_name
 
 HEAD_BYTES = 64
 
@@ -129,7 +129,7 @@ def load_state_dict(
 
 
 def _dtype_param(dtype: torch.dtype | None) -> str | None:
-    return None if dtype is None else str(dtype).removeprefix("torch.")
+    return None if dtype is None else dtype_name(dtype)
 
 
 def save_state_dict(

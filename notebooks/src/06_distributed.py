@@ -142,7 +142,7 @@ with torch.no_grad():
 torch.save({"x": x, "expected": expected}, work / "stack_io.pt")
 
 script = work / "rank.py"
-script.write_text('''
+_ = script.write_text('''
 import json, sys, torch
 import mlmf_lab as ml
 from mlmf_lab.errors import DistributedError

@@ -148,8 +148,9 @@ print("max |sdpa - naive| =", f"{float((out - naive).abs().max()):.1e}",
 # repeats allowed) in a 3 x 3 grid, a short tone and a caption. The caption either names the
 # colour ("which shape is red") or points at the tone, whose pitch encodes a colour (330 Hz
 # red, 660 Hz green, 1320 Hz blue; a decoy otherwise). The answer is the shape of the object
-# of that colour. Text or audio alone are at chance (1/3); the image alone can at best guess
-# the most frequent shape (17/27 = 0.63). Everything goes through the pipelines above.
+# of that colour. Text and audio carry no shape at all, so alone they are at chance (1/3);
+# the image alone can at best guess the most frequent shape (17/27 = 0.63). Everything goes
+# through the pipelines above.
 
 # %%
 task = demo.ShapesTask()
@@ -177,6 +178,11 @@ report = train.compare_fusions(
      ("late (mean)", FS.LATE, "mean"), ("attention", FS.ATTENTION, "mean")],
     steps=300, n_train=2048, n_test=512, seed=0)
 report
+
+# %% [markdown]
+# All four learn something, but at this training length only **middle** fusion, where the
+# caption's tokens attend to the image patches before pooling, clearly beats the 0.63 an
+# image-only model can reach; the others stay near or below that bound.
 
 # %%
 mplots.plot_fusion_accuracy([r.strategy for r in report.rows],
