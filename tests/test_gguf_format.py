@@ -232,8 +232,8 @@ def test_write_errors(tmp_path: Path) -> None:
         ml.save_state_dict({"w": torch.randn(4, 32)}, path, quant="int8")
     with pytest.raises(UnsupportedError, match="int4 is an in-memory scheme, q4_1 is GGUF's"):
         ml.save_state_dict({"w": torch.randn(4, 32)}, path, quant="int4")
-    with pytest.raises(MLMFError, match=r"quant='int8'\); write a .gguf file with a GGUF scheme"):
-        ml.save_state_dict({"w": torch.randn(4, 32)}, tmp_path / "x.safetensors", quant="int8")
+    with pytest.raises(UnsupportedError, match=r"quant='q4_k'; it takes int8, int4. GGUF block"):
+        ml.save_state_dict({"w": torch.randn(4, 256)}, tmp_path / "x.safetensors", quant="q4_k")
     with pytest.raises(MLMFError, match="max_shard_size applies to folder targets"):
         ml.save_state_dict({"w": torch.randn(4, 32)}, path, max_shard_size="1MB")
     with pytest.raises(MLMFError, match="dtype torch.bool, which GGUF cannot store; supported"):

@@ -13,7 +13,9 @@ def register(sub: Any) -> None:
     p.add_argument("src", help="input weight file or folder (also a PyTorch DCP folder)")
     p.add_argument("dst", help="output: x.safetensors, x.gguf, x.dcp (PyTorch DCP folder), "
                    "or a folder (HF sharded)")
-    p.add_argument("--quant", default=None, help="quantization scheme for the output (GGUF)")
+    p.add_argument("--quant", default=None,
+                   help="quantize the output: a GGUF block type (q8_0, q6_k, q4_k, q4_0, ...) "
+                   "for .gguf, int8 or int4 for .safetensors")
     p.set_defaults(func=run)
 
 

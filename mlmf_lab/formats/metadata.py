@@ -3,7 +3,8 @@
 safetensors only stores strings. mlmf_lab writes other JSON-able values as JSON
 text and lists their keys under ``mlmf.json`` (a JSON list), so they come back as
 numbers, lists and dicts. Tied weights that were written once are listed under
-``mlmf.tied`` (JSON object alias -> stored name). ``format: pt`` is always set,
+``mlmf.tied`` (JSON object alias -> stored name); quantized tensors under ``mlmf.quant``
+(see ``safetensors_quant``). ``format: pt`` is always set,
 as transformers requires it.
 """
 
@@ -17,7 +18,8 @@ from ..errors import FormatError, MLMFError
 
 JSON_KEYS = "mlmf.json"
 TIED_KEY = "mlmf.tied"
-RESERVED = (JSON_KEYS, TIED_KEY)
+QUANT_KEY = "mlmf.quant"  # int8/int4 tensors and their layout (see safetensors_quant)
+RESERVED = (JSON_KEYS, TIED_KEY, QUANT_KEY)
 
 
 def encode_metadata(

@@ -2,7 +2,8 @@
 
 The header (8-byte little-endian length + JSON) is validated here so that every
 problem gets a message naming the file; tensor data is read through the
-``safetensors`` package's ``safe_open`` (memory-mapped, no copy on CPU).
+``safetensors`` package's ``safe_open`` (memory-mapped, no copy on CPU). ``int8``/``int4``
+weights are stored as their parts and read back as one tensor (``safetensors_quant``).
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ..errors import FormatError, MLMFError
+from ..quant.base import QTensor, dequantize
 from . import atomic
 from .base import ST_DTYPES, TensorInfo, WeightFile, alias_key, dtype_name, torch_dtype
-from .metadata import decode_metadata, encode_metadata
+from .metadata import QUANT_KEY, decode_metadata, encode_metadata
 from .registry import Format, Writer, register_format, register_writer
+from .safetensors_quant import QuantEntry, assemble, quantize_parts, read_entries
 
 MAX_HEADER = 100 * 1024 * 1024  # the safetensors package's own limit
 
@@ -110,6 +113,9 @@ class SafetensorsFile(WeightFile):
     def __init__(self, path: Path) -> None:
         infos, raw_meta, _ = read_header(path)
         meta, aliases = decode_metadata(raw_meta, path)
+        self._quant: dict[str, QuantEntry] = {}
+        if QUANT_KEY in raw_meta:
+            infos, self._quant = read_entries(raw_meta[QUANT_KEY], infos, path)
         super().__init__(path=path, metadata=meta, _infos=infos)
         self.aliases = aliases
         try:
@@ -117,14 +123,26 @@ class SafetensorsFile(WeightFile):
         except (SafetensorError, OSError) as e:
             raise FormatError(f"safetensors refused the file: {e}", path) from None
 
-    def _read(self, info: TensorInfo) -> torch.Tensor:
+    def _get(self, key: str) -> torch.Tensor:
         if self._handle is None:
             raise MLMFError("the file is closed", self.path)
-        return self._handle.get_tensor(info.name)
+        return self._handle.get_tensor(key)
+
+    def _read(self, info: TensorInfo) -> torch.Tensor:
+        entry = self._quant.get(info.name)
+        return self._get(info.name) if entry is None else dequantize(assemble(entry, self._get))
+
+    def raw(self, name: str) -> QTensor | torch.Tensor:
+        """An ``int8``/``int4`` tensor as its ``QTensor`` (no dequantization); others as stored."""
+        self.info(name)
+        entry = self._quant.get(name)
+        return self._get(name) if entry is None else assemble(entry, self._get)
 
     def get_slice(self, name: str) -> Any:
         """A lazy slice object: ``get_slice(name)[a:b]`` reads only those rows."""
-        self.info(name)
+        if self.info(name).quant:
+            raise MLMFError(f"tensor {name!r} is stored as {self.info(name).quant}; read it "
+                            "whole with tensor() or raw()", self.path)
         return self._handle.get_slice(name)
 
     def close(self) -> None:
@@ -168,9 +186,16 @@ def dedupe_shared(
 
 
 def write_file(
-    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, Any] | None = None
+    tensors: dict[str, torch.Tensor],
+    path: Path,
+    metadata: dict[str, Any] | None = None,
+    quant: str | None = None,
 ) -> int:
-    """Write one safetensors file atomically; returns the bytes of tensor data written."""
+    """Write one safetensors file atomically; returns the bytes of tensor data written.
+
+    With ``quant`` (``"int8"`` or ``"int4"``), weights are stored quantized
+    (``safetensors_quant``).
+    """
     from safetensors.torch import save_file
 
     kept, aliases = dedupe_shared(tensors)
@@ -180,6 +205,8 @@ def write_file(
                 f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store", path
             )
     header_meta = encode_metadata(metadata, aliases)
+    if quant is not None:
+        kept, header_meta[QUANT_KEY] = quantize_parts(kept, quant, path)
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in kept.items()}
     with atomic.replacing(path) as tmp:
         save_file(cpu, os.fspath(tmp), metadata=header_meta)
@@ -193,12 +220,9 @@ def _save(
     max_shard_size: int | str | None = None,
     quant: str | None = None,
 ) -> None:
-    if quant is not None:
-        raise MLMFError(f"safetensors stores no quantized blocks (quant={quant!r}); write a "
-                        ".gguf file with a GGUF scheme (q8_0, q6_k, q4_k, q4_0, ...)", path)
     if max_shard_size is not None:
         raise MLMFError("max_shard_size needs a folder target (the HF sharded layout)", path)
-    write_file(tensors, path, metadata)
+    write_file(tensors, path, metadata, quant)
 
 
 register_format(Format("safetensors", _detect, SafetensorsFile))

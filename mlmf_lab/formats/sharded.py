@@ -146,7 +146,8 @@ def save_sharded(
     """Write the HF layout into ``folder`` atomically (one file needs no index, as HF)."""
     if quant is not None:
         raise MLMFError(
-            f"the sharded safetensors layout stores no quant blocks ({quant!r})", folder
+            f"the sharded safetensors layout stores no quantized weights ({quant!r}); save "
+            "int8/int4 to one .safetensors file, GGUF block schemes to a .gguf file", folder
         )
     limit = parse_size(max_shard_size if max_shard_size is not None else DEFAULT_MAX_SHARD)
     kept, aliases = dedupe_shared(tensors)

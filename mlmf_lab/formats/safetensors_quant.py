@@ -1,0 +1,176 @@
+"""``int8`` and ``int4`` weights inside safetensors files: the layout written and read here.
+
+GGUF has no type for the ``int8``/``int4`` schemes, so ``save_state_dict(..., "x.safetensors",
+quant="int8")`` keeps them in safetensors, as plain tensors any safetensors reader can load:
+
+- ``int8`` (per output channel, symmetric): ``<name>`` int8 codes ``(rows, cols)`` and
+  ``<name>_scale`` float32 ``(rows, 1)``; ``w = codes * scale``. These are the names, dtypes
+  and shapes compressed-tensors uses for channel-wise int8 weights.
+- ``int4`` (per group, asymmetric): ``<name>`` uint8 ``(rows, cols // 2)``, two codes per byte
+  (even column in the low nibble); ``<name>_scale`` and ``<name>_zero`` bfloat16
+  ``(rows, cols // group_size)``; ``w = (code - 8) * scale + zero``.
+
+The header's ``__metadata__`` lists the quantized tensors under ``mlmf.quant``, a JSON object
+``{name: {"scheme": "int4", "shape": [...], "group_size": 128}}``. ``open_weights`` then shows
+one tensor per quantized name, with its logical shape and ``quant="int8"``; ``tensor()``
+dequantizes and ``raw()`` gives the ``QTensor``. Each part's dtype and shape is checked
+against the scheme, so a damaged file gets a ``FormatError``.
+
+As in GGUF, only floating-point tensors of two or more dimensions are quantized (norms and
+biases keep their dtype); for ``int4``, only those whose last dimension divides into groups.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from ..errors import FormatError, MLMFError, UnsupportedError
+from ..progress import bar
+from ..quant.base import QTensor, quantize
+from ..quant.intx import DEFAULT_GROUP_SIZE
+from .base import TensorInfo, dtype_name
+from .metadata import QUANT_KEY
+
+SCHEMES = ("int8", "int4")
+
+
+class Part(NamedTuple):
+    """One stored tensor of a quantized weight: its key, dtype and shape in the file."""
+
+    key: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+class QuantEntry(NamedTuple):
+    scheme: str
+    shape: tuple[int, ...]
+    options: dict[str, Any]
+    data: Part
+    params: dict[str, Part]  # QTensor parameter name -> part
+
+
+def entry_for(
+    name: str, scheme: str, shape: tuple[int, ...], options: dict[str, Any]
+) -> QuantEntry:
+    """The parts a weight of ``shape`` takes under ``scheme`` (the layout above)."""
+    if scheme == "int8":
+        rows = shape[0]
+        cols = math.prod(shape[1:])
+        return QuantEntry(scheme, shape, {}, Part(name, torch.int8, (rows, cols)),
+                          {"scale": Part(f"{name}_scale", torch.float32, (rows, 1))})
+    cols = shape[-1]
+    rows = math.prod(shape[:-1])
+    groups = (rows, cols // int(options["group_size"]))
+    return QuantEntry(scheme, shape, dict(options), Part(name, torch.uint8, (rows, cols // 2)),
+                      {"scale": Part(f"{name}_scale", torch.bfloat16, groups),
+                       "zero": Part(f"{name}_zero", torch.bfloat16, groups)})
+
+
+def _fits(t: torch.Tensor, scheme: str, group_size: int) -> bool:
+    if not t.is_floating_point() or t.dim() < 2 or t.numel() == 0:
+        return False
+    return scheme == "int8" or t.shape[-1] % group_size == 0
+
+
+def quantize_parts(
+    tensors: dict[str, torch.Tensor], quant: str, path: Path
+) -> tuple[dict[str, torch.Tensor], str]:
+    """Tensors to write (quantized ones as their parts) and the ``mlmf.quant`` header value."""
+    scheme = str(quant).lower()
+    if scheme not in SCHEMES:
+        raise UnsupportedError(
+            f"safetensors cannot store quant={quant!r}; it takes {', '.join(SCHEMES)}. "
+            "GGUF block schemes (q8_0, q6_k, q4_k, q4_0, ...) go into a .gguf file", path)
+    options = {"group_size": DEFAULT_GROUP_SIZE} if scheme == "int4" else {}
+    out: dict[str, torch.Tensor] = {}
+    listed: dict[str, dict[str, Any]] = {}
+    todo = sum(_fits(t, scheme, DEFAULT_GROUP_SIZE) for t in tensors.values())
+    for name, t in bar(tensors.items(), desc="quantizing", leave=False, hide=todo < 8):
+        if not _fits(t, scheme, DEFAULT_GROUP_SIZE):
+            out[name] = t
+            continue
+        if not bool(torch.isfinite(t).all()):
+            raise MLMFError(f"tensor {name!r} holds inf or nan values; {scheme} cannot hold "
+                            "them (save without quant, or clean the tensor)", path)
+        qt = quantize(t.detach().to("cpu"), scheme, **options)
+        entry = entry_for(name, scheme, tuple(t.shape), options)
+        out[name] = qt.data
+        for pname, part in entry.params.items():
+            if part.key in tensors:
+                raise MLMFError(f"cannot quantize {name!r}: the file would need the name "
+                                f"{part.key!r} for its {pname}, which another tensor has", path)
+            out[part.key] = qt.params[pname].reshape(part.shape)
+        listed[name] = {"scheme": scheme, "shape": list(t.shape), **options}
+    return out, json.dumps(listed, sort_keys=True)
+
+
+def read_entries(
+    raw: str, infos: dict[str, TensorInfo], path: Path
+) -> tuple[dict[str, TensorInfo], dict[str, QuantEntry]]:
+    """Check the ``mlmf.quant`` listing against the file; (logical infos, entries by name)."""
+    try:
+        listed = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise FormatError(f"{QUANT_KEY} is not valid JSON ({e})", path) from None
+    if not isinstance(listed, dict):
+        raise FormatError(f"{QUANT_KEY} must be a JSON object of tensor name -> layout", path)
+    entries = {name: _entry(name, spec, infos, path) for name, spec in listed.items()}
+    parts = {p.key for e in entries.values() for p in e.params.values()}
+    out: dict[str, TensorInfo] = {}
+    for name, info in infos.items():
+        if name in parts:
+            continue
+        entry = entries.get(name)
+        if entry is not None:
+            nbytes = info.nbytes + sum(infos[p.key].nbytes for p in entry.params.values())
+            info = TensorInfo(name, entry.shape, "float32", nbytes, info.file, info.offset,
+                              entry.scheme)
+        out[name] = info
+    return out, entries
+
+
+def _entry(name: str, spec: Any, infos: dict[str, TensorInfo], path: Path) -> QuantEntry:
+    where = f"{QUANT_KEY} entry {name!r}"
+    if not isinstance(spec, dict) or spec.get("scheme") not in SCHEMES:
+        raise FormatError(f"{where}: expected an object with scheme one of "
+                          f"{', '.join(SCHEMES)}, found {spec!r}", path)
+    shape = spec.get("shape")
+    if not isinstance(shape, list) or len(shape) < 2 or not all(
+        type(d) is int and d > 0 for d in shape
+    ):
+        raise FormatError(f"{where}: shape {shape!r} is not a list of 2+ positive sizes", path)
+    options: dict[str, Any] = {}
+    if spec["scheme"] == "int4":
+        g = spec.get("group_size")
+        if type(g) is not int or g < 2 or g % 2 or shape[-1] % g:
+            raise FormatError(f"{where}: group_size {g!r} must be even and divide the last "
+                              f"dimension ({shape[-1]})", path)
+        options["group_size"] = g
+    entry = entry_for(name, spec["scheme"], tuple(shape), options)
+    for part in (entry.data, *entry.params.values()):
+        info = infos.get(part.key)
+        if info is None:
+            raise FormatError(f"{where}: the tensor {part.key!r} it needs is missing", path)
+        if info.dtype != dtype_name(part.dtype) or tuple(info.shape) != part.shape:
+            raise FormatError(
+                f"{where}: {part.key!r} is {info.dtype} {list(info.shape)}, expected "
+                f"{dtype_name(part.dtype)} {list(part.shape)} for {spec['scheme']} "
+                f"of shape {shape}", path)
+    return entry
+
+
+def assemble(entry: QuantEntry, get: Any) -> QTensor:
+    """The ``QTensor`` of ``entry`` from its parts; ``get(key)`` reads one stored tensor."""
+    params = {p: get(part.key) for p, part in entry.params.items()}
+    if entry.scheme == "int8":
+        params["scale"] = params["scale"].reshape(-1)
+    return QTensor(entry.scheme, entry.shape, get(entry.data.key), params, dict(entry.options))
+
+
+__all__ = ["SCHEMES", "QuantEntry", "assemble", "entry_for", "quantize_parts", "read_entries"]
