@@ -88,6 +88,22 @@ def test_int4_parts_on_disk_and_the_naive_formula(tmp_path: Path) -> None:
     assert wf.raw("conv").options == {"group_size": 128}
 
 
+def test_int8_parts_are_what_compressed_tensors_reads(tmp_path: Path) -> None:
+    # a dev dependency, imported here: it imports transformers (seconds)
+    from compressed_tensors.quantization import QuantizationArgs
+    from compressed_tensors.quantization.lifecycle.forward import dequantize, quantize
+
+    w, path = state()["a.weight"], tmp_path / "w.safetensors"
+    ml.save_state_dict({"l.weight": w}, path, quant="int8")
+    disk = load_file(path)
+    args = QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="channel")
+    theirs = dequantize(x_q=disk["l.weight"], scale=disk["l.weight_scale"], args=args)
+    assert torch.equal(theirs.float(), ml.open_weights(path).tensor("l.weight"))
+    codes = quantize(x=w, scale=disk["l.weight_scale"], zero_point=torch.zeros(48, 1),
+                     args=args, dtype=torch.int8)
+    assert torch.equal(codes, disk["l.weight"])
+
+
 def test_tied_weights_are_quantized_once(tmp_path: Path) -> None:
     emb = torch.randn(32, 128)
     path = tmp_path / "tied.safetensors"
