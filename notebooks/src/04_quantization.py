@@ -11,7 +11,8 @@
 #   that keeps its weights quantized in memory and runs a CPU kernel on them;
 # - `ml.quant.report(model_fp32, model_q, inputs)`: per-layer error table and figures;
 # - GGUF files: `ml.save_state_dict(..., "x.gguf", quant="q4_0")`, readable by the `gguf`
-#   package (llama.cpp's format), and `ml.load_into(..., keep_quantized=True)`.
+#   package (llama.cpp's format), and `ml.load_into(..., keep_quantized=True)`;
+# - `int8`/`int4` weights saved in safetensors (`quant="int8"`), read back the same way.
 
 # %%
 %matplotlib inline
@@ -217,3 +218,42 @@ print("same blocks as in memory:",
 e = loaded.encode(sentences)
 print("vs fp32:", f"{float((e * emb['fp32']).sum(-1).min()):.3f}",
       " vs in-memory q4_0:", f"{float((e * emb['q4_0']).sum(-1).min()):.4f}")
+
+# %% [markdown]
+# ## `int8` and `int4` in safetensors
+# GGUF has no type for `int8` or `int4`, so those go into safetensors, as plain tensors any
+# safetensors reader loads: the codes under the weight's own name, plus `<name>_scale` (and
+# `<name>_zero` for `int4`). The `int8` parts have the names, dtypes and shapes that
+# compressed-tensors (vLLM's format) uses for per-channel `int8`. The header lists which
+# tensors are quantized, so `ml.open_weights` shows one tensor per weight again. 1-D tensors
+# (norms and biases) stay float, as in GGUF.
+
+# %%
+from safetensors import safe_open
+
+path8 = work / "minilm-int8.safetensors"
+ml.save_state_dict(ref.state_dict(), path8, quant="int8")
+with safe_open(path8, "pt") as f:  # the safetensors package's own view of the file
+    for key in [name, name + "_scale"]:
+        s = f.get_slice(key)
+        print(f"{key:50s} {s.get_dtype():4s} {s.get_shape()}")
+info8 = ml.open_weights(path8).info(name)  # ours: one tensor again
+print(f"ml.open_weights: {name} {list(info8.shape)} {info8.quant}, "
+      f"{info8.bits_per_weight:.3f} bits/weight; the file: "
+      f"{ml.formats.human_bytes(path8.stat().st_size)}")
+
+# %% [markdown]
+# Loading back with `keep_quantized=True` gives `QuantLinear` layers holding the file's codes,
+# the same codes `quantize_model` made in memory. The embedding tables were stored in `int8`
+# too, and are dequantized on loading.
+
+# %%
+with torch.device("meta"):
+    loaded8 = MiniLM(ref.config, tokenizer=ref.tokenizer)
+ml.load_into(loaded8, path8, keep_quantized=True)
+layer8 = loaded8.encoder.layer[0].intermediate.dense
+print(layer8)
+print("same codes as in memory:",
+      torch.equal(layer8.qweight.data, models["int8"].encoder.layer[0].intermediate.dense.qweight.data))
+e8 = loaded8.encode(sentences)
+print("vs fp32:", f"{float((e8 * emb['fp32']).sum(-1).min()):.3f}")
