@@ -230,7 +230,7 @@ def test_write_errors(tmp_path: Path) -> None:
     path = tmp_path / "x.gguf"
     with pytest.raises(UnsupportedError, match=r"quant='int8'; GGUF schemes: f32, f16, bf16, q8_0"):
         ml.save_state_dict({"w": torch.randn(4, 32)}, path, quant="int8")
-    with pytest.raises(UnsupportedError, match="int4 is an in-memory scheme, q4_1 is GGUF's"):
+    with pytest.raises(UnsupportedError, match="int4 to a .safetensors file, or use q4_1"):
         ml.save_state_dict({"w": torch.randn(4, 32)}, path, quant="int4")
     with pytest.raises(UnsupportedError, match=r"quant='q4_k'; it takes int8, int4. GGUF block"):
         ml.save_state_dict({"w": torch.randn(4, 256)}, tmp_path / "x.safetensors", quant="q4_k")

@@ -11,7 +11,8 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ["loading", "checkpoint", "lora", "quant", "distributed", "cache", "multimodal"]
+ORDER = ["loading", "checkpoint", "lora", "quant", "gguf_open", "distributed", "cache",
+         "multimodal"]
 
 
 def main() -> None:

@@ -1,16 +1,25 @@
-"""GGUF files (llama.cpp's format): the header parsed here (``gguf_header``), tensors
-memory-mapped, written through ``gguf.GGUFWriter``; blocks (de)quantized by
-``mlmf_lab.quant.ggml`` (torch, with fused C kernels for dequantization).
+"""GGUF files (llama.cpp's format): the header parsed by ``gguf_header`` (or, on request, by
+``gguf.GGUFReader``), tensors memory-mapped, written through ``gguf.GGUFWriter``; blocks
+(de)quantized by ``mlmf_lab.quant.ggml`` (torch, with fused C kernels for dequantization).
 
-Reading is lazy: ``read_header`` parses and checks the header, the file is memory-mapped
-copy-on-write (tensors are writable views; the file is never modified), and no tensor data
-is read until asked for. ``gguf.GGUFReader`` is not used for reading because it is slow on
-real vocabularies (13.5 s against 0.5 s here for a Llama-3-sized one, 128k tokens and 280k
-merges) and trusts hostile counts (see ``gguf_header``); the tests check our reading
-against it, field by field. Shapes are given in PyTorch order (GGUF stores dimensions
-innermost first). Quantized tensors report ``dtype="float32"`` (what ``tensor()`` returns)
-and ``quant="Q8_0"`` etc.; ``raw()`` keeps them as a ``QTensor`` of the stored bytes. Float
-and integer tensors (F32, F16, BF16, F64, I8 ... I64) come back in their own dtype.
+Reading is lazy: the header is parsed and checked, the file is memory-mapped copy-on-write
+(tensors are writable views; the file is never modified), and no tensor data is read until
+asked for. Two header readers give the same result on a valid file (the tests check it
+field by field); ``reader=`` chooses one:
+
+- ``"mlmf"`` (default): our parser (``gguf_header.read_header``). It checks every count,
+  length and offset against the file size and explains each problem, and it is fast.
+- ``"gguf"``: the gguf package's ``gguf.GGUFReader`` (``gguf_reader``), the reference
+  reader. It walks metadata arrays element by element, so a Llama-3-sized vocabulary
+  (128k tokens, 280k merges) takes about 15 s to open against 0.6 s with ours
+  (``benchmarks/bench_gguf_open.py``), and it trusts the counts a file states (a hostile
+  count can keep it busy for hours), so use it on files you trust; its errors still come
+  back as a ``FormatError`` naming the file.
+
+Shapes are given in PyTorch order (GGUF stores dimensions innermost first). Quantized
+tensors report ``dtype="float32"`` (what ``tensor()`` returns) and ``quant="Q8_0"`` etc.;
+``raw()`` keeps them as a ``QTensor`` of the stored bytes. Float and integer tensors (F32,
+F16, BF16, F64, I8 ... I64) come back in their own dtype.
 
 Writing: ``save_state_dict(tensors, "x.gguf", metadata=..., quant="q8_0")``. With ``quant``,
 floating-point tensors of two or more dimensions whose rows divide into blocks are
@@ -24,6 +33,7 @@ take ``q5_0``/``q8_0`` instead (llama.cpp's fallback) when they divide into 32.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +47,9 @@ from ..quant.ggml import BLOCK_TYPES, BY_ID, block_type, dequantize_tensor, quan
 from ..quant.ggml import quantize_tensor as quantize_blocks
 from . import atomic
 from .base import TensorInfo, WeightFile, dtype_name
-from .gguf_header import MAX_DIMS, read_header
+from .gguf_header import MAX_DIMS, Header, read_header
 from .gguf_meta import decode_metadata, encode_metadata
+from .gguf_reader import read_header_with_gguf
 from .registry import Format, Writer, register_format, register_writer
 
 # ggml types stored as plain tensors: type name -> torch dtype
@@ -58,6 +69,11 @@ NUMPY_VIEW: dict[str, type[np.generic]] = {  # how the mapped bytes are viewed (
     "I8": np.int8, "I16": np.int16, "I32": np.int32, "I64": np.int64,
 }
 QUANTIZATION_VERSION = 2  # the block layouts of ggml's current quantization version
+# reader= name -> the function reading the header (path, ggml type sizes) -> Header
+READERS: dict[str, Callable[[Path, dict[int, tuple[int, int]]], Header]] = {
+    "mlmf": read_header,  # the default: checked and fast
+    "gguf": read_header_with_gguf,  # gguf.GGUFReader, the reference reader
+}
 
 
 def _known_types() -> dict[int, tuple[int, int]]:
@@ -67,15 +83,31 @@ def _known_types() -> dict[int, tuple[int, int]]:
 
 
 class GGUFFile(WeightFile):
-    """One ``.gguf`` file, memory-mapped; quantized tensors dequantized on demand."""
+    """One ``.gguf`` file, memory-mapped; quantized tensors dequantized on demand.
+
+    Args:
+        path: the file.
+        reader: which header reader to use, a key of ``READERS``: ``"mlmf"`` (default) or
+            ``"gguf"`` (``gguf.GGUFReader``); see the module docstring.
+
+    Raises:
+        UnsupportedError: an unknown ``reader``; the message lists the accepted ones.
+        FormatError: a malformed file.
+    """
 
     format = "gguf"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, reader: str = "mlmf") -> None:
         from gguf import GGMLQuantizationType
 
+        if reader not in READERS:
+            raise UnsupportedError(
+                f"unknown GGUF reader={reader!r}; accepted: "
+                f"{', '.join(map(repr, READERS))} (default 'mlmf')",
+                path,
+            )
         sizes = _known_types()
-        header = read_header(path, sizes)
+        header = READERS[reader](path, sizes)
         meta, aliases = decode_metadata(header.metadata, path)
         mapped = np.memmap(path, mode="c") if header.tensors else np.zeros(0, np.uint8)
         infos: dict[str, TensorInfo] = {}
@@ -98,6 +130,7 @@ class GGUFFile(WeightFile):
             )
         super().__init__(path=path, metadata=meta, _infos=infos)
         self.aliases = aliases
+        self.reader = reader
         self.version = header.version
         self.alignment = header.alignment
         self.value_types = header.value_types
@@ -197,8 +230,8 @@ def write_gguf(
     if quant is not None:
         writable = quantizable()
         if str(quant).lower() not in writable:
-            nearest = {"int8": "; int8 is an in-memory scheme, q8_0 is GGUF's nearest",
-                       "int4": "; int4 is an in-memory scheme, q4_1 is GGUF's nearest"}
+            nearest = {"int8": "; save int8 to a .safetensors file, or use q8_0, GGUF's nearest",
+                       "int4": "; save int4 to a .safetensors file, or use q4_1, GGUF's nearest"}
             raise UnsupportedError(
                 f"GGUF cannot store quant={quant!r}; GGUF schemes: {', '.join(writable)}"
                 + nearest.get(str(quant).lower(), ""), path)
@@ -253,4 +286,4 @@ def _save(
 register_format(Format("gguf", _detect, GGUFFile))
 register_writer(Writer("gguf", ".gguf", _save))
 
-__all__ = ["GGUFFile", "NATIVE", "write_gguf"]
+__all__ = ["GGUFFile", "NATIVE", "READERS", "write_gguf"]

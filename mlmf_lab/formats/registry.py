@@ -92,25 +92,43 @@ def detect(path: str | os.PathLike[str]) -> Format:
     )
 
 
-def open_weights(path: str | os.PathLike[str]) -> WeightFile:
+def open_weights(path: str | os.PathLike[str], reader: str | None = None) -> WeightFile:
     """Open a weight file lazily: headers only, tensors read on demand from a memory map.
 
     Args:
         path: a ``.safetensors`` file, an HF ``*.safetensors.index.json`` (or the folder
             holding either), a ``.gguf`` file, or a PyTorch ``.bin``/``.pt`` file.
+        reader: GGUF files only, which header reader to use: ``"mlmf"`` (our checked,
+            fast parser; the default) or ``"gguf"`` (the gguf package's ``GGUFReader``,
+            much slower on real vocabularies and trusting the file's counts). Both give
+            the same result on a valid file. ``None`` takes the default.
 
     Returns:
         A ``WeightFile``: iterate for names, ``.info(name)``, ``.tensor(name)``, ``.metadata``.
 
     Raises:
         MLMFError: missing, malformed or unsupported files (the message names the file).
+        UnsupportedError: ``reader`` given for a file that is not GGUF, or an unknown
+            ``reader``; the message lists the accepted values.
 
     Example:
         >>> with ml.open_weights("model.safetensors") as wf:  # doctest: +SKIP
         ...     w = wf.tensor("embeddings.word_embeddings.weight")
+        >>> wf = ml.open_weights("model.gguf", reader="gguf")  # doctest: +SKIP
     """
     fmt = detect(path)
-    return fmt.open(resolve(path))
+    if reader is None:
+        return fmt.open(resolve(path))
+    from .gguf import READERS, GGUFFile  # the one format with a choice of readers
+
+    if fmt.name != "gguf":
+        raise UnsupportedError(
+            f"reader={reader!r} chooses how a GGUF file is read (accepted: "
+            f"{', '.join(map(repr, READERS))}), but this is a {fmt.name} file; "
+            "drop reader= to open it",
+            resolve(path),
+        )
+    return GGUFFile(resolve(path), reader=reader)
 
 
 def load_state_dict(
@@ -146,7 +164,9 @@ def save_state_dict(
         path: ``x.safetensors``, ``x.gguf``, or a folder (HF sharded layout).
         metadata: any JSON-able values; non-strings round-trip through JSON.
         max_shard_size: bytes or ``"500MB"``-style; folders only.
-        quant: quantization scheme for formats that store quantized blocks (GGUF).
+        quant: quantize the floating-point weights (2-D and up) as they are written: a GGUF
+            block type (``"q8_0"``, ``"q4_k"``, ...) into ``.gguf``, ``"int8"`` or
+            ``"int4"`` into ``.safetensors`` (see ``safetensors_quant``).
 
     Raises:
         MLMFError: unknown suffix, bad tensors or metadata.
