@@ -188,8 +188,22 @@ def test_every_truncation_is_a_format_error(tmp_path: Path) -> None:
     for n in [*range(0, data_start, 3), *range(data_start, len(raw), 499)]:
         cut.write_bytes(raw[:n])
         with pytest.raises(FormatError) as caught:
-            GGUFFile(cut, reader="gguf")
+            read_header_with_gguf(cut, SIZES)
         assert str(caught.value).startswith(f"{cut}: gguf.GGUFReader could not read"), n
+        with pytest.raises(FormatError):  # our parser refuses it first
+            GGUFFile(cut, reader="gguf")
+
+
+def test_a_hostile_count_never_reaches_gguf_reader(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """An array claiming 2**40 items would keep GGUFReader busy and fill the memory."""
+    path = tmp_path / "hostile.gguf"
+    key = b"arr"
+    kv = struct.pack("<Q", len(key)) + key + struct.pack("<IIQ", 9, 0, 2**40) + b"\0" * 8
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + kv)
+    monkeypatch.setattr(gguf, "GGUFReader", lambda *a, **k: pytest.fail("GGUFReader ran"))
+    with pytest.raises(FormatError, match="hostile.gguf"):
+        ml.open_weights(path, reader="gguf")
 
 
 def test_bad_magic_and_big_endian(tmp_path: Path) -> None:
@@ -197,12 +211,14 @@ def test_bad_magic_and_big_endian(tmp_path: Path) -> None:
     path.write_bytes(b"GGUX" + header_only()[4:])
     with pytest.raises(FormatError, match=r"bad\.gguf: gguf\.GGUFReader could not read the file "
                                           r"\(ValueError: GGUF magic invalid\)"):
-        GGUFFile(path, reader="gguf")
+        read_header_with_gguf(path, SIZES)
     with pytest.raises(UnsupportedError, match="not a weight file"):
         ml.open_weights(path, reader="gguf")  # detection reads the magic before any reader
     path.write_bytes(header_only(version=struct.pack(">I", 3)))
     with pytest.raises(UnsupportedError, match=r"bad\.gguf: big-endian GGUF files are not"):
-        GGUFFile(path, reader="gguf")  # GGUFReader would read it; our memory map cannot
+        read_header_with_gguf(path, SIZES)  # GGUFReader would read it; our map cannot
+    with pytest.raises(UnsupportedError, match=r"bad\.gguf: .*big-endian"):
+        GGUFFile(path, reader="gguf")
 
 
 def test_bad_reader_values(tmp_path: Path) -> None:
@@ -218,8 +234,8 @@ def test_bad_reader_values(tmp_path: Path) -> None:
         with pytest.raises(UnsupportedError) as caught:
             ml.open_weights(st, reader=reader)
         assert str(caught.value) == (
-            f"{st}: reader={reader!r} chooses how a GGUF file is read (accepted: 'mlmf', "
-            "'gguf'), but this is a safetensors file; drop reader= to open it"
+            f"{st}: reader={reader!r} chooses how a file is read where there is a choice "
+            "(gguf: 'mlmf', 'gguf'), but this is a safetensors file; drop reader= to open it"
         )
     with ml.open_weights(st, reader=None) as wf:
         assert wf.format == "safetensors"

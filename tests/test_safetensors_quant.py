@@ -52,7 +52,10 @@ def test_int8_parts_on_disk_and_the_naive_formula(tmp_path: Path) -> None:
     for name in ("a.weight", "odd.weight", "conv"):
         codes, s = disk[name].double(), disk[f"{name}_scale"].double()
         expected = (codes * s).reshape(sd[name].shape)
-        torch.testing.assert_close(wf.tensor(name).double(), expected, rtol=1e-7, atol=0)
+        back = ml.quant.dequantize(wf.raw(name))  # float32
+        torch.testing.assert_close(back.double(), expected, rtol=1e-7, atol=0)
+        assert torch.equal(wf.tensor(name), back.to(sd[name].dtype))  # the dtype it was saved from
+    assert wf.info("conv").dtype == "float16"
     assert torch.equal(wf.tensor("a.bias"), sd["a.bias"]) and torch.equal(wf.tensor("steps"),
                                                                           sd["steps"])
     qt = wf.raw("conv")
@@ -75,16 +78,14 @@ def test_int4_parts_on_disk_and_the_naive_formula(tmp_path: Path) -> None:
     for name in ("a.weight", "conv"):
         b = disk[name].numpy()
         codes = np.stack([b & 0x0F, b >> 4], axis=-1).reshape(b.shape[0], -1).astype(np.float64)
-        rows = codes.shape[0]
         s = disk[f"{name}_scale"].double().numpy().repeat(128, axis=1)
         z = disk[f"{name}_zero"].double().numpy().repeat(128, axis=1)
         expected = ((codes - 8) * s + z).reshape(sd[name].shape)
-        np.testing.assert_allclose(wf.tensor(name).double().numpy(), expected, rtol=1e-6,
-                                   atol=1e-7)
-        assert rows == disk[f"{name}_scale"].shape[0]
+        back = ml.quant.dequantize(wf.raw(name))
+        np.testing.assert_allclose(back.double().numpy(), expected, rtol=1e-6, atol=1e-7)
         ref = ml.quant.quantize(sd[name], "int4")
         assert torch.equal(wf.raw(name).data, ref.data)
-        assert torch.equal(wf.tensor(name), ref.dequantize())
+        assert torch.equal(wf.tensor(name), ref.dequantize(sd[name].dtype))
     assert wf.raw("conv").options == {"group_size": 128}
 
 
@@ -136,6 +137,86 @@ def test_load_into_keeps_the_weights_quantized(tmp_path: Path, scheme: str) -> N
         assert torch.equal(loaded(x), in_memory(x))
 
 
+def test_saved_dtype_comes_back_and_bf16_models_run(tmp_path: Path) -> None:
+    ref = model().bfloat16()
+    path = tmp_path / "m.safetensors"
+    ml.save_state_dict(ref.state_dict(), path, quant="int8")
+    assert ml.open_weights(path).info("0.weight").dtype == "bfloat16"
+    x = torch.randn(2, 128).bfloat16()
+    for keep in (False, True):
+        with torch.device("meta"):
+            loaded = model().bfloat16()
+        ml.load_into(loaded, path, keep_quantized=keep)
+        with torch.no_grad():
+            assert loaded(x).dtype == torch.bfloat16
+
+
+class Tied(nn.Module):
+    """A head tied to an embedding: the stored tensor is the linear's or the embedding's."""
+
+    def __init__(self, head_first: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        if head_first:
+            self.head = nn.Linear(128, 64, bias=False)
+        self.emb = nn.Embedding(64, 128)
+        if not head_first:
+            self.head = nn.Linear(128, 64, bias=False)
+        self.head.weight = self.emb.weight
+
+
+@pytest.mark.parametrize("head_first", [True, False])
+def test_keep_quantized_with_a_head_tied_to_an_embedding(tmp_path: Path,
+                                                         head_first: bool) -> None:
+    path = tmp_path / "tied.safetensors"
+    ml.save_state_dict(Tied(head_first).state_dict(), path, quant="int8")
+    with torch.device("meta"):
+        loaded = Tied(head_first)
+    assert ml.load_into(loaded, path, keep_quantized=True).ok
+    expected = ml.quant.quantize(Tied(head_first).emb.weight, "int8")
+    assert loaded.emb.weight.dtype == torch.float32  # an embedding gets floats
+    assert isinstance(loaded.head, QuantLinear) == head_first  # stored under the head's name
+    if head_first:
+        assert torch.equal(loaded.head.qweight.data, expected.data)
+
+
+def test_content_hash_covers_every_part(tmp_path: Path) -> None:
+    from mlmf_lab.lineage.hashing import file_tensor_hash
+
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    for scheme in ("int8", "int4"):
+        ml.save_state_dict(state(), a, quant=scheme)
+        # b differs from a in one scale only: same codes, different weights
+        raw = load_file(a)
+        raw["a.weight_scale"] = raw["a.weight_scale"] * 2
+        meta = ml.formats.safetensors.read_header(a)[1]
+        save_file(raw, b, metadata=meta)
+        assert not torch.equal(ml.open_weights(a).tensor("a.weight"),
+                               ml.open_weights(b).tensor("a.weight"))
+        assert file_tensor_hash(a) != file_tensor_hash(b)
+        described = ml.describe(a)
+        assert described.num_tensors == len(state())
+        assert described.content_hash == file_tensor_hash(a).sha256
+
+
+def test_an_index_may_list_the_parts(tmp_path: Path) -> None:
+    """HF indexes list every stored key: the scales too."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    ml.save_state_dict(model().state_dict(), folder / "model-1.safetensors", quant="int8")
+    stored = load_file(folder / "model-1.safetensors")
+    index = {"metadata": {}, "weight_map": dict.fromkeys(stored, "model-1.safetensors")}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    wf = ml.open_weights(folder)
+    assert sorted(wf) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+    assert wf.info("0.weight").quant == "int8" and isinstance(wf.raw("0.weight"),
+                                                              ml.quant.QTensor)
+    with torch.device("meta"):
+        loaded = model()
+    ml.load_into(loaded, folder, keep_quantized=True)
+    assert isinstance(loaded[0], QuantLinear) and isinstance(loaded[2], QuantLinear)
+
+
 def test_convert_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src, q4, back = tmp_path / "m.safetensors", tmp_path / "q.safetensors", tmp_path / "b.gguf"
     ml.save_state_dict(model().state_dict(), src)
@@ -183,6 +264,8 @@ def damaged(tmp_path: Path, listing: object, **tensors: torch.Tensor) -> Path:
     ({"w": {"scheme": "int8", "shape": [4, 16]}},
      "'w' is int8 \\[4, 8\\], expected int8 \\[4, 16\\]"),
     ({"w": {"scheme": "int4", "shape": [4, 16], "group_size": 3}}, "group_size 3 must be even"),
+    ({"w": {"scheme": "int8", "shape": [4, 8], "group_size": 4}}, "unknown keys .'group_size'."),
+    ({"w": {"scheme": "int8", "shape": [4, 8], "dtype": "int8"}}, "dtype 'int8' is not one of"),
     ({"v": {"scheme": "int8", "shape": [4, 8]}}, "the tensor 'v' it needs is missing"),
 ])
 def test_damaged_listing_gets_a_format_error(tmp_path: Path, listing: object,

@@ -65,9 +65,9 @@ class TensorInfo:
         name: the tensor's key in the file.
         shape: in PyTorch order (row-major, outermost first).
         dtype: the dtype ``tensor()`` returns by default, e.g. ``"float32"``.
-        nbytes: bytes the tensor occupies in the file.
+        nbytes: bytes the tensor occupies in the file (all its parts; see ``spans``).
         file: the file holding the bytes.
-        offset: absolute byte offset of the data in ``file``.
+        offset: absolute byte offset of the data (of its first part) in ``file``.
         quant: storage type when it differs from ``dtype`` (GGUF ``"Q8_0"`` ...), else None.
     """
 
@@ -149,6 +149,15 @@ class WeightFile:
     def raw(self, name: str) -> Any:
         """The tensor as stored; for unquantized formats this equals ``tensor(name)``."""
         return self.tensor(name)
+
+    def spans(self, name: str) -> list[tuple[str, int, int]]:
+        """Where the bytes of ``name`` lie: ``(file, offset, nbytes)`` per stored part.
+
+        One span, ``info``'s own, except for a weight stored as several parts (int8/int4
+        in safetensors: codes, scales, zeros), whose parts need not be adjacent.
+        """
+        info = self.info(name)
+        return [(info.file, info.offset, info.nbytes)]
 
     def __enter__(self) -> WeightFile:
         return self

@@ -21,11 +21,16 @@ HEAD_BYTES = 64
 
 
 class Format(NamedTuple):
-    """One registered reader. ``detect(path, head)`` looks at content, never at the name."""
+    """One registered reader. ``detect(path, head)`` looks at content, never at the name.
+
+    ``readers``: the values ``open(path, reader=...)`` accepts, for a format that can be
+    read more than one way (GGUF: ``"mlmf"``, ``"gguf"``); empty = ``open(path)`` only.
+    """
 
     name: str
     detect: Callable[[Path, bytes], bool]
-    open: Callable[[Path], WeightFile]
+    open: Callable[..., WeightFile]
+    readers: tuple[str, ...] = ()
 
 
 class Writer(NamedTuple):
@@ -100,8 +105,8 @@ def open_weights(path: str | os.PathLike[str], reader: str | None = None) -> Wei
             holding either), a ``.gguf`` file, or a PyTorch ``.bin``/``.pt`` file.
         reader: GGUF files only, which header reader to use: ``"mlmf"`` (our checked,
             fast parser; the default) or ``"gguf"`` (the gguf package's ``GGUFReader``,
-            much slower on real vocabularies and trusting the file's counts). Both give
-            the same result on a valid file. ``None`` takes the default.
+            much slower on real vocabularies, run after our parser has checked the file).
+            Both give the same result on a valid file. ``None`` takes the default.
 
     Returns:
         A ``WeightFile``: iterate for names, ``.info(name)``, ``.tensor(name)``, ``.metadata``.
@@ -119,16 +124,15 @@ def open_weights(path: str | os.PathLike[str], reader: str | None = None) -> Wei
     fmt = detect(path)
     if reader is None:
         return fmt.open(resolve(path))
-    from .gguf import READERS, GGUFFile  # the one format with a choice of readers
-
-    if fmt.name != "gguf":
+    if not fmt.readers:
+        choices = "; ".join(f"{f.name}: {', '.join(map(repr, f.readers))}"
+                            for f in FORMATS if f.readers)
         raise UnsupportedError(
-            f"reader={reader!r} chooses how a GGUF file is read (accepted: "
-            f"{', '.join(map(repr, READERS))}), but this is a {fmt.name} file; "
-            "drop reader= to open it",
+            f"reader={reader!r} chooses how a file is read where there is a choice "
+            f"({choices}), but this is a {fmt.name} file; drop reader= to open it",
             resolve(path),
         )
-    return GGUFFile(resolve(path), reader=reader)
+    return fmt.open(resolve(path), reader=reader)
 
 
 def load_state_dict(

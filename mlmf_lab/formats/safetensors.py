@@ -118,6 +118,8 @@ class SafetensorsFile(WeightFile):
             infos, self._quant = read_entries(raw_meta[QUANT_KEY], infos, path)
         super().__init__(path=path, metadata=meta, _infos=infos)
         self.aliases = aliases
+        # stored key of each int8/int4 scale or zero -> the weight it belongs to
+        self.parts = {p.key: n for n, e in self._quant.items() for p in e.params.values()}
         try:
             self._handle: Any = safe_open(os.fspath(path), framework="pt", device="cpu")
         except (SafetensorError, OSError) as e:
@@ -130,7 +132,15 @@ class SafetensorsFile(WeightFile):
 
     def _read(self, info: TensorInfo) -> torch.Tensor:
         entry = self._quant.get(info.name)
-        return self._get(info.name) if entry is None else dequantize(assemble(entry, self._get))
+        if entry is None:
+            return self._get(info.name)
+        return dequantize(assemble(entry, self._get), dtype=getattr(torch, entry.dtype))
+
+    def spans(self, name: str) -> list[tuple[str, int, int]]:
+        entry = self._quant.get(name)
+        if entry is None:
+            return super().spans(name)
+        return [(i.file, i.offset, i.nbytes) for i in entry.stored]
 
     def raw(self, name: str) -> QTensor | torch.Tensor:
         """An ``int8``/``int4`` tensor as its ``QTensor`` (no dequantization); others as stored."""

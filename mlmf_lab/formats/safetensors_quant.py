@@ -10,11 +10,14 @@ quant="int8")`` keeps them in safetensors, as plain tensors any safetensors read
   (even column in the low nibble); ``<name>_scale`` and ``<name>_zero`` bfloat16
   ``(rows, cols // group_size)``; ``w = (code - 8) * scale + zero``.
 
-The header's ``__metadata__`` lists the quantized tensors under ``mlmf.quant``, a JSON object
-``{name: {"scheme": "int4", "shape": [...], "group_size": 128}}``. ``open_weights`` then shows
-one tensor per quantized name, with its logical shape and ``quant="int8"``; ``tensor()``
-dequantizes and ``raw()`` gives the ``QTensor``. Each part's dtype and shape is checked
-against the scheme, so a damaged file gets a ``FormatError``.
+A weight of more than two dimensions is stored as the 2-D matrix the scheme works on
+(int8: ``(shape[0], rest)``; int4: ``(rest, shape[-1])``). The header's ``__metadata__`` lists
+the quantized tensors under ``mlmf.quant``, a JSON object ``{name: {"scheme": "int4",
+"shape": [...], "dtype": "bfloat16", "group_size": 128}}``. ``open_weights`` then shows one
+tensor per quantized name, with its logical shape, the dtype it was saved from, and
+``quant="int8"``; ``tensor()`` dequantizes to that dtype and ``raw()`` gives the ``QTensor``.
+Each part's dtype and shape is checked against the scheme, so a damaged file gets a
+``FormatError``.
 
 As in GGUF, only floating-point tensors of two or more dimensions are quantized (norms and
 biases keep their dtype); for ``int4``, only those whose last dimension divides into groups.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -37,6 +41,7 @@ from .base import TensorInfo, dtype_name
 from .metadata import QUANT_KEY
 
 SCHEMES = ("int8", "int4")
+FLOAT_NAMES = ("float32", "float16", "bfloat16", "float64")  # dtypes a weight is saved from
 
 
 class Part(NamedTuple):
@@ -48,11 +53,15 @@ class Part(NamedTuple):
 
 
 class QuantEntry(NamedTuple):
+    """One quantized weight: its scheme, logical shape and dtype, and where its parts are."""
+
     scheme: str
     shape: tuple[int, ...]
     options: dict[str, Any]
     data: Part
     params: dict[str, Part]  # QTensor parameter name -> part
+    dtype: str = "float32"  # what tensor() returns: the dtype the weight was saved from
+    stored: tuple[TensorInfo, ...] = ()  # the parts as the file holds them (data first)
 
 
 def entry_for(
@@ -73,7 +82,7 @@ def entry_for(
 
 
 def _fits(t: torch.Tensor, scheme: str, group_size: int) -> bool:
-    if not t.is_floating_point() or t.dim() < 2 or t.numel() == 0:
+    if dtype_name(t.dtype) not in FLOAT_NAMES or t.dim() < 2 or t.numel() == 0:
         return False
     return scheme == "int8" or t.shape[-1] % group_size == 0
 
@@ -106,7 +115,8 @@ def quantize_parts(
                 raise MLMFError(f"cannot quantize {name!r}: the file would need the name "
                                 f"{part.key!r} for its {pname}, which another tensor has", path)
             out[part.key] = qt.params[pname].reshape(part.shape)
-        listed[name] = {"scheme": scheme, "shape": list(t.shape), **options}
+        listed[name] = {"scheme": scheme, "shape": list(t.shape), "dtype": dtype_name(t.dtype),
+                        **options}
     return out, json.dumps(listed, sort_keys=True)
 
 
@@ -128,9 +138,10 @@ def read_entries(
             continue
         entry = entries.get(name)
         if entry is not None:
-            nbytes = info.nbytes + sum(infos[p.key].nbytes for p in entry.params.values())
-            info = TensorInfo(name, entry.shape, "float32", nbytes, info.file, info.offset,
-                              entry.scheme)
+            stored = (info, *(infos[p.key] for p in entry.params.values()))
+            entries[name] = entry._replace(stored=stored)
+            info = TensorInfo(name, entry.shape, entry.dtype, sum(i.nbytes for i in stored),
+                              info.file, info.offset, entry.scheme)
         out[name] = info
     return out, entries
 
@@ -140,6 +151,14 @@ def _entry(name: str, spec: Any, infos: dict[str, TensorInfo], path: Path) -> Qu
     if not isinstance(spec, dict) or spec.get("scheme") not in SCHEMES:
         raise FormatError(f"{where}: expected an object with scheme one of "
                           f"{', '.join(SCHEMES)}, found {spec!r}", path)
+    known = {"scheme", "shape", "dtype"} | ({"group_size"} if spec["scheme"] == "int4" else set())
+    if set(spec) - known:
+        raise FormatError(f"{where}: unknown keys {sorted(set(spec) - known)}; "
+                          f"{spec['scheme']} takes {', '.join(sorted(known))}", path)
+    dtype = spec.get("dtype", "float32")
+    if dtype not in FLOAT_NAMES:
+        raise FormatError(f"{where}: dtype {dtype!r} is not one of "
+                          f"{', '.join(FLOAT_NAMES)}", path)
     shape = spec.get("shape")
     if not isinstance(shape, list) or len(shape) < 2 or not all(
         type(d) is int and d > 0 for d in shape
@@ -152,7 +171,7 @@ def _entry(name: str, spec: Any, infos: dict[str, TensorInfo], path: Path) -> Qu
             raise FormatError(f"{where}: group_size {g!r} must be even and divide the last "
                               f"dimension ({shape[-1]})", path)
         options["group_size"] = g
-    entry = entry_for(name, spec["scheme"], tuple(shape), options)
+    entry = entry_for(name, spec["scheme"], tuple(shape), options)._replace(dtype=dtype)
     for part in (entry.data, *entry.params.values()):
         info = infos.get(part.key)
         if info is None:
@@ -165,7 +184,7 @@ def _entry(name: str, spec: Any, infos: dict[str, TensorInfo], path: Path) -> Qu
     return entry
 
 
-def assemble(entry: QuantEntry, get: Any) -> QTensor:
+def assemble(entry: QuantEntry, get: Callable[[str], torch.Tensor]) -> QTensor:
     """The ``QTensor`` of ``entry`` from its parts; ``get(key)`` reads one stored tensor."""
     params = {p: get(part.key) for p, part in entry.params.items()}
     if entry.scheme == "int8":

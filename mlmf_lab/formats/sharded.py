@@ -81,6 +81,8 @@ class ShardedFile(WeightFile):
                 where[tname] = shard_name
         infos: dict[str, TensorInfo] = {}
         for tname, shard_name in wmap.items():
+            if tname in shards[shard_name].parts:
+                continue  # the scale or zero of an int8/int4 weight, read with it
             if where.get(tname) != shard_name:
                 found = f"found in {where[tname]}" if tname in where else "in no shard"
                 raise ShardError(
@@ -101,6 +103,14 @@ class ShardedFile(WeightFile):
 
     def _read(self, info: TensorInfo) -> torch.Tensor:
         return self.shards[self._where[info.name]].tensor(info.name)
+
+    def raw(self, name: str) -> Any:
+        self.info(name)
+        return self.shards[self._where[name]].raw(name)
+
+    def spans(self, name: str) -> list[tuple[str, int, int]]:
+        self.info(name)
+        return self.shards[self._where[name]].spans(name)
 
     def get_slice(self, name: str) -> Any:
         self.info(name)

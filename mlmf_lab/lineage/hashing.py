@@ -27,7 +27,7 @@ from ..errors import MLMFError
 from ..formats.base import alias_key, dtype_name
 
 CHUNK = 8 * 1024 * 1024
-# Formats whose TensorInfo.offset/nbytes locate the stored bytes in TensorInfo.file.
+# Formats whose WeightFile.spans locate the stored bytes of each tensor in its files.
 RAW_FORMATS = frozenset({"safetensors", "gguf"})
 
 
@@ -78,14 +78,15 @@ def file_tensor_hash(path: str | os.PathLike[str]) -> ContentHash:
                 info = wf.info(name)
                 h.update(record_line(name, info.quant or info.dtype, info.shape, info.nbytes))
                 if wf.format in RAW_FORMATS:
-                    if info.file not in maps:
-                        maps[info.file] = _map(info.file)
-                    mm, size = maps[info.file]
-                    if info.offset + info.nbytes > size:
-                        raise MLMFError(
-                            f"tensor {name!r} ends at byte {info.offset + info.nbytes}, "
-                            f"past the end of the file ({size} bytes)", info.file)
-                    _update_from_file(h, mm, info.offset, info.nbytes)
+                    for file, offset, nbytes in wf.spans(name):
+                        if file not in maps:
+                            maps[file] = _map(file)
+                        mm, size = maps[file]
+                        if offset + nbytes > size:
+                            raise MLMFError(
+                                f"tensor {name!r} ends at byte {offset + nbytes}, "
+                                f"past the end of the file ({size} bytes)", file)
+                        _update_from_file(h, mm, offset, nbytes)
                 else:
                     h.update(tensor_bytes(wf.tensor(name)))
         finally:

@@ -283,20 +283,27 @@ def quantized_state(
     wf = open_weights(path)
     state: dict[str, torch.Tensor | QTensor] = {}
     for name in wf:
-        prefix, _, leaf = name.rpartition(".")
         raw = wf.raw(name) if wf.info(name).quant else None
-        layer = _linear_at(model, prefix) if leaf == "weight" else None
-        if isinstance(raw, QTensor) and layer is not None and (
-            tuple(raw.shape) == tuple(layer.weight.shape)
-        ):
-            replace_module(model, prefix, QuantLinear(raw, layer.bias))
-            state[name] = raw
-        else:
-            state[name] = wf.tensor(name)
+        keep = isinstance(raw, QTensor) and _kept_quantized(model, name, raw)
+        state[name] = raw if keep and isinstance(raw, QTensor) else wf.tensor(name)
     for alias, target in getattr(wf, "aliases", {}).items():
-        if target in state and alias not in state:
-            state[alias] = state[target]
+        if target in state and alias not in state:  # tied to a non-linear: floats
+            kept = state[target]
+            state[alias] = kept if _kept_quantized(model, alias, kept) else wf.tensor(target)
     return state
+
+
+def _kept_quantized(model: nn.Module, name: str, value: object) -> bool:
+    """Swap the ``nn.Linear`` owning weight ``name`` for a ``QuantLinear`` holding ``value``,
+    if ``value`` is a ``QTensor`` of that layer's shape; whether it did."""
+    prefix, _, leaf = name.rpartition(".")
+    layer = _linear_at(model, prefix) if leaf == "weight" else None
+    if not isinstance(value, QTensor) or layer is None:
+        return False
+    if tuple(value.shape) != tuple(layer.weight.shape):
+        return False
+    replace_module(model, prefix, QuantLinear(value, layer.bias))
+    return True
 
 
 def _linear_at(model: nn.Module, name: str) -> nn.Linear | None:
