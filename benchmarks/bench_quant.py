@@ -40,8 +40,10 @@ import mlmf_lab as ml  # noqa: E402
 from mlmf_lab.quant import ggml, native  # noqa: E402
 
 DEQUANT_SCHEMES = ["f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1",
-                   "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"]
-QUANT_SCHEMES = ["f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q6_k"]
+                   "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "int8", "int4"]
+QUANT_SCHEMES = ["f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q6_k",
+                 "int8", "int4"]
+NO_PEER = "no such type in gguf"  # int8 / int4: our schemes, not GGUF's
 # where the fp16 scale fields sit in the K blocks we cannot produce ourselves
 SCALE_SLOTS = {"q2_k": (80, 82), "q3_k": (108,), "q5_k": (0, 2)}
 
@@ -102,19 +104,26 @@ def section_dequantize(quick: bool) -> str:
     rows = []
     for scheme in DEQUANT_SCHEMES:
         qt = blocks_for(x, scheme)
-        qtype = gguf.GGMLQuantizationType[scheme.upper()]
-        raw = qt.data.numpy()
-        fresh, ref, r_fresh = paired(
-            lambda qt=qt: ml.quant.dequantize(qt),
-            quiet(lambda raw=raw, q=qtype: gguf.quants.dequantize(raw, q)), max(3, repeat // 3))
+        qtype = gguf.GGMLQuantizationType.__members__.get(scheme.upper())
+        if qtype is None:
+            fresh = median_time(lambda qt=qt: ml.quant.dequantize(qt), max(3, repeat // 3))
+            ref_ms, speed_up = NO_PEER, "-"
+        else:
+            raw = qt.data.numpy()
+            fresh, ref, r_fresh = paired(
+                lambda qt=qt: ml.quant.dequantize(qt),
+                quiet(lambda raw=raw, q=qtype: gguf.quants.dequantize(raw, q)),
+                max(3, repeat // 3))
+            ref_ms, speed_up = ms(ref), f"{1 / r_fresh:.2f}x"
         into, copy, r_into = paired(lambda qt=qt: ml.quant.dequantize(qt, out=out),
                                     lambda: out.copy_(src), repeat)
         torch_into = "-"
-        if native.dequantizer(scheme) is not None:
+        if native.dequantizer(scheme) is not None or (
+                scheme == "int4" and native.int4_dequantizer() is not None):
             os.environ["MLMF_NATIVE"] = "0"
             torch_into = ms(median_time(lambda qt=qt: ml.quant.dequantize(qt, out=out), repeat))
             del os.environ["MLMF_NATIVE"]
-        rows.append([scheme, f"{qt.bits_per_weight:g}", ms(fresh), ms(ref), f"{1 / r_fresh:.2f}x",
+        rows.append([scheme, f"{qt.bits_per_weight:g}", ms(fresh), ref_ms, speed_up,
                      ms(into), ms(copy), f"{r_into:.2f}x", torch_into])
     header = ["scheme", "bits/w", "ours, fresh (ms)", "gguf.quants (ms)",
               "speed-up (goal >= 2x)", "ours, into out= (ms)", "plain copy (ms)",
@@ -128,9 +137,9 @@ def section_quantize(quick: bool) -> str:
     repeat = 3 if quick else 5
     rows = []
     for scheme in QUANT_SCHEMES:
-        qtype = gguf.GGMLQuantizationType[scheme.upper()]
+        qtype = gguf.GGMLQuantizationType.__members__.get(scheme.upper())
         try:
-            has_peer = gguf.quants.quantize(xn[:32], qtype) is not None
+            has_peer = qtype is not None and gguf.quants.quantize(xn[:32], qtype) is not None
         except NotImplementedError:
             has_peer = False
         if has_peer:
@@ -139,7 +148,8 @@ def section_quantize(quick: bool) -> str:
             rows.append([scheme, ms(ours), ms(ref), f"{1 / r:.2f}x"])
         else:
             ours = median_time(lambda s=scheme: ml.quant.quantize(x, s), repeat)
-            rows.append([scheme, ms(ours), "not implemented in gguf", "-"])
+            rows.append([scheme, ms(ours), NO_PEER if qtype is None else
+                         "not implemented in gguf", "-"])
     header = ["scheme", "ours (ms)", "gguf.quants (ms)", "speed-up (goal >= 2x)"]
     return f"Quantize a {x.shape[0]}x{x.shape[1]} float32 tensor\n\n" + table(header, rows)
 

@@ -106,8 +106,12 @@ def test_dequantize_into_a_reused_buffer() -> None:
         out = ml.quant.dequantize(qt, out=buf)
         assert out.data_ptr() == buf.data_ptr()
         assert torch.equal(buf, ml.quant.dequantize(qt))
-        with pytest.raises(MLMFError, match=r"out must be float32 of shape \[48, 256\]"):
+        flat = torch.empty(48 * 256)  # any contiguous float32 buffer of the right size
+        assert torch.equal(ml.quant.dequantize(qt, out=flat), buf)
+        with pytest.raises(MLMFError, match=r"of 12288 elements \(shape \[48, 256\]\), found"):
             ml.quant.dequantize(qt, out=torch.empty(48, 255))
+        with pytest.raises(MLMFError, match=r"\(not contiguous\)"):
+            ml.quant.dequantize(qt, out=torch.empty(256, 48).t())
 
 
 # -- bad input --------------------------------------------------------------------------------

@@ -89,3 +89,28 @@ def test_large_fresh_outputs_are_float32_and_writable() -> None:
     out.add_(1)  # an ordinary tensor: writable, resizable
     out.resize_(8, 8)
     assert out.shape == (8, 8)
+
+
+@pytest.mark.skipif(native.compiler() is None, reason="no C compiler on this machine")
+@pytest.mark.parametrize("group_size", [2, 32, 128])
+def test_int4_kernel_is_bitwise_the_formula(group_size: int) -> None:
+    """The C int4 dequantizer against the naive formula in float32, with edge parameters."""
+    g = torch.Generator().manual_seed(3)
+    rows, cols = 24, 256
+    packed = torch.randint(0, 256, (rows, cols // 2), dtype=torch.uint8, generator=g)
+    groups = (rows, cols // group_size)
+    scale = (torch.randn(groups, generator=g) * 0.01).bfloat16()
+    zero = torch.randn(groups, generator=g).bfloat16()
+    scale[0, 0], zero[1, 0], scale[2, 0] = 0.0, float("inf"), float("nan")
+    scale[3, 0] = torch.tensor(1e-40).bfloat16()  # subnormal
+    qt = ml.quant.QTensor("int4", (rows, cols), packed, {"scale": scale, "zero": zero},
+                          {"group_size": group_size})
+    assert native.int4_dequantizer() is not None
+    ours = qt.dequantize().numpy()
+    b = packed.numpy()
+    codes = np.stack([b & 15, b >> 4], axis=-1).reshape(rows, cols).astype(np.float32)
+    s = scale.float().numpy().repeat(group_size, axis=1)
+    z = zero.float().numpy().repeat(group_size, axis=1)
+    with np.errstate(invalid="ignore"):
+        expected = (codes - np.float32(8)) * s + z  # float32 throughout, no fused multiply-add
+    np.testing.assert_array_equal(ours.view(np.uint32), expected.view(np.uint32))

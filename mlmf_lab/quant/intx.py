@@ -23,7 +23,10 @@ from typing import Any
 import torch
 
 from ..errors import MLMFError
-from .base import QTensor, Scheme, register_scheme
+from . import native
+from .base import QTensor, Scheme, empty_float32, register_scheme
+from .chunks import run_chunks
+from .ggml import CHUNK_WEIGHTS
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what torch's fused int4 kernel accepts
 DEFAULT_GROUP_SIZE = 128
@@ -42,11 +45,12 @@ def _check_float(w: torch.Tensor, scheme: str) -> None:
 
 def _out(qt: QTensor, out: torch.Tensor | None) -> torch.Tensor:
     if out is None:
-        return torch.empty(qt.shape, dtype=torch.float32)
-    if tuple(out.shape) != tuple(qt.shape) or out.dtype != torch.float32:
-        raise MLMFError(f"out must be float32 of shape {list(qt.shape)}, "
-                        f"found {out.dtype} {list(out.shape)}")
-    return out
+        return empty_float32(qt.shape)
+    if out.dtype != torch.float32 or out.numel() != qt.numel or not out.is_contiguous():
+        raise MLMFError(f"out must be a contiguous float32 tensor of {qt.numel} elements "
+                        f"(shape {list(qt.shape)}), found {out.dtype} {list(out.shape)}"
+                        f"{'' if out.is_contiguous() else ' (not contiguous)'}")
+    return out.view(qt.shape)  # as for the GGUF types: any shape of the right size
 
 
 # -- int8: per-output-channel symmetric -------------------------------------------------------
@@ -154,14 +158,29 @@ def quantize_int4(w: torch.Tensor, group_size: int = DEFAULT_GROUP_SIZE) -> QTen
 
 
 def dequantize_int4(qt: QTensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``(q - 8) * scale + zero`` per group in float32, written into ``out`` when given."""
+    """``(q - 8) * scale + zero`` per group in float32, written into ``out`` when given.
+
+    A fused C kernel (``native.int4_dequantizer``) runs chunks of groups in parallel where
+    it is built; the torch ops below are the reference, with the same rounding.
+    """
     result = _out(qt, out)
-    rows = qt.data.shape[0]
     group_size = int(qt.options["group_size"])
-    g = result.view(rows, -1, group_size)
-    g.copy_(unpack_pairs(qt.data).view(rows, -1, group_size))
-    g.sub_(8).mul_(qt.params["scale"].float()[..., None]).add_(qt.params["zero"].float()[..., None])
+    packed = qt.data.reshape(-1, group_size // 2)
+    scale, zero = qt.params["scale"].reshape(-1), qt.params["zero"].reshape(-1)
+    values = result.view(-1, group_size)
+    fn = native.int4_dequantizer() or _dequantize_int4_groups
+
+    def run(start: int, stop: int) -> None:
+        fn(packed[start:stop], scale[start:stop], zero[start:stop], values[start:stop])
+
+    run_chunks(run, packed.shape[0], max(1, CHUNK_WEIGHTS // group_size))
     return result
+
+
+def _dequantize_int4_groups(packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                            out: torch.Tensor) -> None:
+    out.copy_(unpack_pairs(packed))
+    out.sub_(8).mul_(scale.float()[:, None]).add_(zero.float()[:, None])
 
 
 def _quantize_int4_scheme(w: torch.Tensor, **options: Any) -> QTensor:

@@ -136,6 +136,8 @@ def library(source: str = "dequant") -> ctypes.CDLL | None:
         fn = getattr(lib, f"mlmf_deq_{scheme}")
         fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
         fn.restype = None
+    lib.mlmf_deq_int4.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2
+    lib.mlmf_deq_int4.restype = None
     return lib
 
 
@@ -152,6 +154,29 @@ def dequantizer(scheme: str) -> Dequantizer | None:
         if not (blocks.is_contiguous() and out.is_contiguous()):
             raise ValueError("native dequantization needs contiguous blocks and output")
         fn(blocks.data_ptr(), out.data_ptr(), blocks.shape[0])
+
+    return run
+
+
+def int4_dequantizer() -> Callable[..., None] | None:
+    """``(packed (n, g/2) uint8, scale (n,) bf16, zero (n,) bf16, out (n, g) float32)``, the
+    ``int4`` scheme's groups (see ``intx``); None when the native kernels are off."""
+    lib = library() if enabled() else None
+    if lib is None:
+        return None
+    fn = lib.mlmf_deq_int4
+
+    def run(packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+            out: torch.Tensor) -> None:
+        if not all(t.is_contiguous() for t in (packed, scale, zero, out)):
+            raise ValueError("native int4 dequantization needs contiguous tensors")
+        if scale.dtype != torch.bfloat16 or zero.dtype != torch.bfloat16:
+            raise ValueError("native int4 dequantization needs bfloat16 scales and zeros")
+        if not (packed.shape[0] == scale.numel() == zero.numel() == out.shape[0]
+                and out.shape[1] == 2 * packed.shape[1]):
+            raise ValueError("native int4 dequantization: the shapes do not agree")
+        fn(packed.data_ptr(), scale.data_ptr(), zero.data_ptr(), out.data_ptr(),
+           packed.shape[0], out.shape[1])
 
     return run
 

@@ -184,3 +184,19 @@ void mlmf_deq_q6_k(bytes src, floats dst, int64_t n) {
         }
     }
 }
+
+/* The int4 scheme (mlmf_lab/quant/intx.py), not a GGUF type: n groups of g weights (g even),
+ * g / 2 bytes each (weight 2j in the low nibble of byte j, 2j + 1 in the high one) and one
+ * bfloat16 scale and zero per group; w = (code - 8) * scale + zero, rounded as torch does. */
+static inline float bf16(uint16_t u) { return f32_bits((uint32_t)u << 16); }
+
+void mlmf_deq_int4(bytes src, const uint16_t *restrict scale, const uint16_t *restrict zero,
+                   floats dst, int64_t n, int64_t g) {
+    for (int64_t b = 0; b < n; b++, src += g / 2, dst += g) {
+        const float s = bf16(scale[b]), z = bf16(zero[b]);
+        for (int64_t j = 0; j < g / 2; j++) {
+            dst[2 * j] = (float)((int)(src[j] & 15) - 8) * s + z;
+            dst[2 * j + 1] = (float)((int)(src[j] >> 4) - 8) * s + z;
+        }
+    }
+}
