@@ -190,3 +190,18 @@ def test_views_into_one_storage_are_saved_as_copies(tmp_path: Path) -> None:
     ml.save_state_dict(parts, path)
     ref = load_file(path)
     assert all(torch.equal(ref[n], t) for n, t in parts.items())
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_saved_files_get_the_usual_permissions(tmp_path: Path, mask: int) -> None:
+    """0o666 less the umask, as torch.save gives (safetensors alone gives 0o600)."""
+    old = os.umask(mask)
+    try:
+        sd = {"w": torch.ones(4, 32)}
+        for target in ("x.safetensors", "x.gguf", "folder"):
+            ml.save_state_dict(sd, tmp_path / target)
+        written = [tmp_path / "x.safetensors", tmp_path / "x.gguf",
+                   tmp_path / "folder" / "model.safetensors"]
+        assert [oct(p.stat().st_mode & 0o777) for p in written] == [oct(0o666 & ~mask)] * 3
+    finally:
+        os.umask(old)

@@ -27,19 +27,39 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def umask() -> int:
+    """The process's file-creation mask (read without changing it where Linux allows)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
 def tmp_name(path: Path, kind: str = "tmp") -> Path:
     return path.with_name(f".{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 @contextlib.contextmanager
 def replacing(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``."""
+    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
+
+    The file gets the permissions of any new file (``0o666`` less the umask), as
+    ``torch.save`` gives: the safetensors package creates its files readable by their owner
+    only, which keeps a shared model from the people it is shared with.
+    """
     path = Path(path)
     if not path.parent.is_dir():
         raise MLMFError("the folder to write into does not exist", path.parent)
     tmp = tmp_name(path)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~umask())
         fsync_path(tmp)
         os.replace(tmp, path)
         fsync_path(path.parent)
