@@ -23,7 +23,6 @@ import importlib.metadata
 import os
 import statistics
 import sys
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quant_linear import section_linear  # noqa: E402
-from common import median_time, publish, table  # noqa: E402
+from common import interleaved, median_time, publish, table  # noqa: E402
 
 import mlmf_lab as ml  # noqa: E402
 from mlmf_lab.quant import ggml, native  # noqa: E402
@@ -83,17 +82,9 @@ def quiet(fn: Callable[[], object]) -> Callable[[], object]:
 def paired(ours: Callable[[], object], peer: Callable[[], object],
            repeat: int) -> tuple[float, float, float]:
     """Medians of ours, of the peer, and of their per-pair ratio, timed back to back."""
-    ours()
-    peer()
-    times: list[tuple[float, float]] = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        ours()
-        t1 = time.perf_counter()
-        peer()
-        times.append((t1 - t0, time.perf_counter() - t1))
-    return (statistics.median(a for a, _ in times), statistics.median(b for _, b in times),
-            statistics.median(a / b for a, b in times))
+    s = interleaved({"ours": ours, "peer": peer}, calls=1, rounds=repeat)
+    return (statistics.median(s["ours"]), statistics.median(s["peer"]),
+            statistics.median(a / b for a, b in zip(s["ours"], s["peer"], strict=True)))
 
 
 def section_dequantize(quick: bool) -> str:
