@@ -59,3 +59,6 @@ def test_every_fusion_strategy_learns_the_task() -> None:
     # others stay near that bound at this training length
     assert acc["middle"] > report.image_only + 0.05
     assert mass.target > 2 * mass.uniform and mass.target > 3 * mass.distractors
+    shown = repr(report)  # the table, not the models and loss curves
+    assert shown.splitlines()[0] == "FusionReport (4 models trained)"
+    assert report.table() in shown and len(shown) < 2000

@@ -126,6 +126,9 @@ class FusionReport(NamedTuple):
         lines.append(f"| (best image-only) | {self.image_only:.3f} | | | |")
         return "\n".join(lines)
 
+    def __repr__(self) -> str:  # the table, not every model and loss curve
+        return f"FusionReport ({len(self.models)} models trained)\n{self.table()}"
+
     def _repr_html_(self) -> str:
         body = "".join(
             f"<tr><td>{html.escape(r.strategy)}</td><td>{r.accuracy:.3f}</td>"
