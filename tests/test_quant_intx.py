@@ -142,3 +142,24 @@ def test_unknown_scheme_lists_the_supported_ones() -> None:
     message = str(e.value)
     for name in ("int8", "int4", "q4_0", "q8_0"):
         assert name in message
+
+
+def test_int4_parts_that_do_not_fit_the_shape_are_refused() -> None:
+    qt = ml.quant.quantize(weights(), "int4", group_size=32)
+    half = ml.quant.QTensor("int4", (96, 256), qt.data, qt.params, qt.options)  # rows missing
+    with pytest.raises(MLMFError, match=r"needs 12288 code bytes and 768 scales and zeros; "
+                                        r"found 6144 bytes, 384 scales, 384 zeros"):
+        ml.quant.dequantize(half)
+
+
+def test_int4_float32_and_strided_parameters_still_dequantize() -> None:
+    qt = ml.quant.quantize(weights(), "int4", group_size=32)
+    expected = qt.dequantize()
+    wide = {k: v.float() for k, v in qt.params.items()}  # float32: the torch path
+    assert torch.equal(ml.quant.QTensor("int4", qt.shape, qt.data, wide, qt.options)
+                       .dequantize(), expected)
+    one = ml.quant.quantize(weights()[:, :32], "int4", group_size=32)  # one group per row
+    strided = {k: torch.cat([v, v], dim=1)[:, :1] for k, v in one.params.items()}
+    assert not strided["scale"].is_contiguous()
+    assert torch.equal(ml.quant.QTensor("int4", one.shape, one.data, strided, one.options)
+                       .dequantize(), one.dequantize())

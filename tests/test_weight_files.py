@@ -205,3 +205,12 @@ def test_saved_files_get_the_usual_permissions(tmp_path: Path, mask: int) -> Non
         assert [oct(p.stat().st_mode & 0o777) for p in written] == [oct(0o666 & ~mask)] * 3
     finally:
         os.umask(old)
+
+
+def test_saving_over_a_file_keeps_its_permissions(tmp_path: Path) -> None:
+    path = tmp_path / "private.safetensors"
+    ml.save_state_dict({"w": torch.ones(4)}, path)
+    path.chmod(0o600)
+    ml.save_state_dict({"w": torch.zeros(4)}, path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert torch.equal(ml.load_state_dict(path)["w"], torch.zeros(4))

@@ -41,6 +41,14 @@ def umask() -> int:
     return mask
 
 
+def _mode_for(path: Path) -> int:
+    """The permission bits a file written at ``path`` should get."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        return 0o666 & ~umask()
+
+
 def tmp_name(path: Path, kind: str = "tmp") -> Path:
     return path.with_name(f".{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
@@ -49,9 +57,11 @@ def tmp_name(path: Path, kind: str = "tmp") -> Path:
 def replacing(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
 
-    The file gets the permissions of any new file (``0o666`` less the umask), as
-    ``torch.save`` gives: the safetensors package creates its files readable by their owner
-    only, which keeps a shared model from the people it is shared with.
+    The file keeps the permissions of the one it replaces; a new file gets those of any new
+    file (``0o666`` less the umask), as ``torch.save`` gives. The safetensors package creates
+    its files readable by their owner only, which keeps a shared model from the people it is
+    shared with. Where the file system refuses ``chmod`` (vfat, some network mounts), the
+    file is written with whatever mode it got.
     """
     path = Path(path)
     if not path.parent.is_dir():
@@ -59,7 +69,8 @@ def replacing(path: Path) -> Iterator[Path]:
     tmp = tmp_name(path)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~umask())
+        with contextlib.suppress(OSError):
+            os.chmod(tmp, _mode_for(path))
         fsync_path(tmp)
         os.replace(tmp, path)
         fsync_path(path.parent)

@@ -163,12 +163,22 @@ def dequantize_int4(qt: QTensor, out: torch.Tensor | None = None) -> torch.Tenso
     A fused C kernel (``native.int4_dequantizer``) runs chunks of groups in parallel where
     it is built; the torch ops below are the reference, with the same rounding.
     """
-    result = _out(qt, out)
     group_size = int(qt.options["group_size"])
-    packed = qt.data.reshape(-1, group_size // 2)
-    scale, zero = qt.params["scale"].reshape(-1), qt.params["zero"].reshape(-1)
+    scale, zero = qt.params["scale"], qt.params["zero"]
+    groups = qt.numel // group_size if group_size > 0 else 0
+    if (group_size <= 0 or group_size % 2 or qt.numel % group_size
+            or qt.data.numel() * 2 != qt.numel
+            or scale.numel() != groups or zero.numel() != groups):
+        raise MLMFError(
+            f"int4 tensor of shape {list(qt.shape)} with group_size {group_size} needs "
+            f"{qt.numel // 2} code bytes and {groups} scales and zeros; found "
+            f"{qt.data.numel()} bytes, {scale.numel()} scales, {zero.numel()} zeros")
+    result = _out(qt, out)
+    packed = qt.data.reshape(-1, group_size // 2).contiguous()
+    scale, zero = scale.reshape(-1).contiguous(), zero.reshape(-1).contiguous()
     values = result.view(-1, group_size)
-    fn = native.int4_dequantizer() or _dequantize_int4_groups
+    bf16 = scale.dtype == zero.dtype == torch.bfloat16 and packed.dtype == torch.uint8
+    fn = (native.int4_dequantizer() if bf16 else None) or _dequantize_int4_groups
 
     def run(start: int, stop: int) -> None:
         fn(packed[start:stop], scale[start:stop], zero[start:stop], values[start:stop])

@@ -170,8 +170,10 @@ def int4_dequantizer() -> Callable[..., None] | None:
             out: torch.Tensor) -> None:
         if not all(t.is_contiguous() for t in (packed, scale, zero, out)):
             raise ValueError("native int4 dequantization needs contiguous tensors")
-        if scale.dtype != torch.bfloat16 or zero.dtype != torch.bfloat16:
-            raise ValueError("native int4 dequantization needs bfloat16 scales and zeros")
+        if (scale.dtype, zero.dtype, packed.dtype, out.dtype) != (
+                torch.bfloat16, torch.bfloat16, torch.uint8, torch.float32):
+            raise ValueError("native int4 dequantization needs uint8 codes, bfloat16 scales "
+                             "and zeros, and a float32 output")
         if not (packed.shape[0] == scale.numel() == zero.numel() == out.shape[0]
                 and out.shape[1] == 2 * packed.shape[1]):
             raise ValueError("native int4 dequantization: the shapes do not agree")
