@@ -32,7 +32,7 @@ from .cache_stats import EVICTION_REASONS, CacheEvent, CacheStats, entries_html
 from .disk_cache import DiskCache, derive_key
 from .errors import CacheError, ConfigError
 from .formats.base import human_bytes
-from .sizing import Footprint, measure
+from .sizing import Footprint, available_bytes, measure
 from .warmup import WarmUp
 
 
@@ -40,12 +40,6 @@ def _load_file(path: Any) -> Any:
     from .formats import load_state_dict
 
     return load_state_dict(path)
-
-
-def _default_available() -> int:
-    import psutil
-
-    return int(psutil.virtual_memory().available)
 
 
 class ModelCache:
@@ -83,7 +77,7 @@ class ModelCache:
         self.ttl = ttl
         self.min_available_memory = (None if min_available_memory is None else
                                      parse_bytes(min_available_memory, "min_available_memory"))
-        self._available = available_memory or _default_available
+        self._available = available_memory or available_bytes
         self._clock = clock
         self._t0 = clock()
         self._lock = threading.RLock()

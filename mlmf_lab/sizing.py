@@ -70,6 +70,13 @@ class Region(NamedTuple):
     path: str
 
 
+def available_bytes() -> int:
+    """Memory the system can still give without swapping (psutil's ``available``)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
 def _is_disk_file(path: str) -> bool:
     return path.startswith("/") and not path.startswith(_RAM_PREFIXES)
 

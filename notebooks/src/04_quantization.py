@@ -208,16 +208,21 @@ print("identical (torch ops):", np.array_equal(theirs, ours_torch.numpy()))
 # embeddings differ slightly from the in-memory model, where only the linears are quantized.
 
 # %%
-with torch.device("meta"):
-    loaded = MiniLM(ref.config, tokenizer=ref.tokenizer)
-ml.load_into(loaded, path, keep_quantized=True)
-layer = loaded.encoder.layer[0].intermediate.dense
-print(layer)
-print("same blocks as in memory:",
-      torch.equal(layer.qweight.data, models["q4_0"].encoder.layer[0].intermediate.dense.qweight.data))
-e = loaded.encode(sentences)
-print("vs fp32:", f"{float((e * emb['fp32']).sum(-1).min()):.3f}",
-      " vs in-memory q4_0:", f"{float((e * emb['q4_0']).sum(-1).min()):.4f}")
+def reload_quantized(path, label):
+    """Load ``path`` into a fresh MiniLM with its quantized linears kept; compare with memory."""
+    with torch.device("meta"):
+        loaded = MiniLM(ref.config, tokenizer=ref.tokenizer)
+    ml.load_into(loaded, path, keep_quantized=True)
+    layer = loaded.encoder.layer[0].intermediate.dense
+    print(layer)
+    in_memory = models[label].encoder.layer[0].intermediate.dense
+    print("same codes as in memory:", torch.equal(layer.qweight.data, in_memory.qweight.data))
+    e = loaded.encode(sentences)
+    print("lowest cosine vs fp32:", f"{float((e * emb['fp32']).sum(-1).min()):.3f}",
+          f"  vs in-memory {label}:", f"{float((e * emb[label]).sum(-1).min()):.4f}")
+
+
+reload_quantized(path, "q4_0")
 
 # %% [markdown]
 # ## `int8` and `int4` in safetensors
@@ -248,12 +253,4 @@ print(f"ml.open_weights: {name} {list(info8.shape)} {info8.quant}, "
 # too, and are dequantized on loading.
 
 # %%
-with torch.device("meta"):
-    loaded8 = MiniLM(ref.config, tokenizer=ref.tokenizer)
-ml.load_into(loaded8, path8, keep_quantized=True)
-layer8 = loaded8.encoder.layer[0].intermediate.dense
-print(layer8)
-print("same codes as in memory:",
-      torch.equal(layer8.qweight.data, models["int8"].encoder.layer[0].intermediate.dense.qweight.data))
-e8 = loaded8.encode(sentences)
-print("vs fp32:", f"{float((e8 * emb['fp32']).sum(-1).min()):.3f}")
+reload_quantized(path8, "int8")
