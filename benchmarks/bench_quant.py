@@ -26,6 +26,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import gguf
 import numpy as np
@@ -111,9 +112,9 @@ def section_dequantize(quick: bool) -> str:
         torch_into = "-"
         if native.dequantizer(scheme) is not None or (
                 scheme == "int4" and native.int4_dequantizer() is not None):
-            os.environ["MLMF_NATIVE"] = "0"
-            torch_into = ms(median_time(lambda qt=qt: ml.quant.dequantize(qt, out=out), repeat))
-            del os.environ["MLMF_NATIVE"]
+            with mock.patch.dict(os.environ, {"MLMF_NATIVE": "0"}):
+                torch_into = ms(median_time(lambda qt=qt: ml.quant.dequantize(qt, out=out),
+                                            repeat))
         rows.append([scheme, f"{qt.bits_per_weight:g}", ms(fresh), ref_ms, speed_up,
                      ms(into), ms(copy), f"{r_into:.2f}x", torch_into])
     header = ["scheme", "bits/w", "ours, fresh (ms)", "gguf.quants (ms)",

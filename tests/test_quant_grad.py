@@ -65,3 +65,26 @@ def test_the_autograd_path_follows_new_weights(scheme: str) -> None:
     expect = nn.functional.linear(x, layer.qweight.dequantize())
     assert not torch.allclose(first, expect)
     assert torch.allclose(layer(x), expect, atol=1e-5)
+
+
+@pytest.mark.parametrize("scheme", ["int8", "q4_0", "int4"])
+def test_a_trainable_bias_gets_its_gradient(scheme: str) -> None:
+    """Every kernel, ours included: the bias learns even when the input needs no gradient."""
+    qt = ml.quant.quantize(torch.randn(32, 256), scheme)
+    for kernel in ml.quant.kernels_for(qt):
+        layer = ml.quant.QuantLinear(qt, torch.zeros(32), kernel=kernel)
+        assert layer.bias is not None
+        layer.bias.requires_grad_(True)
+        layer(torch.randn(3, 256)).sum().backward()
+        assert layer.bias.grad is not None and torch.equal(layer.bias.grad, torch.full((32,), 3.0))
+
+
+def test_the_autograd_copy_is_counted_and_only_made_when_needed() -> None:
+    qt = ml.quant.quantize(torch.randn(32, 256), "int4", group_size=32)
+    layer = ml.quant.QuantLinear(qt, kernel="int4pack")
+    before = layer.weight_nbytes
+    layer(torch.randn(2, 256, requires_grad=True))  # qt is alive: used as it is
+    assert layer.weight_nbytes == before
+    del qt
+    layer(torch.randn(2, 256, requires_grad=True))  # unpacked from the kernel once, and kept
+    assert layer.weight_nbytes == before + layer.qweight.nbytes

@@ -151,10 +151,13 @@ def test_one_outlier_token_does_not_coarsen_the_others() -> None:
         x = torch.randn(m, 256)
         x[0] *= 1000
         ref = F.linear(x, qt.dequantize(), lin.bias)
-        for kernel, worst in (("int8-rowwise", 0.02), ("fbgemm-int8", 0.2)):
+        errors = {}
+        for kernel in ("int8-rowwise", "fbgemm-int8"):
             y = QuantLinear(qt, lin.bias, kernel=kernel)(x).detach()
-            errors = ((y - ref).norm(dim=1) / ref.norm(dim=1))[1:]
-            assert (errors.max() < worst) if kernel == "int8-rowwise" else (errors.min() > worst)
+            errors[kernel] = ((y - ref).norm(dim=1) / ref.norm(dim=1))[1:]  # the small rows
+        assert errors["int8-rowwise"].max() < 0.02
+        # one scale for the whole input: every small row is worse than ours at its worst
+        assert errors["int8-rowwise"].max() * 10 < errors["fbgemm-int8"].min()
 
 
 def test_is_the_default_and_shares_torchs_openmp_runtime() -> None:

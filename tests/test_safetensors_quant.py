@@ -143,12 +143,21 @@ def test_saved_dtype_comes_back_and_bf16_models_run(tmp_path: Path) -> None:
     ml.save_state_dict(ref.state_dict(), path, quant="int8")
     assert ml.open_weights(path).info("0.weight").dtype == "bfloat16"
     x = torch.randn(2, 128).bfloat16()
+    in_memory = model().bfloat16()
+    ml.quant.quantize_model(in_memory, "int8")
     for keep in (False, True):
         with torch.device("meta"):
             loaded = model().bfloat16()
         ml.load_into(loaded, path, keep_quantized=keep)
+        assert loaded[0].bias.dtype == torch.bfloat16
         with torch.no_grad():
-            assert loaded(x).dtype == torch.bfloat16
+            y = loaded(x)
+            if keep:  # the same codes and kernel as quantized in memory
+                assert torch.equal(y, in_memory(x))
+            else:  # bf16 weights dequantized from the file: the float path
+                assert y.dtype == torch.bfloat16
+                expected = in_memory[0].qweight.dequantize(torch.bfloat16)
+                assert torch.equal(loaded[0].weight, expected)
 
 
 class Tied(nn.Module):
@@ -178,6 +187,8 @@ def test_keep_quantized_with_a_head_tied_to_an_embedding(tmp_path: Path,
     assert isinstance(loaded.head, QuantLinear) == head_first  # stored under the head's name
     if head_first:
         assert torch.equal(loaded.head.qweight.data, expected.data)
+    else:  # one float tensor, still tied: read once
+        assert loaded.head.weight.data_ptr() == loaded.emb.weight.data_ptr()
 
 
 def test_content_hash_covers_every_part(tmp_path: Path) -> None:

@@ -36,6 +36,20 @@ def _madvise() -> Callable[[int, int, int], int] | None:
     return fn  # type: ignore[no-any-return]
 
 
+def float_out(shape: tuple[int, ...], out: torch.Tensor | None) -> torch.Tensor:
+    """Where a dequantization of ``shape`` writes: ``out`` viewed as ``shape`` (any contiguous
+    float32 tensor of that many elements), or a new tensor (``empty_float32``)."""
+    if out is None:
+        return empty_float32(shape)
+    numel = math.prod(shape)
+    if out.dtype != torch.float32 or out.numel() != numel or not out.is_contiguous():
+        raise MLMFError(
+            f"out must be a contiguous float32 tensor of {numel} elements (shape "
+            f"{list(shape)}), found {out.dtype} {list(out.shape)}"
+            f"{'' if out.is_contiguous() else ' (not contiguous)'}")
+    return out.view(shape)
+
+
 def empty_float32(shape: tuple[int, ...]) -> torch.Tensor:
     """A new float32 tensor whose memory, when large, is advised to use huge pages.
 

@@ -115,7 +115,7 @@ def quantize_q8_0(x: torch.Tensor, out: torch.Tensor) -> None:
 
 
 # -- Q4_0 / Q4_1 ----------------------------------------------------------------------------
-def _nibbles(qs: torch.Tensor) -> torch.Tensor:
+def nibbles(qs: torch.Tensor) -> torch.Tensor:
     """(n, 16) bytes -> (n, 32) codes: low nibbles (weights 0-15), then high (16-31)."""
     return fields(qs, 16, (0, 4), 0x0F)
 
@@ -136,7 +136,7 @@ def join_q4_0(qs: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
 
 
 def dequantize_q4_0(blocks: torch.Tensor, out: torch.Tensor) -> None:
-    out.copy_(_nibbles(blocks[:, 2:]).view(torch.int8).sub_(8))
+    out.copy_(nibbles(blocks[:, 2:]).view(torch.int8).sub_(8))
     out.mul_(f16_at(blocks, 0))
 
 
@@ -148,7 +148,7 @@ def quantize_q4_0(x: torch.Tensor, out: torch.Tensor) -> None:
 
 
 def dequantize_q4_1(blocks: torch.Tensor, out: torch.Tensor) -> None:
-    out.copy_(_nibbles(blocks[:, 4:]))
+    out.copy_(nibbles(blocks[:, 4:]))
     out.mul_(f16_at(blocks, 0)).add_(f16_at(blocks, 2))  # contiguous (n, 1) factors
 
 
@@ -164,7 +164,7 @@ def quantize_q4_1(x: torch.Tensor, out: torch.Tensor) -> None:
 # -- Q5_0 / Q5_1 ----------------------------------------------------------------------------
 def _codes5(qh: torch.Tensor, qs: torch.Tensor) -> torch.Tensor:
     """(n, 32) 5-bit codes: nibbles plus bit 4 from ``qh``."""
-    return _nibbles(qs).bitwise_or_(high_bits16(qh))
+    return nibbles(qs).bitwise_or_(high_bits16(qh))
 
 
 def dequantize_q5_0(blocks: torch.Tensor, out: torch.Tensor) -> None:

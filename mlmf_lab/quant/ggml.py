@@ -23,7 +23,7 @@ from . import blocks_k as bk
 from . import blocks_k_quant as bkq
 from . import blocks_legacy as bl
 from . import native
-from .base import QTensor, Scheme, empty_float32, register_scheme
+from .base import QTensor, Scheme, float_out, register_scheme
 from .chunks import run_chunks
 
 CHUNK_WEIGHTS = 1 << 18  # weights per chunk: a chunk's output and temporaries stay in L2
@@ -170,13 +170,7 @@ def dequantize_tensor(qt: QTensor, out: torch.Tensor | None = None) -> torch.Ten
             f"{bt.scheme} tensor of shape {list(qt.shape)} needs {expected} uint8 bytes, "
             f"found {data.numel()} of {data.dtype}"
         )
-    if out is None:
-        out = empty_float32(qt.shape)
-    elif out.dtype != torch.float32 or out.numel() != numel or not out.is_contiguous():
-        raise MLMFError(
-            f"out must be a contiguous float32 tensor of {numel} elements, found "
-            f"{out.dtype} {list(out.shape)}{'' if out.is_contiguous() else ' (not contiguous)'}"
-        )
+    out = float_out(qt.shape, out)
     blocks = data.reshape(-1, bt.type_size)
     values = out.view(-1, bt.block_size)
     fn = native.dequantizer(bt.scheme) or bt.dequantize_blocks

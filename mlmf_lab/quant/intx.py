@@ -24,7 +24,7 @@ import torch
 
 from ..errors import MLMFError
 from . import native
-from .base import QTensor, Scheme, empty_float32, register_scheme
+from .base import QTensor, Scheme, float_out, register_scheme
 from .chunks import run_chunks
 from .ggml import CHUNK_WEIGHTS
 
@@ -41,16 +41,6 @@ def _check_float(w: torch.Tensor, scheme: str) -> None:
                         f"found shape {tuple(w.shape)}")
     if not bool(torch.isfinite(w).all()):
         raise MLMFError(f"{scheme}: the tensor holds inf or nan values; cannot quantize them")
-
-
-def _out(qt: QTensor, out: torch.Tensor | None) -> torch.Tensor:
-    if out is None:
-        return empty_float32(qt.shape)
-    if out.dtype != torch.float32 or out.numel() != qt.numel or not out.is_contiguous():
-        raise MLMFError(f"out must be a contiguous float32 tensor of {qt.numel} elements "
-                        f"(shape {list(qt.shape)}), found {out.dtype} {list(out.shape)}"
-                        f"{'' if out.is_contiguous() else ' (not contiguous)'}")
-    return out.view(qt.shape)  # as for the GGUF types: any shape of the right size
 
 
 # -- int8: per-output-channel symmetric -------------------------------------------------------
@@ -82,7 +72,7 @@ def quantize_int8(w: torch.Tensor) -> QTensor:
 
 def dequantize_int8(qt: QTensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """``scale[:, None] * codes`` in float32, written into ``out`` when given."""
-    result = _out(qt, out)
+    result = float_out(qt.shape, out)
     flat = result.view(qt.data.shape)
     flat.copy_(qt.data)
     flat.mul_(qt.params["scale"][:, None])
@@ -173,7 +163,7 @@ def dequantize_int4(qt: QTensor, out: torch.Tensor | None = None) -> torch.Tenso
             f"int4 tensor of shape {list(qt.shape)} with group_size {group_size} needs "
             f"{qt.numel // 2} code bytes and {groups} scales and zeros; found "
             f"{qt.data.numel()} bytes, {scale.numel()} scales, {zero.numel()} zeros")
-    result = _out(qt, out)
+    result = float_out(qt.shape, out)
     packed = qt.data.reshape(-1, group_size // 2).contiguous()
     scale, zero = scale.reshape(-1).contiguous(), zero.reshape(-1).contiguous()
     values = result.view(-1, group_size)

@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from ..errors import UnsupportedError
 from . import kernels_int8
 from .base import QTensor, dequantize
-from .bits import fields, pack_nibbles
-from .blocks_legacy import join_q4_0, split_q4_0
+from .bits import pack_nibbles
+from .blocks_legacy import join_q4_0, nibbles, split_q4_0
 from .intx import INT4_GROUP_SIZES, pack_pairs, unpack_pairs
 
 _SCRATCH = threading.local()
@@ -213,7 +213,7 @@ def q4_0_parts(qt: QTensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes ``(rows, cols)`` uint8 and float16 scales ``(rows, cols // 32)`` of q4_0 rows."""
     rows, cols = qt.shape[0], qt.shape[-1]
     qs, d = split_q4_0(qt.data.reshape(rows, -1))
-    return fields(qs.view(-1, 16), 16, (0, 4), 0x0F).view(rows, cols), d  # GGUF weight order
+    return nibbles(qs.view(-1, 16)).view(rows, cols), d  # GGUF weight order
 
 
 def q4_0_from_parts(codes: torch.Tensor, d: torch.Tensor) -> QTensor:

@@ -22,6 +22,8 @@ in float32. These kernels are offered only where the native library has VNNI
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -31,6 +33,18 @@ from .blocks_legacy import join_q4_0, split_q4_0
 
 MATMUL_MIN_IN = 16  # narrower layers always take the C path
 GEMV_ROWS = 4  # both paths timed on a 4096x4096 layer, 2 threads: C wins up to 4, ties at 6
+
+
+def _native_or_float(
+    kernel: Int8Rowwise | Q4_0Vnni, x: torch.Tensor, bias: torch.Tensor | None,
+    run: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor | None],
+) -> torch.Tensor:
+    """``run`` on float32 contiguous inputs; where it declines (NaN, inf or extreme inputs),
+    the float linear on the dequantized weights."""
+    x = x.float().contiguous()
+    b = None if bias is None else bias.float().contiguous()
+    y = run(x, b)
+    return y if y is not None else F.linear(x, kernel.qtensor().dequantize(), b)
 
 
 def available(qt: QTensor) -> bool:
@@ -50,14 +64,13 @@ class Int8Rowwise:
         self.rowsum = self.codes.sum(dim=1, dtype=torch.int32)
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        x = x.float().contiguous()
-        b = None if bias is None else bias.detach().float().contiguous()
+        return _native_or_float(self, x, bias, self._native)
+
+    def _native(self, x: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor | None:
         # torch._int_mm gives garbage for a single input feature (torch 2.13, CPU)
         if x.shape[0] <= GEMV_ROWS or self.shape[1] < MATMUL_MIN_IN:
-            y = native.int8_linear(x, self.codes, self.scale, self.rowsum, b)
-        else:
-            y = native.int8_matmul(x, self.codes, self.scale, b)
-        return y if y is not None else F.linear(x, self.qtensor().dequantize(), b)
+            return native.int8_linear(x, self.codes, self.scale, self.rowsum, b)
+        return native.int8_matmul(x, self.codes, self.scale, b)
 
     def qtensor(self) -> QTensor:
         return QTensor("int8", self.shape, self.codes, {"scale": self.scale})
@@ -84,10 +97,8 @@ class Q4_0Vnni:
         self.codes, self.scales = split_q4_0(qt.data.reshape(qt.shape[0], -1))
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        x = x.float().contiguous()
-        b = None if bias is None else bias.detach().float().contiguous()
-        y = native.q4_0_linear(x, self.codes, self.scales, b)
-        return y if y is not None else F.linear(x, self.qtensor().dequantize(), b)
+        return _native_or_float(self, x, bias, lambda x, b: native.q4_0_linear(
+            x, self.codes, self.scales, b))
 
     def qtensor(self) -> QTensor:
         return QTensor("q4_0", self.shape, join_q4_0(self.codes, self.scales))

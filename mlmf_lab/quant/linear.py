@@ -56,7 +56,7 @@ class QuantLinear(nn.Module):
         # the QTensor it was built from, while someone else holds it (a file's state dict):
         # handing it back saves unpacking the kernel's layout, and loading it again is a no-op
         self._source = weakref.ref(qweight)
-        self._for_grad: QTensor | None = None  # kept once the autograd path has rebuilt it
+        self._for_grad: QTensor | None = None  # rebuilt once for the autograd path
         self._scheme, self._options = qweight.scheme, dict(qweight.options)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
 
@@ -76,8 +76,10 @@ class QuantLinear(nn.Module):
 
     @property
     def weight_nbytes(self) -> int:
-        """Bytes the layer holds for its weights (codes, scales, zero points)."""
-        return self._kernel.nbytes
+        """Bytes the layer holds for its weights (codes, scales, zero points), including the
+        copy the autograd path rebuilt from a packed kernel layout, once it did."""
+        extra = 0 if self._for_grad is None else self._for_grad.nbytes
+        return self._kernel.nbytes + extra
 
     def set_qweight(self, qweight: QTensor) -> None:
         if tuple(qweight.shape) != (self.out_features, self.in_features):
@@ -92,18 +94,26 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
         lead = x.shape[:-1]
-        if torch.is_grad_enabled() and x.requires_grad:
+        bias_grad = self.bias is not None and self.bias.requires_grad
+        if torch.is_grad_enabled() and (x.requires_grad or bias_grad):
             # Training through a frozen quantized base (LoRA on top, QLoRA-style): the fused
             # kernels have no backward, so use the dequantized weight, which autograd can follow.
-            # unpacking a kernel's layout (int4pack) costs more than a step: do it once
-            if self._for_grad is None:
-                self._for_grad = self.qweight
-            w = self._for_grad.dequantize(x.dtype)
+            w = self._weights_for_grad().dequantize(x.dtype)
             bias = None if self.bias is None else self.bias.to(x.dtype)
             y = F.linear(x.reshape(-1, self.in_features), w, bias)
         else:
             y = self._kernel(x.reshape(-1, self.in_features), self.bias)
         return y.reshape(*lead, self.out_features).to(x.dtype)
+
+    def _weights_for_grad(self) -> QTensor:
+        """The QTensor to dequantize for autograd: the source while someone holds it; else the
+        kernel's layout unpacked once and kept (int4pack unpacks slower than a step runs)."""
+        source = self._source()
+        if source is not None:
+            return source
+        if self._for_grad is None:
+            self._for_grad = self._kernel.qtensor()
+        return self._for_grad
 
     # -- state dict: float weight out, float or QTensor weight in ------------------------------
     def _save_to_state_dict(
@@ -284,25 +294,27 @@ def quantized_state(
     state: dict[str, torch.Tensor | QTensor] = {}
     for name in wf:
         raw = wf.raw(name) if wf.info(name).quant else None
-        keep = isinstance(raw, QTensor) and _kept_quantized(model, name, raw)
-        state[name] = raw if keep and isinstance(raw, QTensor) else wf.tensor(name)
+        if isinstance(raw, QTensor) and _swap_in_quantized(model, name, raw):
+            state[name] = raw
+        else:
+            state[name] = wf.tensor(name)
     for alias, target in getattr(wf, "aliases", {}).items():
-        if target in state and alias not in state:  # tied to a non-linear: floats
-            kept = state[target]
-            state[alias] = kept if _kept_quantized(model, alias, kept) else wf.tensor(target)
+        if target in state and alias not in state:
+            kept = state[target]  # a float tensor is shared as it is
+            if isinstance(kept, QTensor) and not _swap_in_quantized(model, alias, kept):
+                kept = wf.tensor(target)  # tied to a non-linear (an embedding): floats
+            state[alias] = kept
     return state
 
 
-def _kept_quantized(model: nn.Module, name: str, value: object) -> bool:
-    """Swap the ``nn.Linear`` owning weight ``name`` for a ``QuantLinear`` holding ``value``,
-    if ``value`` is a ``QTensor`` of that layer's shape; whether it did."""
+def _swap_in_quantized(model: nn.Module, name: str, qt: QTensor) -> bool:
+    """Replace the ``nn.Linear`` owning weight ``name`` by a ``QuantLinear`` holding ``qt``,
+    if there is one of ``qt``'s shape; whether it did."""
     prefix, _, leaf = name.rpartition(".")
     layer = _linear_at(model, prefix) if leaf == "weight" else None
-    if not isinstance(value, QTensor) or layer is None:
+    if layer is None or tuple(qt.shape) != tuple(layer.weight.shape):
         return False
-    if tuple(value.shape) != tuple(layer.weight.shape):
-        return False
-    replace_module(model, prefix, QuantLinear(value, layer.bias))
+    replace_module(model, prefix, QuantLinear(qt, layer.bias))
     return True
 
 

@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 EXTRA_FLAGS = {"dequant": [], "int8": ["-fopenmp"]}  # the sources, and what each also needs
-SCHEMES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-std=c11",
          "-shared", "-fPIC"]
 PORTABLE_FLAGS = [f for f in FLAGS if f != "-march=native"]
@@ -132,23 +131,20 @@ def library(source: str = "dequant") -> ctypes.CDLL | None:
     if source == "int8":
         _declare_int8(lib)
         return lib
-    for scheme in SCHEMES:
-        fn = getattr(lib, f"mlmf_deq_{scheme}")
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-        fn.restype = None
     lib.mlmf_deq_int4.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2
     lib.mlmf_deq_int4.restype = None
     return lib
 
 
 def dequantizer(scheme: str) -> Dequantizer | None:
-    """``(blocks (n, type_size) uint8, out (n, block_size) float32) -> None``, or None."""
-    if scheme not in SCHEMES or not enabled():
+    """``(blocks (n, type_size) uint8, out (n, block_size) float32) -> None``, or None
+    (the native kernels are off, or ``dequant.c`` has no ``mlmf_deq_<scheme>``)."""
+    lib = library() if enabled() else None
+    fn = None if lib is None else getattr(lib, f"mlmf_deq_{scheme}", None)
+    if fn is None:
         return None
-    lib = library()
-    if lib is None:
-        return None
-    fn = getattr(lib, f"mlmf_deq_{scheme}")
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    fn.restype = None
 
     def run(blocks: torch.Tensor, out: torch.Tensor) -> None:
         if not (blocks.is_contiguous() and out.is_contiguous()):
