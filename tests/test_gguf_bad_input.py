@@ -10,36 +10,11 @@ import struct
 from pathlib import Path
 
 import pytest
+from gguf_bytes import ARRAY, STRING, UINT8, UINT32, gguf_bytes, info, kv, s
 
 import mlmf_lab as ml
 from mlmf_lab.errors import FormatError, MLMFError, UnsupportedError
 from mlmf_lab.formats.gguf import GGUFFile
-
-STRING, ARRAY, UINT32, UINT8 = 8, 9, 4, 0
-
-
-def s(text: str | bytes) -> bytes:
-    raw = text.encode() if isinstance(text, str) else text
-    return struct.pack("<Q", len(raw)) + raw
-
-
-def kv(key: str | bytes, vtype: int, value: bytes) -> bytes:
-    return s(key) + struct.pack("<I", vtype) + value
-
-
-def info(name: str, dims: tuple[int, ...], type_id: int = 0, offset: int = 0,
-         n_dims: int | None = None) -> bytes:
-    head = s(name) + struct.pack("<I", len(dims) if n_dims is None else n_dims)
-    return head + b"".join(struct.pack("<Q", d) for d in dims) + struct.pack("<IQ", type_id, offset)
-
-
-def gguf_bytes(kvs: list[bytes] = (), infos: list[bytes] = (), data: bytes = b"",  # type: ignore[assignment]
-               version: bytes = struct.pack("<I", 3), counts: tuple[int, int] | None = None,
-               align: int = 32) -> bytes:
-    n_tensors, n_kv = counts if counts is not None else (len(infos), len(kvs))
-    raw = b"GGUF" + version + struct.pack("<QQ", n_tensors, n_kv) + b"".join(kvs) + b"".join(infos)
-    return raw + b"\0" * (-len(raw) % align) + data
-
 
 GOOD = gguf_bytes([kv("general.architecture", STRING, s("llama"))], [info("w", (4,))], b"\0" * 16)
 

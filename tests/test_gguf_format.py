@@ -10,6 +10,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
+from gguf_bytes import k_blocks
 
 import mlmf_lab as ml
 from mlmf_lab.errors import MLMFError, UnsupportedError
@@ -123,12 +124,8 @@ def test_reads_files_written_by_gguf_writer(tmp_path: Path) -> None:
         data = gguf.quants.quantize(w.numpy(), qtype)
         writer.add_tensor(qtype.name, data, raw_dtype=qtype)
         expected[qtype.name] = torch.from_numpy(gguf.quants.dequantize(data, qtype))
-    scale_slots = {Q.Q2_K: (80, 82), Q.Q3_K: (108,), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}
-    for qtype, slots in scale_slots.items():
-        size = gguf.GGML_QUANT_SIZES[qtype][1]
-        data = torch.randint(0, 256, (8, size), dtype=torch.uint8, generator=g).numpy()
-        for at in slots:
-            data[:, at : at + 2] = [0x00, 0x3C]  # fp16 1.0 for d and dmin: finite values
+    for qtype in (Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K):
+        data = k_blocks(qtype, 8, g)
         writer.add_tensor(qtype.name, data, raw_dtype=qtype)
         expected[qtype.name] = torch.from_numpy(gguf.quants.dequantize(data, qtype))
     writer.write_header_to_file()

@@ -8,12 +8,15 @@ naming the file.
 
 from __future__ import annotations
 
+import re
 import struct
 from pathlib import Path
 
 import gguf
 import pytest
 import torch
+from gguf_bytes import gguf_bytes, k_blocks, kv
+from test_gguf_bad_input import CASES
 
 import mlmf_lab as ml
 from mlmf_lab.errors import FormatError, UnsupportedError
@@ -112,11 +115,8 @@ def test_readers_agree_on_a_file_of_the_gguf_writer(tmp_path: Path) -> None:
     w = torch.randn(4, 256, generator=g).numpy()
     for qtype in (Q.Q8_0, Q.Q4_0, Q.Q5_1, Q.F16, Q.BF16):
         writer.add_tensor(qtype.name, gguf.quants.quantize(w, qtype), raw_dtype=qtype)
-    for qtype, slots in {Q.Q4_K: (0, 2), Q.Q6_K: (208,)}.items():
-        data = torch.randint(0, 256, (4, type_size(qtype)), dtype=torch.uint8, generator=g).numpy()
-        for at in slots:
-            data[:, at : at + 2] = [0x00, 0x3C]  # fp16 1.0 for d and dmin: finite values
-        writer.add_tensor(qtype.name, data, raw_dtype=qtype)
+    for qtype in (Q.Q4_K, Q.Q6_K):
+        writer.add_tensor(qtype.name, k_blocks(qtype, 4, g), raw_dtype=qtype)
     writer.add_tensor("f32", w)
     writer.add_tensor("i8", torch.arange(-4, 4, dtype=torch.int8).view(2, 4).numpy())
     writer.add_tensor("i64", torch.arange(6, dtype=torch.int64).numpy())
@@ -135,28 +135,14 @@ def test_readers_agree_on_a_file_of_the_gguf_writer(tmp_path: Path) -> None:
         assert wf.value_types["a.nested"] == V.ARRAY and wf.value_types["s.BOOL"] == V.BOOL
 
 
-def type_size(qtype: gguf.GGMLQuantizationType) -> int:
-    return gguf.GGML_QUANT_SIZES[qtype][1]
-
-
-def s(text: str) -> bytes:
-    return struct.pack("<Q", len(text.encode())) + text.encode()
-
-
-def header_only(*kvs: bytes, version: bytes = struct.pack("<I", 3)) -> bytes:
-    """A GGUF file of key/value pairs and no tensors (``gguf.GGUFWriter`` refuses these)."""
-    raw = b"GGUF" + version + struct.pack("<QQ", 0, len(kvs)) + b"".join(kvs)
-    return raw + b"\0" * (-len(raw) % 32)
-
-
 def test_readers_agree_on_empty_arrays(tmp_path: Path) -> None:
     path = tmp_path / "empty.gguf"
-    path.write_bytes(header_only(
-        s("empty") + struct.pack("<IIQ", V.ARRAY, V.INT32, 0),
-        s("empty_strings") + struct.pack("<IIQ", V.ARRAY, V.STRING, 0),
-        s("empty_inner") + struct.pack("<IIQ", V.ARRAY, V.ARRAY, 2)
-        + struct.pack("<IQ", V.UINT8, 0) + struct.pack("<IQ", V.UINT8, 1) + b"\x07",
-    ))
+    path.write_bytes(gguf_bytes([  # key/value pairs and no tensors: GGUFWriter refuses these
+        kv("empty", V.ARRAY, struct.pack("<IQ", V.INT32, 0)),
+        kv("empty_strings", V.ARRAY, struct.pack("<IQ", V.STRING, 0)),
+        kv("empty_inner", V.ARRAY, struct.pack("<IQ", V.ARRAY, 2)
+           + struct.pack("<IQ", V.UINT8, 0) + struct.pack("<IQ", V.UINT8, 1) + b"\x07"),
+    ]))
     assert_same(path)
     with ml.open_weights(path, reader="gguf") as wf:
         assert wf.metadata == {"empty": [], "empty_strings": [], "empty_inner": [[], [7]]}
@@ -194,27 +180,27 @@ def test_every_truncation_is_a_format_error(tmp_path: Path) -> None:
             GGUFFile(cut, reader="gguf")
 
 
-def test_a_hostile_count_never_reaches_gguf_reader(tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """An array claiming 2**40 items would keep GGUFReader busy and fill the memory."""
-    path = tmp_path / "hostile.gguf"
-    key = b"arr"
-    kv = struct.pack("<Q", len(key)) + key + struct.pack("<IIQ", 9, 0, 2**40) + b"\0" * 8
-    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + kv)
+@pytest.mark.parametrize(("case", "data", "error", "text"), CASES, ids=[c[0] for c in CASES])
+def test_no_bad_file_reaches_gguf_reader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         case: str, data: bytes, error: type, text: str) -> None:
+    """Our parser refuses every hostile file first (an array claiming 2**60 items would keep
+    GGUFReader busy and fill the memory), with the same message as without reader=."""
+    path = tmp_path / f"{case}.gguf"
+    path.write_bytes(data)
     monkeypatch.setattr(gguf, "GGUFReader", lambda *a, **k: pytest.fail("GGUFReader ran"))
-    with pytest.raises(FormatError, match="hostile.gguf"):
-        ml.open_weights(path, reader="gguf")
+    with pytest.raises(error, match=re.escape(text)):
+        GGUFFile(path, reader="gguf")
 
 
 def test_bad_magic_and_big_endian(tmp_path: Path) -> None:
     path = tmp_path / "bad.gguf"
-    path.write_bytes(b"GGUX" + header_only()[4:])
+    path.write_bytes(b"GGUX" + gguf_bytes()[4:])
     with pytest.raises(FormatError, match=r"bad\.gguf: gguf\.GGUFReader could not read the file "
                                           r"\(ValueError: GGUF magic invalid\)"):
         read_header_with_gguf(path, SIZES)
     with pytest.raises(UnsupportedError, match="not a weight file"):
         ml.open_weights(path, reader="gguf")  # detection reads the magic before any reader
-    path.write_bytes(header_only(version=struct.pack(">I", 3)))
+    path.write_bytes(gguf_bytes(version=struct.pack(">I", 3)))
     with pytest.raises(UnsupportedError, match=r"bad\.gguf: big-endian GGUF files are not"):
         read_header_with_gguf(path, SIZES)  # GGUFReader would read it; our map cannot
     with pytest.raises(UnsupportedError, match=r"bad\.gguf: .*big-endian"):
