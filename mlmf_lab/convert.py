@@ -16,7 +16,8 @@ from typing import Any, NamedTuple
 
 from . import events
 from .errors import MLMFError, UnsupportedError
-from .formats import load_state_dict, open_weights, save_state_dict
+from .formats import open_weights, save_state_dict
+from .formats.registry import read_all
 from .metadata import read_json
 
 
@@ -44,13 +45,12 @@ def _model_type(src: Path) -> str | None:
 def carried_metadata(src: Path, dst: Path, metadata: dict[str, Any]) -> dict[str, Any]:
     """The source's metadata as the destination should get it.
 
-    Into GGUF: safetensors' own ``format`` marker (``"pt"``) is dropped, as llama.cpp's
-    converter does, and ``general.architecture`` comes from the Hugging Face config's
-    ``model_type`` when the source has a ``config.json`` and no architecture of its own.
+    Into GGUF, ``general.architecture`` comes from the Hugging Face config's ``model_type``
+    when the source has a ``config.json`` and no architecture of its own. (Each writer drops
+    the other formats' own markers itself.)
     """
     out = dict(metadata)
     if dst.suffix.lower() == ".gguf":
-        out.pop("format", None)
         arch = _model_type(src)
         if arch is not None:
             out.setdefault("general.architecture", arch)
@@ -58,9 +58,9 @@ def carried_metadata(src: Path, dst: Path, metadata: dict[str, Any]) -> dict[str
 
 
 def _generic(src: Path, dst: Path, quant: str | None = None, **_: Any) -> None:
-    with open_weights(src) as wf:
+    with open_weights(src) as wf:  # opened once: a GGUF header can take a while to parse
         metadata = carried_metadata(src, dst, dict(wf.metadata))
-    state = load_state_dict(src)
+        state = read_all(wf)
     save_state_dict(state, dst, metadata=metadata, quant=quant)
 
 

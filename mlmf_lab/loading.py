@@ -68,9 +68,9 @@ def load_into(
         model: any ``nn.Module``; build it under ``torch.device("meta")`` to skip init.
         path: any file ``ml.open_weights`` reads.
         strict: raise on missing, unexpected or shape-mismatched keys.
-        keep_quantized: keep the file's quantized linear weights (GGUF blocks) quantized:
-            each matching ``nn.Linear`` becomes an ``ml.quant.QuantLinear`` holding the
-            ``QTensor`` instead of a dequantized float copy.
+        keep_quantized: keep the file's quantized linear weights (GGUF blocks, int8/int4
+            in safetensors) quantized: each matching ``nn.Linear`` becomes an
+            ``ml.quant.QuantLinear`` holding the ``QTensor`` instead of a float copy.
 
     Returns:
         The ``LoadReport``; with ``strict=False`` the matching keys are loaded anyway.

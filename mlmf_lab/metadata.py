@@ -134,6 +134,8 @@ class ModelDescription:
 
 
 def read_json(p: Path) -> dict[str, Any] | None:
+    """The JSON object in ``p`` (``config.json`` and the like beside the weights), or None
+    when there is no such file; ``MLMFError`` naming it when it is not a JSON object."""
     if not p.is_file():
         return None
     try:

@@ -225,12 +225,16 @@ def test_tied_weights_written_once(tmp_path: Path) -> None:
 
 def test_write_errors(tmp_path: Path) -> None:
     path = tmp_path / "x.gguf"
-    with pytest.raises(UnsupportedError, match=r"quant='int8'; GGUF schemes: f32, f16, bf16, q8_0"):
+    with pytest.raises(UnsupportedError, match=r"gguf cannot store quant='int8'; it takes f32, "
+                                               r"f16, bf16, q8_0.*; int8 goes into .safetensors"):
         ml.save_state_dict({"w": torch.randn(4, 32)}, path, quant="int8")
-    with pytest.raises(UnsupportedError, match="int4 to a .safetensors file, or use q4_1"):
+    with pytest.raises(UnsupportedError, match="int4'; .*; int4 goes into .safetensors files"):
         ml.save_state_dict({"w": torch.randn(4, 32)}, path, quant="int4")
-    with pytest.raises(UnsupportedError, match=r"quant='q4_k'; it takes int8, int4. GGUF block"):
+    with pytest.raises(UnsupportedError, match=r"safetensors cannot store quant='q4_k'; it takes "
+                                               r"int8, int4; q4_k goes into .gguf files"):
         ml.save_state_dict({"w": torch.randn(4, 256)}, tmp_path / "x.safetensors", quant="q4_k")
+    with pytest.raises(UnsupportedError, match=r"quant='q9'; it takes .*q6_k$"):  # nowhere
+        ml.save_state_dict({"w": torch.randn(4, 32)}, path, quant="q9")
     with pytest.raises(MLMFError, match="max_shard_size applies to folder targets"):
         ml.save_state_dict({"w": torch.randn(4, 32)}, path, max_shard_size="1MB")
     with pytest.raises(MLMFError, match="dtype torch.bool, which GGUF cannot store; supported"):
@@ -317,3 +321,21 @@ def test_header_parser_agrees_with_gguf_reader(tmp_path: Path) -> None:
         stored = wf.raw(rt.name)
         stored = stored.data if isinstance(stored, QTensor) else stored
         assert np.array_equal(stored.numpy().view(np.uint8), rt.data.view(np.uint8))
+
+
+def test_each_writer_keeps_only_its_own_markers(tmp_path: Path) -> None:
+    """Re-saving without blocks drops the quantization version; safetensors' "format: pt"
+    does not travel into GGUF, nor GGUF's quantization version into safetensors."""
+    sd = {"w": torch.randn(4, 64)}
+    q8, plain, back = tmp_path / "q.gguf", tmp_path / "plain.gguf", tmp_path / "b.safetensors"
+    ml.save_state_dict(sd, q8, quant="q8_0")
+    assert ml.open_weights(q8).metadata["general.quantization_version"] == 2
+    for target in (plain, back):
+        with ml.open_weights(q8) as wf:
+            ml.save_state_dict(ml.load_state_dict(q8), target, metadata=dict(wf.metadata))
+    assert "general.quantization_version" not in ml.open_weights(plain).metadata
+    assert "general.quantization_version" not in ml.open_weights(back).metadata
+    with ml.open_weights(back) as wf:
+        ml.save_state_dict(sd, plain, metadata=dict(wf.metadata), quant="q4_0")
+    fields = gguf.GGUFReader(plain).fields
+    assert "format" not in fields and fields["general.quantization_version"].contents() == 2

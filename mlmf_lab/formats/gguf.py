@@ -27,7 +27,8 @@ quantized; 1-D tensors (norms, biases) and tensors whose rows do not divide are 
 F32, as llama.cpp does; with ``q4_k``/``q6_k``, rows that are not a multiple of 256 weights
 take ``q5_0``/``q8_0`` instead (llama.cpp's fallback) when they divide into 32.
 ``general.architecture`` comes from the metadata (default ``"unknown"``);
-``general.quantization_version`` is set when blocks are written.
+``general.quantization_version`` is set when blocks are written and only then (a value
+passed in is not carried over), and safetensors' ``format: pt`` marker is dropped.
 """
 
 from __future__ import annotations
@@ -69,10 +70,20 @@ NUMPY_VIEW: dict[str, type[np.generic]] = {  # how the mapped bytes are viewed (
     "I8": np.int8, "I16": np.int16, "I32": np.int32, "I64": np.int64,
 }
 QUANTIZATION_VERSION = 2  # the block layouts of ggml's current quantization version
+QUANTIZATION_VERSION_KEY = "general.quantization_version"
+
+
+def _checked_then_gguf(path: Path, sizes: dict[int, tuple[int, int]]) -> Header:
+    """``gguf.GGUFReader``'s header, once our parser has found the file sound: a hostile
+    count must not make GGUFReader loop or fill the memory."""
+    read_header(path, sizes)
+    return read_header_with_gguf(path, sizes)
+
+
 # reader= name -> the function reading the header (path, ggml type sizes) -> Header
 READERS: dict[str, Callable[[Path, dict[int, tuple[int, int]]], Header]] = {
     "mlmf": read_header,  # the default: checked and fast
-    "gguf": read_header_with_gguf,  # gguf.GGUFReader, the reference reader
+    "gguf": _checked_then_gguf,  # gguf.GGUFReader, the reference reader
 }
 
 
@@ -107,9 +118,7 @@ class GGUFFile(WeightFile):
                 path,
             )
         sizes = _known_types()
-        header = read_header(path, sizes)  # checked first, whichever reader: a hostile
-        if reader != "mlmf":  # count must not make GGUFReader loop or fill the memory
-            header = READERS[reader](path, sizes)
+        header = READERS[reader](path, sizes)
         meta, aliases = decode_metadata(header.metadata, path)
         mapped = np.memmap(path, mode="c") if header.tensors else np.zeros(0, np.uint8)
         infos: dict[str, TensorInfo] = {}
@@ -229,16 +238,12 @@ def write_gguf(
 
     from .safetensors import dedupe_shared
 
-    if quant is not None:
-        writable = quantizable()
-        if str(quant).lower() not in writable:
-            nearest = {"int8": "; save int8 to a .safetensors file, or use q8_0, GGUF's nearest",
-                       "int4": "; save int4 to a .safetensors file, or use q4_1, GGUF's nearest"}
-            raise UnsupportedError(
-                f"GGUF cannot store quant={quant!r}; GGUF schemes: {', '.join(writable)}"
-                + nearest.get(str(quant).lower(), ""), path)
     kept, aliases = dedupe_shared(tensors)
-    entries = encode_metadata(metadata, aliases, path)
+    # this writer's own markers: safetensors' "format: pt" is not GGUF's, and the
+    # quantization version follows what is written here, not what the source said
+    given = {k: v for k, v in (metadata or {}).items()
+             if k != QUANTIZATION_VERSION_KEY and (k, v) != ("format", "pt")}
+    entries = encode_metadata(given, aliases, path)
     arch = next((e.value for e in entries if e.key == "general.architecture"), "unknown")
     planned = {
         name: _plan(name, t, quant, path)
@@ -255,7 +260,7 @@ def write_gguf(
                     writer.data_alignment = e.value
                 writer.add_key_value(e.key, e.value, e.vtype, e.sub_type)
             blocks = [t for _, t in planned.values() if t is not None and BY_ID[t].block_size > 1]
-            if blocks and not any(e.key == "general.quantization_version" for e in entries):
+            if blocks:
                 writer.add_quantization_version(QUANTIZATION_VERSION)
             for name, (array, type_id) in planned.items():
                 raw_dtype = None if type_id is None else GGMLQuantizationType(type_id)
@@ -286,6 +291,6 @@ def _save(
 
 
 register_format(Format("gguf", _detect, GGUFFile, readers=tuple(READERS)))
-register_writer(Writer("gguf", ".gguf", _save))
+register_writer(Writer("gguf", ".gguf", _save, tuple(quantizable())))
 
 __all__ = ["GGUFFile", "NATIVE", "READERS", "write_gguf"]

@@ -34,11 +34,16 @@ class Format(NamedTuple):
 
 
 class Writer(NamedTuple):
-    """One registered writer, chosen by the target's suffix (``""`` = a folder)."""
+    """One registered writer, chosen by the target's suffix (``""`` = a folder).
+
+    ``quants``: the ``quant=`` schemes it can store (``save_state_dict`` refuses the others,
+    naming the writers that take them).
+    """
 
     name: str
     suffix: str
     save: Callable[..., None]
+    quants: tuple[str, ...] = ()
 
 
 FORMATS: list[Format] = []
@@ -140,14 +145,26 @@ def load_state_dict(
 ) -> dict[str, torch.Tensor]:
     """Every tensor of a weight file, memory-mapped (cast only when ``dtype`` is given)."""
     with events.activity("load", used=[path], params={"dtype": _dtype_param(dtype)}) as act:
-        wf = open_weights(path)
-        out = {name: wf.tensor(name, dtype=dtype) for name in wf}
-        aliases = getattr(wf, "aliases", {})
-        for alias, target in aliases.items():
-            if target in out and alias not in out:
-                out[alias] = out[target]
+        out = read_all(open_weights(path), dtype)
         act.generated.append(out)
     return out
+
+
+def read_all(wf: WeightFile, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of an open file, tied names included (sharing their target's tensor)."""
+    out = {name: wf.tensor(name, dtype=dtype) for name in wf}
+    for alias, target in getattr(wf, "aliases", {}).items():
+        if target in out and alias not in out:
+            out[alias] = out[target]
+    return out
+
+
+def _quant_refusal(writer: Writer, quant: str) -> str:
+    takes = (f"it takes {', '.join(writer.quants)}" if writer.quants
+             else "it stores no quantized weights")
+    elsewhere = [w.suffix for w in WRITERS.values() if quant.lower() in w.quants and w.suffix]
+    where = f"; {quant} goes into {' or '.join(elsewhere)} files" if elsewhere else ""
+    return f"{writer.name} cannot store quant={quant!r}; {takes}{where}"
 
 
 def _dtype_param(dtype: torch.dtype | None) -> str | None:
@@ -185,6 +202,8 @@ def save_state_dict(
         isinstance(t, torch.Tensor) for t in tensors.values()
     ):
         raise MLMFError("expected a dict of name -> torch.Tensor", p)
+    if quant is not None and str(quant).lower() not in writer.quants:
+        raise UnsupportedError(_quant_refusal(writer, str(quant)), p)
     params = {"format": writer.name, "quant": quant, "max_shard_size": max_shard_size}
     with events.activity("save", used=[tensors], params=params) as act:
         writer.save(tensors, p, metadata=metadata, max_shard_size=max_shard_size, quant=quant)

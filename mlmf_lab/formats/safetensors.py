@@ -24,7 +24,7 @@ from . import atomic
 from .base import ST_DTYPES, TensorInfo, WeightFile, alias_key, dtype_name, torch_dtype
 from .metadata import QUANT_KEY, decode_metadata, encode_metadata
 from .registry import Format, Writer, register_format, register_writer
-from .safetensors_quant import QuantEntry, assemble, quantize_parts, read_entries
+from .safetensors_quant import SCHEMES, QuantEntry, assemble, quantize_parts, read_entries
 
 MAX_HEADER = 100 * 1024 * 1024  # the safetensors package's own limit
 
@@ -118,8 +118,8 @@ class SafetensorsFile(WeightFile):
             infos, self._quant = read_entries(raw_meta[QUANT_KEY], infos, path)
         super().__init__(path=path, metadata=meta, _infos=infos)
         self.aliases = aliases
-        # stored key of each int8/int4 scale or zero -> the weight it belongs to
-        self.parts = {p.key: n for n, e in self._quant.items() for p in e.params.values()}
+        # stored keys of the int8/int4 scales and zeros, read with their weights
+        self.parts = {p.key for e in self._quant.values() for p in e.params.values()}
         try:
             self._handle: Any = safe_open(os.fspath(path), framework="pt", device="cpu")
         except (SafetensorError, OSError) as e:
@@ -150,9 +150,10 @@ class SafetensorsFile(WeightFile):
 
     def get_slice(self, name: str) -> Any:
         """A lazy slice object: ``get_slice(name)[a:b]`` reads only those rows."""
-        if self.info(name).quant:
-            raise MLMFError(f"tensor {name!r} is stored as {self.info(name).quant}; read it "
-                            "whole with tensor() or raw()", self.path)
+        quant = self.info(name).quant
+        if quant:
+            raise MLMFError(f"tensor {name!r} is stored as {quant}; read it whole with "
+                            "tensor() or raw()", self.path)
         return self._handle.get_slice(name)
 
     def close(self) -> None:
@@ -214,7 +215,9 @@ def write_file(
             raise MLMFError(
                 f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store", path
             )
-    header_meta = encode_metadata(metadata, aliases)
+    # GGUF's block-layout version says nothing about the tensors written here
+    given = {k: v for k, v in (metadata or {}).items() if k != "general.quantization_version"}
+    header_meta = encode_metadata(given, aliases)
     if quant is not None:
         kept, header_meta[QUANT_KEY] = quantize_parts(kept, quant, path)
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in kept.items()}
@@ -236,4 +239,4 @@ def _save(
 
 
 register_format(Format("safetensors", _detect, SafetensorsFile))
-register_writer(Writer("safetensors", ".safetensors", _save))
+register_writer(Writer("safetensors", ".safetensors", _save, SCHEMES))

@@ -92,16 +92,15 @@ def quantize_parts(
 ) -> tuple[dict[str, torch.Tensor], str]:
     """Tensors to write (quantized ones as their parts) and the ``mlmf.quant`` header value."""
     scheme = str(quant).lower()
-    if scheme not in SCHEMES:
-        raise UnsupportedError(
-            f"safetensors cannot store quant={quant!r}; it takes {', '.join(SCHEMES)}. "
-            "GGUF block schemes (q8_0, q6_k, q4_k, q4_0, ...) go into a .gguf file", path)
+    if scheme not in SCHEMES:  # save_state_dict refuses it first, naming the other formats
+        raise UnsupportedError(f"safetensors takes quant {', '.join(SCHEMES)}, not {quant!r}",
+                               path)
     options = {"group_size": DEFAULT_GROUP_SIZE} if scheme == "int4" else {}
     out: dict[str, torch.Tensor] = {}
     listed: dict[str, dict[str, Any]] = {}
-    todo = sum(_fits(t, scheme, DEFAULT_GROUP_SIZE) for t in tensors.values())
-    for name, t in bar(tensors.items(), desc="quantizing", leave=False, hide=todo < 8):
-        if not _fits(t, scheme, DEFAULT_GROUP_SIZE):
+    todo = {n for n, t in tensors.items() if _fits(t, scheme, DEFAULT_GROUP_SIZE)}
+    for name, t in bar(tensors.items(), desc="quantizing", leave=False, hide=len(todo) < 8):
+        if name not in todo:
             out[name] = t
             continue
         if not bool(torch.isfinite(t).all()):

@@ -153,12 +153,11 @@ def save_sharded(
     max_shard_size: int | str | None = None,
     quant: str | None = None,
 ) -> None:
-    """Write the HF layout into ``folder`` atomically (one file needs no index, as HF)."""
-    if quant is not None:
-        raise MLMFError(
-            f"the sharded safetensors layout stores no quantized weights ({quant!r}); save "
-            "int8/int4 to one .safetensors file, GGUF block schemes to a .gguf file", folder
-        )
+    """Write the HF layout into ``folder`` atomically (one file needs no index, as HF).
+
+    ``quant`` is always None here: the layout stores no quantized weights, and
+    ``save_state_dict`` refuses any scheme before calling it.
+    """
     limit = parse_size(max_shard_size if max_shard_size is not None else DEFAULT_MAX_SHARD)
     kept, aliases = dedupe_shared(tensors)
     groups = plan_shards(kept, limit)

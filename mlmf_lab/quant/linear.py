@@ -283,7 +283,8 @@ def quantized_state(
 
     Args:
         model: the model to fill (on the meta device or not).
-        path: a weight file (GGUF files hold quantized tensors).
+        path: a weight file (GGUF files, and safetensors files saved with int8/int4, hold
+            quantized tensors).
 
     Returns:
         Name -> tensor, or ``QTensor`` for the weights kept quantized.
