@@ -80,11 +80,28 @@ def test_switched_off_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert native.dequantizer("f16") is None  # plain float types never use it
 
 
+def vm_flags(address: int) -> list[str]:
+    """The kernel's flags of the mapping holding ``address`` (``hg``: advised huge pages)."""
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and ":" not in head[0]:
+                start, stop = (int(x, 16) for x in head[0].split("-"))
+                inside = start <= address < stop
+            elif inside and line.startswith("VmFlags:"):
+                return head[1:]
+    return []
+
+
 def test_large_fresh_outputs_are_float32_and_writable() -> None:
     qt, ref = q4_0_tensor()
     big = ml.quant.QTensor("q4_0", (4096, 256), qt.data.repeat(64, 1))
     out = big.dequantize()
     assert out.dtype == torch.float32 and out.shape == (4096, 256)
+    if Path("/sys/kernel/mm/transparent_hugepage/enabled").exists():  # Linux with THP
+        assert "hg" in vm_flags(out.data_ptr() + (2 << 20))  # advised huge pages
+        assert "hg" not in vm_flags(torch.empty(4096, 256).data_ptr() + (2 << 20))
     assert np.array_equal(out[:64].numpy(), ref)
     out.add_(1)  # an ordinary tensor: writable, resizable
     out.resize_(8, 8)
