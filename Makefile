@@ -9,7 +9,7 @@ TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
 	JUPYTER_CONFIG_DIR=$(SCRATCH)/jupyter/config JUPYTER_DATA_DIR=$(SCRATCH)/jupyter/data \
 	JUPYTER_RUNTIME_DIR=$(SCRATCH)/jupyter/runtime IPYTHONDIR=$(SCRATCH)/ipython \
 	MPLCONFIGDIR=$(SCRATCH)/mpl MLMF_KERNEL_DIR=$(SCRATCH)/kernels MPLBACKEND=Agg PYTHONHASHSEED=0 \
-	OMP_NUM_THREADS=2 TOKENIZERS_PARALLELISM=false
+	OMP_NUM_THREADS=2 TOKENIZERS_PARALLELISM=false TMPDIR=/tmp
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
 
 .PHONY: install lab test lint bench clean

@@ -19,5 +19,8 @@ for key, value in {
     "MPLCONFIGDIR": f"{_scratch}/mpl",
     "MPLBACKEND": "Agg",
     "TOKENIZERS_PARALLELISM": "false",
+    "MLMF_KERNEL_DIR": f"{_scratch}/kernels",  # compiled kernels too, not ~/.cache
+    "PYTHONHASHSEED": "0",  # for the notebook kernels this process starts
+    "TMPDIR": "/tmp",  # the notebooks' stored temporary paths, as sanitize.cfg expects
 }.items():
     os.environ.setdefault(key, value)

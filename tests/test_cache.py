@@ -157,7 +157,10 @@ def test_a_changed_file_is_never_served_stale(tmp_path: Path) -> None:
     assert cache.get_or_load(path)["w"].sum() == 8
     data = bytearray(path.read_bytes())  # in place: same size and inode, new mtime
     data[-4:] = torch.tensor([2.0]).numpy().tobytes()
+    st = path.stat()
     path.write_bytes(bytes(data))
+    # a coarse file-system clock may stamp both writes alike; a second later, as a real edit
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert cache.get_or_load(path)["w"][-1] == 2.0
     s = cache.stats()
     assert (s.misses, s.hits, s.evictions["stale"], s.entries) == (3, 0, 2, 1)
@@ -212,7 +215,9 @@ def test_concurrent_misses_of_one_key_load_once() -> None:
                for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(0.1)
+    deadline = time.monotonic() + 5
+    while cache.stats().misses < 4 and time.monotonic() < deadline:  # all four are waiting
+        time.sleep(0.005)
     gate.set()
     for t in threads:
         t.join(5)

@@ -101,16 +101,17 @@ def test_large_fresh_outputs_are_float32_and_writable() -> None:
     big = ml.quant.QTensor("q4_0", (4096, 256), qt.data.repeat(64, 1))
     out = big.dequantize()
     assert out.dtype == torch.float32 and out.shape == (4096, 256)
-    if Path("/sys/kernel/mm/transparent_hugepage/enabled").exists():  # Linux with THP
+    # control: a fresh mapping nobody advised has no "hg" (torch.empty cannot serve: its
+    # memory may come from a heap that an earlier advice already marked)
+    fresh = mmap.mmap(-1, 4 << 20)
+    view = ctypes.c_char.from_buffer(fresh)
+    control = vm_flags(ctypes.addressof(view) + (2 << 20))
+    del view
+    fresh.close()
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled").exists()
+    if thp and "rd" in control:  # Linux with THP, and a kernel that shows VmFlags
+        assert "hg" not in control
         assert "hg" in vm_flags(out.data_ptr() + (2 << 20))  # advised huge pages
-        # control: a fresh mapping nobody advised has no "hg" (torch.empty cannot serve: its
-        # memory may come from a heap that an earlier advice already marked)
-        fresh = mmap.mmap(-1, 4 << 20)
-        view = ctypes.c_char.from_buffer(fresh)
-        flags = vm_flags(ctypes.addressof(view) + (2 << 20))
-        del view
-        fresh.close()
-        assert "rd" in flags and "hg" not in flags
     assert np.array_equal(out[:64].numpy(), ref)
     out.add_(1)  # an ordinary tensor: writable, resizable
     out.resize_(8, 8)
