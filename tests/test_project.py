@@ -40,6 +40,15 @@ def test_torch_is_pinned_to_the_cpu_wheel() -> None:
     assert "torch==2.13.0" in (ROOT / "constraints.txt").read_text()
 
 
+def test_every_dependency_is_pinned_to_a_tested_version() -> None:
+    """``constraints.txt`` holds the versions the suite passed with; a new dependency joins it."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = names(project["dependencies"]) | names(project["optional-dependencies"]["dev"])
+    lines = (ROOT / "constraints.txt").read_text().splitlines()
+    pinned = names([line for line in lines if "==" in line and not line.startswith("#")])
+    assert wanted - pinned == set(), "add these to constraints.txt (pip freeze)"
+
+
 def test_public_api() -> None:
     for name in ["open_weights", "load_state_dict", "save_state_dict", "load_into", "MLMFError"]:
         assert callable(getattr(ml, name))
