@@ -34,7 +34,7 @@ from .formats import atomic, load_state_dict
 from .formats.base import TORCH_TO_ST
 from .formats.metadata import encode_metadata
 from .formats.safetensors import dedupe_shared
-from .formats.sharded import INDEX_NAME, parse_size, plan_shards
+from .formats.sharded import INDEX_NAME, nbytes, parse_size, plan_shards
 from .progress import bar
 
 MANIFEST = "manifest.json"
@@ -163,7 +163,7 @@ def write_weights(
     shards and ``model.safetensors.index.json``, as ``transformers`` writes them.
     """
     kept, aliases = dedupe_shared(tensors)
-    groups = plan_shards(kept, parse_size(max_shard_size))
+    groups = plan_shards(nbytes(kept), parse_size(max_shard_size))
     n = len(groups)
     sums: dict[str, str] = {}
     weight_map: dict[str, str] = {}

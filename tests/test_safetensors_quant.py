@@ -255,10 +255,9 @@ def test_write_errors_leave_the_old_file(tmp_path: Path) -> None:
         ml.save_state_dict({"w": bad}, path, quant="int8")
     with pytest.raises(MLMFError, match="metadata key 'mlmf.quant'"):
         ml.save_state_dict({"w": bad}, path, metadata={"mlmf.quant": "{}"})
-    with pytest.raises(MLMFError, match="safetensors-sharded cannot store quant='int8'; it "
-                                        "stores no quantized weights; int8 goes into "
-                                        ".safetensors files"):
-        ml.save_state_dict({"w": torch.randn(4, 8)}, tmp_path / "folder", quant="int8")
+    with pytest.raises(MLMFError, match="safetensors-sharded cannot store quant='q4_0'; it "
+                                        "takes int8, int4; q4_0 goes into .gguf files"):
+        ml.save_state_dict({"w": torch.randn(4, 32)}, tmp_path / "folder", quant="q4_0")
     assert path.read_bytes() == before
 
 

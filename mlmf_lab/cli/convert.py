@@ -15,7 +15,7 @@ def register(sub: Any) -> None:
                    "or a folder (HF sharded)")
     p.add_argument("--quant", default=None,
                    help="quantize the output: a GGUF block type (q8_0, q6_k, q4_k, q4_0, ...) "
-                   "for .gguf, int8 or int4 for .safetensors")
+                   "for .gguf, int8 or int4 for .safetensors or a folder")
     p.set_defaults(func=run)
 
 

@@ -187,7 +187,7 @@ def save_state_dict(
         max_shard_size: bytes or ``"500MB"``-style; folders only.
         quant: quantize the floating-point weights (2-D and up) as they are written: a GGUF
             block type (``"q8_0"``, ``"q4_k"``, ...) into ``.gguf``, ``"int8"`` or
-            ``"int4"`` into ``.safetensors`` (see ``safetensors_quant``).
+            ``"int4"`` into ``.safetensors`` or a folder (see ``safetensors_quant``).
 
     Raises:
         MLMFError: unknown suffix, bad tensors or metadata.

@@ -19,6 +19,10 @@ tensor per quantized name, with its logical shape, the dtype it was saved from, 
 Each part's dtype and shape is checked against the scheme, so a damaged file gets a
 ``FormatError``.
 
+A Hugging Face sharded folder (``save_state_dict(..., "out/", quant="int4")``) is a set of
+such files: a weight's parts share its shard, and the index lists every stored name, as
+compressed-tensors checkpoints do.
+
 As in GGUF, only floating-point tensors of two or more dimensions are quantized (norms and
 biases keep their dtype); for ``int4``, only those whose last dimension divides into groups.
 """
@@ -87,18 +91,48 @@ def _fits(t: torch.Tensor, scheme: str, group_size: int) -> bool:
     return scheme == "int8" or t.shape[-1] % group_size == 0
 
 
-def quantize_parts(
-    tensors: dict[str, torch.Tensor], quant: str, path: Path
-) -> tuple[dict[str, torch.Tensor], str]:
-    """Tensors to write (quantized ones as their parts) and the ``mlmf.quant`` header value."""
+def _scheme(quant: str, path: Path) -> tuple[str, dict[str, Any]]:
     scheme = str(quant).lower()
     if scheme not in SCHEMES:  # save_state_dict refuses it first, naming the other formats
         raise UnsupportedError(f"safetensors takes quant {', '.join(SCHEMES)}, not {quant!r}",
                                path)
-    options = {"group_size": DEFAULT_GROUP_SIZE} if scheme == "int4" else {}
+    return scheme, ({"group_size": DEFAULT_GROUP_SIZE} if scheme == "int4" else {})
+
+
+def stored_parts(
+    tensors: dict[str, torch.Tensor], quant: str, path: Path
+) -> dict[str, list[Part]]:
+    """What each tensor is stored as under ``quant``: its parts, or itself if it stays float.
+
+    Raises ``MLMFError`` when a part would take the name of another tensor.
+    """
+    scheme, options = _scheme(quant, path)
+    out: dict[str, list[Part]] = {}
+    for name, t in tensors.items():
+        if not _fits(t, scheme, DEFAULT_GROUP_SIZE):
+            out[name] = [Part(name, t.dtype, tuple(t.shape))]
+            continue
+        entry = entry_for(name, scheme, tuple(t.shape), options)
+        for pname, part in entry.params.items():
+            if part.key in tensors:
+                raise MLMFError(f"cannot quantize {name!r}: the file would need the name "
+                                f"{part.key!r} for its {pname}, which another tensor has", path)
+        out[name] = [entry.data, *entry.params.values()]
+    return out
+
+
+def part_nbytes(part: Part) -> int:
+    return math.prod(part.shape) * part.dtype.itemsize
+
+
+def quantize_parts(
+    tensors: dict[str, torch.Tensor], quant: str, path: Path
+) -> tuple[dict[str, torch.Tensor], str]:
+    """Tensors to write (quantized ones as their parts) and the ``mlmf.quant`` header value."""
+    scheme, options = _scheme(quant, path)
     out: dict[str, torch.Tensor] = {}
     listed: dict[str, dict[str, Any]] = {}
-    todo = {n for n, t in tensors.items() if _fits(t, scheme, DEFAULT_GROUP_SIZE)}
+    todo = {n for n, parts in stored_parts(tensors, quant, path).items() if len(parts) > 1}
     for name, t in bar(tensors.items(), desc="quantizing", leave=False, hide=len(todo) < 8):
         if name not in todo:
             out[name] = t
@@ -110,9 +144,6 @@ def quantize_parts(
         entry = entry_for(name, scheme, tuple(t.shape), options)
         out[name] = qt.data
         for pname, part in entry.params.items():
-            if part.key in tensors:
-                raise MLMFError(f"cannot quantize {name!r}: the file would need the name "
-                                f"{part.key!r} for its {pname}, which another tensor has", path)
             out[part.key] = qt.params[pname].reshape(part.shape)
         listed[name] = {"scheme": scheme, "shape": list(t.shape), "dtype": dtype_name(t.dtype),
                         **options}
@@ -191,4 +222,7 @@ def assemble(entry: QuantEntry, get: Callable[[str], torch.Tensor]) -> QTensor:
     return QTensor(entry.scheme, entry.shape, get(entry.data.key), params, dict(entry.options))
 
 
-__all__ = ["SCHEMES", "QuantEntry", "assemble", "entry_for", "quantize_parts", "read_entries"]
+__all__ = [
+    "SCHEMES", "Part", "QuantEntry", "assemble", "entry_for", "part_nbytes", "quantize_parts",
+    "read_entries", "stored_parts",
+]

@@ -20,6 +20,7 @@ from . import atomic
 from .base import TensorInfo, WeightFile
 from .registry import Format, Writer, register_format, register_writer
 from .safetensors import SafetensorsFile, dedupe_shared, write_file
+from .safetensors_quant import SCHEMES, part_nbytes, stored_parts
 
 INDEX_NAME = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD = 5 * 1000**3  # transformers' default, "5GB"
@@ -132,12 +133,15 @@ def _has_weight_map(path: Path) -> bool:
         return False
 
 
-def plan_shards(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[list[str]]:
+def nbytes(tensors: dict[str, torch.Tensor]) -> dict[str, int]:
+    return {name: t.numel() * t.element_size() for name, t in tensors.items()}
+
+
+def plan_shards(sizes: dict[str, int], max_bytes: int) -> list[list[str]]:
     """Greedy in-order packing, as transformers: a new shard when the next tensor overflows."""
     shards: list[list[str]] = [[]]
     size = 0
-    for name, t in tensors.items():
-        n = t.numel() * t.element_size()
+    for name, n in sizes.items():
         if shards[-1] and size + n > max_bytes:
             shards.append([])
             size = 0
@@ -155,12 +159,20 @@ def save_sharded(
 ) -> None:
     """Write the HF layout into ``folder`` atomically (one file needs no index, as HF).
 
-    ``quant`` is always None here: the layout stores no quantized weights, and
-    ``save_state_dict`` refuses any scheme before calling it.
+    With ``quant`` (``"int8"`` or ``"int4"``) each shard stores its weights quantized, as a
+    single file does (``safetensors_quant``); a weight's scale (and zero) stay in its shard,
+    shards are sized by what they store, and the index lists every stored name, as
+    compressed-tensors checkpoints do.
     """
     limit = parse_size(max_shard_size if max_shard_size is not None else DEFAULT_MAX_SHARD)
     kept, aliases = dedupe_shared(tensors)
-    groups = plan_shards(kept, limit)
+    if quant is None:
+        keys = {name: [name] for name in kept}
+        groups = plan_shards(nbytes(kept), limit)
+    else:  # every name checked before anything is written
+        layout = stored_parts(kept, quant, folder)
+        keys = {name: [p.key for p in parts] for name, parts in layout.items()}
+        groups = plan_shards({n: sum(map(part_nbytes, p)) for n, p in layout.items()}, limit)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with atomic.replacing_dir(folder) as tmp:
         n = len(groups)
@@ -171,12 +183,12 @@ def save_sharded(
             part = {name: kept[name] for name in names}
             # Tied names travel with their target so the shard's metadata records them.
             part.update({a: kept[t] for a, t in aliases.items() if t in part})
-            total += write_file(part, tmp / shard, metadata)
-            weight_map.update(dict.fromkeys(names, shard))
+            total += write_file(part, tmp / shard, metadata, quant)
+            weight_map.update(dict.fromkeys((key for n in names for key in keys[n]), shard))
         if n > 1:
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
 register_format(Format("safetensors-sharded", _detect, ShardedFile))
-register_writer(Writer("safetensors-sharded", "", save_sharded))
+register_writer(Writer("safetensors-sharded", "", save_sharded, SCHEMES))
