@@ -12,6 +12,7 @@
 # %%
 %matplotlib inline
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -132,3 +133,9 @@ try:
     ml.open_weights(broken)
 except ml.MLMFError as e:
     print(type(e).__name__, "—", e.message)
+
+# %% [markdown]
+# Clean up: remove the scratch folder this notebook wrote into.
+
+# %%
+shutil.rmtree(work)

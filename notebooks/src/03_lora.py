@@ -16,6 +16,7 @@
 %matplotlib inline
 import json
 import random
+import shutil
 import tempfile
 import time
 import warnings
@@ -224,3 +225,9 @@ prompt = torch.tensor([[4, 7]])
 with torch.no_grad():
     out = peft_model.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
 print(out[0].tolist())
+
+# %% [markdown]
+# Clean up: remove the scratch folder this notebook wrote into.
+
+# %%
+shutil.rmtree(work)

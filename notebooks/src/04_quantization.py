@@ -18,6 +18,7 @@
 %matplotlib inline
 import os
 import random
+import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -313,3 +314,9 @@ print(f"ml.open_weights: {name} {list(info8.shape)} {info8.quant}, "
 
 # %%
 reload_quantized(path8, "int8")
+
+# %% [markdown]
+# Clean up: remove the scratch folder this notebook wrote into.
+
+# %%
+shutil.rmtree(work)

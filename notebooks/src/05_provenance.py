@@ -23,6 +23,7 @@ os.environ["TQDM_DISABLE"] = "1"  # no progress bars in the stored outputs
 
 import collections
 import random
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -225,3 +226,9 @@ for kind, n in sorted(kinds.items()):
 #   SQLite's WAL journal and one transaction per activity.
 # - **From a terminal:** `mlmf-lab lineage minilm-tuned.gguf --store lineage.db` prints the
 #   same chain as `history` above.
+
+# %% [markdown]
+# Clean up: remove the scratch folder this notebook wrote into.
+
+# %%
+shutil.rmtree(work)

@@ -21,6 +21,7 @@
 %matplotlib inline
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -238,3 +239,9 @@ print("round trip exact:", original.keys() == restored.keys()
 # - In your own scripts: `rank, n = ml.distributed.setup()` under `torchrun`, then
 #   `plan`, `load_shard`, `gather_state_dict` as above; `ml.distributed.launch(fn, n)`
 #   runs a function on N local ranks from Python.
+
+# %% [markdown]
+# Clean up: remove the scratch folder this notebook wrote into.
+
+# %%
+shutil.rmtree(work)

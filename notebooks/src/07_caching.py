@@ -13,6 +13,7 @@
 %matplotlib inline
 import os
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -248,3 +249,9 @@ print([e.key.split("-")[0] for e in disk.ls()], f"{disk.total_bytes() / MiB:.1f}
 report = disk.prune(max_bytes="5MiB")
 print("pruned:", [e.meta["operation"] for e in report.removed], f"freed {report.freed_bytes / MiB:.1f} MiB,",
       f"{report.remaining_bytes / MiB:.1f} MiB remain")
+
+# %% [markdown]
+# Clean up: remove the scratch folder this notebook wrote into.
+
+# %%
+shutil.rmtree(work)

@@ -16,6 +16,7 @@
 #    sentence.
 
 # %%
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -280,3 +281,9 @@ with torch.no_grad():
 print(len(att_maps), "layers of", tuple(att_maps[0].shape))
 mplots.plot_token_attention(sent.tokens[0], att_maps[2][0].mean(0).numpy(),
                             "MiniLM layer 3, mean over 12 heads")
+
+# %% [markdown]
+# Clean up: remove the scratch folder this notebook wrote into.
+
+# %%
+shutil.rmtree(work)
