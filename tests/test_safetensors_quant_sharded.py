@@ -72,14 +72,38 @@ def test_a_quantized_folder_loads_kept_quantized(tmp_path: Path) -> None:
     assert torch.equal(loaded(x), in_memory(x))
 
 
-def test_tied_weights_in_a_quantized_folder(tmp_path: Path) -> None:
-    w = torch.randn(32, 64)
+def test_one_shard_is_a_single_file_without_index(tmp_path: Path) -> None:
     folder = tmp_path / "q"
-    ml.save_state_dict({"embed.weight": w, "head.weight": w, "norm": torch.ones(64)}, folder,
-                       quant="int8", max_shard_size=1_000)
+    ml.save_state_dict(model().state_dict(), folder, quant="int4")
+    assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors"]
+    assert ml.open_weights(folder).info("2.weight").quant == "int4"
+
+
+class Tied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(32, 64)
+        self.head = nn.Linear(64, 32, bias=False)
+        self.head.weight = self.embed.weight
+
+
+def test_tied_weights_in_a_quantized_folder(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    ref, folder = Tied(), tmp_path / "q"
+    sd = {**ref.state_dict(), "norm": torch.ones(600)}
+    ml.save_state_dict(sd, folder, quant="int8", max_shard_size=2_600)
+    stored = {k for tensors in shards(folder).values() for k in tensors}
+    assert stored == {"embed.weight", "embed.weight_scale", "norm"}  # the head is not stored
+    assert "head.weight" not in json.loads((folder / INDEX_NAME).read_text())["weight_map"]
     back = ml.load_state_dict(folder)
-    want = ml.quant.quantize(w, "int8").dequantize()
+    want = ml.quant.quantize(ref.embed.weight.detach(), "int8").dequantize()
     assert torch.equal(back["embed.weight"], want) and torch.equal(back["head.weight"], want)
+    with torch.device("meta"):
+        loaded = Tied()
+    report = ml.load_into(loaded, folder, keep_quantized=True, strict=False)
+    assert (report.missing, report.unexpected) == ([], ["norm"])  # norm: only there for size
+    assert torch.equal(loaded.embed.weight, want)  # stored under the embedding's name: floats,
+    assert loaded.head.weight.data_ptr() == loaded.embed.weight.data_ptr()  # still tied
 
 
 def test_refused_saves_leave_the_old_folder(tmp_path: Path) -> None:
@@ -90,11 +114,20 @@ def test_refused_saves_leave_the_old_folder(tmp_path: Path) -> None:
              "a.weight_scale": torch.ones(8)}  # the clash is in another shard
     with pytest.raises(MLMFError, match="'a.weight_scale' for its scale, which another tensor"):
         ml.save_state_dict(clash, folder, quant="int8", max_shard_size=1_000)
+    w = torch.randn(8, 64)
+    with pytest.raises(MLMFError, match="'x_scale' for its scale, which another tensor"):
+        ml.save_state_dict({"x": w, "y": w[:, :1], "x_scale": w[:, :1]}, folder,
+                           quant="int8")  # x_scale is a tied name, not a stored one
     bad = torch.randn(8, 64)
     bad[3, 3] = float("inf")
-    with pytest.raises(MLMFError, match="tensor 'late' holds inf or nan"):  # in the last shard
+    with pytest.raises(MLMFError, match="tensor 'late' holds inf or nan") as e:  # last shard
         ml.save_state_dict({"early": torch.randn(8, 64), "late": bad}, folder, quant="int8",
                            max_shard_size=600)
+    assert e.value.path == str(folder)  # the folder the user named, not a temporary one
+    with pytest.raises(MLMFError, match="'c' has dtype torch.complex64") as e:
+        ml.save_state_dict({"early": torch.randn(8, 64), "c": torch.zeros(2, 2).to(
+            torch.complex64)}, folder, max_shard_size=600)
+    assert e.value.path == str(folder)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 

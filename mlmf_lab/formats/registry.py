@@ -162,8 +162,9 @@ def read_all(wf: WeightFile, dtype: torch.dtype | None = None) -> dict[str, torc
 def _quant_refusal(writer: Writer, quant: str) -> str:
     takes = (f"it takes {', '.join(writer.quants)}" if writer.quants
              else "it stores no quantized weights")
-    elsewhere = [w.suffix for w in WRITERS.values() if quant.lower() in w.quants and w.suffix]
-    where = f"; {quant} goes into {' or '.join(elsewhere)} files" if elsewhere else ""
+    elsewhere = [f"{w.suffix} files" if w.suffix else "a folder (HF sharded layout)"
+                 for w in WRITERS.values() if quant.lower() in w.quants]
+    where = f"; {quant} goes into {' or '.join(elsewhere)}" if elsewhere else ""
     return f"{writer.name} cannot store quant={quant!r}; {takes}{where}"
 
 

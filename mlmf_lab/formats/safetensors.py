@@ -196,6 +196,14 @@ def dedupe_shared(
     return kept, aliases
 
 
+def check_dtypes(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    for name, t in tensors.items():
+        if t.dtype not in ST_DTYPES.values():
+            raise MLMFError(
+                f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store", path
+            )
+
+
 def write_file(
     tensors: dict[str, torch.Tensor],
     path: Path,
@@ -210,16 +218,12 @@ def write_file(
     from safetensors.torch import save_file
 
     kept, aliases = dedupe_shared(tensors)
-    for name, t in kept.items():
-        if t.dtype not in ST_DTYPES.values():
-            raise MLMFError(
-                f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store", path
-            )
+    check_dtypes(kept, path)
     # GGUF's block-layout version says nothing about the tensors written here
     given = {k: v for k, v in (metadata or {}).items() if k != "general.quantization_version"}
     header_meta = encode_metadata(given, aliases)
     if quant is not None:
-        kept, header_meta[QUANT_KEY] = quantize_parts(kept, quant, path)
+        kept, header_meta[QUANT_KEY] = quantize_parts(kept, quant, path, aliases)
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in kept.items()}
     with atomic.replacing(path) as tmp:
         save_file(cpu, os.fspath(tmp), metadata=header_meta)

@@ -20,8 +20,9 @@ Each part's dtype and shape is checked against the scheme, so a damaged file get
 ``FormatError``.
 
 A Hugging Face sharded folder (``save_state_dict(..., "out/", quant="int4")``) is a set of
-such files: a weight's parts share its shard, and the index lists every stored name, as
-compressed-tensors checkpoints do.
+such files: a weight's parts share its shard, and the index lists every stored name (as the
+indexes of compressed-tensors checkpoints do). No ``config.json`` is written: transformers
+or vLLM would need a ``quantization_config`` there to read the int8 codes as such.
 
 As in GGUF, only floating-point tensors of two or more dimensions are quantized (norms and
 biases keep their dtype); for ``int4``, only those whose last dimension divides into groups.
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -100,13 +101,16 @@ def _scheme(quant: str, path: Path) -> tuple[str, dict[str, Any]]:
 
 
 def stored_parts(
-    tensors: dict[str, torch.Tensor], quant: str, path: Path
+    tensors: dict[str, torch.Tensor], quant: str, path: Path, taken: Iterable[str] = ()
 ) -> dict[str, list[Part]]:
     """What each tensor is stored as under ``quant``: its parts, or itself if it stays float.
 
-    Raises ``MLMFError`` when a part would take the name of another tensor.
+    Checks everything a save could refuse, so that nothing is written before a refusal:
+    raises ``MLMFError`` when a part would take the name of another tensor (or of one of
+    ``taken``, the tied names), or when a tensor to quantize holds inf or nan.
     """
     scheme, options = _scheme(quant, path)
+    names = set(tensors) | set(taken)
     out: dict[str, list[Part]] = {}
     for name, t in tensors.items():
         if not _fits(t, scheme, DEFAULT_GROUP_SIZE):
@@ -114,9 +118,12 @@ def stored_parts(
             continue
         entry = entry_for(name, scheme, tuple(t.shape), options)
         for pname, part in entry.params.items():
-            if part.key in tensors:
+            if part.key in names:
                 raise MLMFError(f"cannot quantize {name!r}: the file would need the name "
                                 f"{part.key!r} for its {pname}, which another tensor has", path)
+        if not bool(torch.isfinite(t).all()):
+            raise MLMFError(f"tensor {name!r} holds inf or nan values; {scheme} cannot hold "
+                            "them (save without quant, or clean the tensor)", path)
         out[name] = [entry.data, *entry.params.values()]
     return out
 
@@ -126,20 +133,20 @@ def part_nbytes(part: Part) -> int:
 
 
 def quantize_parts(
-    tensors: dict[str, torch.Tensor], quant: str, path: Path
+    tensors: dict[str, torch.Tensor], quant: str, path: Path, taken: Iterable[str] = ()
 ) -> tuple[dict[str, torch.Tensor], str]:
-    """Tensors to write (quantized ones as their parts) and the ``mlmf.quant`` header value."""
+    """Tensors to write (quantized ones as their parts) and the ``mlmf.quant`` header value.
+
+    ``taken``: other names in the file (tied names), which no part may take.
+    """
     scheme, options = _scheme(quant, path)
     out: dict[str, torch.Tensor] = {}
     listed: dict[str, dict[str, Any]] = {}
-    todo = {n for n, parts in stored_parts(tensors, quant, path).items() if len(parts) > 1}
+    todo = {n for n, parts in stored_parts(tensors, quant, path, taken).items() if len(parts) > 1}
     for name, t in bar(tensors.items(), desc="quantizing", leave=False, hide=len(todo) < 8):
         if name not in todo:
             out[name] = t
             continue
-        if not bool(torch.isfinite(t).all()):
-            raise MLMFError(f"tensor {name!r} holds inf or nan values; {scheme} cannot hold "
-                            "them (save without quant, or clean the tensor)", path)
         qt = quantize(t.detach().to("cpu"), scheme, **options)
         entry = entry_for(name, scheme, tuple(t.shape), options)
         out[name] = qt.data

@@ -19,7 +19,7 @@ from ..errors import MLMFError, ShardError, UnsafeFileError
 from . import atomic
 from .base import TensorInfo, WeightFile
 from .registry import Format, Writer, register_format, register_writer
-from .safetensors import SafetensorsFile, dedupe_shared, write_file
+from .safetensors import SafetensorsFile, check_dtypes, dedupe_shared, write_file
 from .safetensors_quant import SCHEMES, part_nbytes, stored_parts
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -166,11 +166,12 @@ def save_sharded(
     """
     limit = parse_size(max_shard_size if max_shard_size is not None else DEFAULT_MAX_SHARD)
     kept, aliases = dedupe_shared(tensors)
+    check_dtypes(kept, folder)  # every refusal comes before anything is written
     if quant is None:
         keys = {name: [name] for name in kept}
         groups = plan_shards(nbytes(kept), limit)
-    else:  # every name checked before anything is written
-        layout = stored_parts(kept, quant, folder)
+    else:
+        layout = stored_parts(kept, quant, folder, aliases)
         keys = {name: [p.key for p in parts] for name, parts in layout.items()}
         groups = plan_shards({n: sum(map(part_nbytes, p)) for n, p in layout.items()}, limit)
     folder.parent.mkdir(parents=True, exist_ok=True)
