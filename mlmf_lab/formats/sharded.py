@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,9 @@ def save_sharded(
 ) -> None:
     """Write the HF layout into ``folder`` atomically (one file needs no index, as HF).
 
+    An existing folder keeps its other files (``config.json``, tokenizer, ...); its old
+    ``model*.safetensors`` files and index are replaced, as transformers does.
+
     With ``quant`` (``"int8"`` or ``"int4"``) each shard stores its weights quantized, as a
     single file does (``safetensors_quant``); a weight's scale (and zero) stay in its shard,
     shards are sized by what they store, and the index lists every stored name, as
@@ -189,6 +193,39 @@ def save_sharded(
         if n > 1:
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        _carry_over(folder, tmp)
+
+
+WEIGHT_FILE = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors")
+
+
+def _carry_over(old: Path, new: Path) -> None:
+    """Keep what a folder held besides its weights (config.json, tokenizer files, ...).
+
+    As transformers' ``save_pretrained``: only the weight files of the layout (and its index)
+    are replaced. Hard links where the file system allows them, so nothing large is copied.
+    """
+    if not old.is_dir():
+        return
+    for child in old.iterdir():
+        if child.name == INDEX_NAME or WEIGHT_FILE.fullmatch(child.name):
+            continue
+        try:
+            if child.is_dir() and not child.is_symlink():
+                shutil.copytree(child, new / child.name, symlinks=True,
+                                copy_function=_link_or_copy)
+            else:
+                _link_or_copy(child, new / child.name)
+        except OSError as e:
+            raise MLMFError(f"cannot keep {child.name!r} from the folder being replaced "
+                            f"({e.strerror or e}); nothing was changed", old) from None
+
+
+def _link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(src, dst, follow_symlinks=False)
 
 
 register_format(Format("safetensors-sharded", _detect, ShardedFile))
