@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .. import convert as _convert
-from ..errors import FormatError, UnsafeFileError
+from ..errors import FormatError, MLMFError, UnsafeFileError
 from ..formats import load_state_dict, open_weights, save_state_dict
 from ..formats.atomic import replacing_dir
 
@@ -145,9 +145,17 @@ def load_dcp(folder: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], d
 
 def save_dcp(tensors: dict[str, torch.Tensor], folder: str | os.PathLike[str],
              metadata: dict[str, Any] | None = None) -> None:
-    """Write ``tensors`` as a single-process DCP folder, atomically."""
+    """Write ``tensors`` as a single-process DCP folder, atomically.
+
+    An existing DCP folder is replaced as a whole; any other folder that holds files is
+    refused, never emptied.
+    """
     import torch.distributed.checkpoint as dcp
 
+    root = Path(folder)
+    if root.is_dir() and not is_dcp(root) and any(root.iterdir()):
+        raise MLMFError("the folder holds files and is not a DCP checkpoint; not replacing "
+                        "it (choose a new or empty folder)", root)
     state = {k: v.detach().contiguous() for k, v in tensors.items()}
     with replacing_dir(Path(folder)) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
