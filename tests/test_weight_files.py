@@ -133,7 +133,7 @@ def test_resave_keeps_the_other_files_of_a_folder(tmp_path: Path) -> None:
     assert (folder / "tokenizer" / "vocab.txt").read_text() == "[PAD]\n[UNK]\n"
     assert os.readlink(folder / "tokenizer" / "link") == "vocab.txt"
     assert (folder / "adapter_model.safetensors").read_bytes() == b"not ours"
-    assert sorted(ml.load_state_dict(folder / "model.safetensors")) == ["w"]
+    assert sorted(ml.load_state_dict(folder)) == ["w"]  # model.safetensors, as transformers
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no temp leftovers
 
 
@@ -153,6 +153,23 @@ def test_a_file_that_cannot_be_kept_stops_the_save(
         ml.save_state_dict({"w": torch.zeros(4)}, folder)
     assert torch.equal(ml.load_state_dict(folder)["w"], torch.ones(4))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+
+def test_a_folder_opens_transformers_names_first(tmp_path: Path) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    ml.save_state_dict({"a": torch.ones(2)}, folder / "a.safetensors")
+    ml.save_state_dict({"b": torch.ones(2)}, folder / "b.safetensors")
+    with pytest.raises(MLMFError, match="exactly one weight file .*found a.safetensors, "
+                                        "b.safetensors"):
+        ml.open_weights(folder)
+    ml.save_state_dict({"m": torch.ones(2)}, folder / "model.safetensors")
+    assert list(ml.open_weights(folder)) == ["m"]
+    ml.save_state_dict({"s0": torch.ones(256), "s1": torch.ones(256)}, tmp_path / "sharded",
+                       max_shard_size=1024)
+    for p in (tmp_path / "sharded").iterdir():
+        p.rename(folder / p.name)
+    assert sorted(ml.open_weights(folder)) == ["s0", "s1"]  # the index before model.safetensors
 
 
 def test_failed_save_keeps_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

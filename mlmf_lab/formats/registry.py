@@ -58,6 +58,9 @@ def register_writer(writer: Writer) -> None:
     WRITERS[writer.suffix] = writer
 
 
+HF_NAMES = ("model.safetensors.index.json", "model.safetensors")
+
+
 def _head(path: Path) -> bytes:
     if path.is_dir():
         return b""
@@ -66,11 +69,19 @@ def _head(path: Path) -> bytes:
 
 
 def resolve(path: str | os.PathLike[str]) -> Path:
-    """The file to open for ``path``: a folder resolves to the weight file or index inside it."""
+    """The file to open for ``path``: a folder resolves to the weight file or index inside it.
+
+    A folder with transformers' names (``model.safetensors.index.json``, else
+    ``model.safetensors``) opens those, whatever else it holds (adapters, other exports);
+    any other folder must hold a single weight file or index.
+    """
     p = Path(path)
     if not p.exists():
         raise MLMFError("no such file or folder", p)
     if p.is_dir():
+        for name in HF_NAMES:  # transformers' own names first, as from_pretrained looks
+            if (p / name).is_file():
+                return p / name
         candidates = sorted(p.glob("*.safetensors.index.json")) or sorted(p.glob("*.safetensors"))
         candidates = candidates or sorted(p.glob("*.gguf")) or sorted(p.glob("*.bin"))
         if len(candidates) != 1:
