@@ -270,7 +270,9 @@ def describe(x: str | os.PathLike[str] | nn.Module, stats: bool = False,
         path = Path(wf.path)
     folder = Path(x) if Path(x).is_dir() else path.parent
     config = read_json(folder / "config.json")
-    adapter = read_json(folder / "adapter_config.json")
+    # the adapter's config describes the adapter's weights only, not a model beside them
+    adapter = read_json(folder / "adapter_config.json") if path.name.startswith(
+        "adapter_model") else None
     arch, arch_source = _architecture(meta, config, adapter)
     mods, mod_source = _declared_modalities(meta, config, folder)
     if not mods:

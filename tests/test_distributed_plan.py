@@ -383,17 +383,3 @@ def test_dcp_metadata_side_file_is_plain_json(llama: Path, tmp_path: Path) -> No
     D.save_dcp({"w": torch.ones(2)}, tmp_path / "m.dcp", {"model_type": "llama", "n": 3})
     assert json.loads((tmp_path / "m.dcp" / "mlmf_metadata.json").read_text())["n"] == 3
 
-
-def test_dcp_replaces_a_dcp_folder_but_never_empties_another(tmp_path: Path) -> None:
-    D.save_dcp({"w": torch.ones(2)}, tmp_path / "m.dcp")
-    D.save_dcp({"v": torch.zeros(3)}, tmp_path / "m.dcp")  # a DCP folder: replaced
-    assert sorted(D.load_dcp(tmp_path / "m.dcp")[0]) == ["v"]
-    other = tmp_path / "notes.dcp"
-    other.mkdir()
-    (other / "mine.txt").write_text("keep me")
-    with pytest.raises(MLMFError, match="holds files and is not a DCP checkpoint"):
-        D.save_dcp({"w": torch.ones(2)}, other)
-    assert [p.name for p in other.iterdir()] == ["mine.txt"]
-    (tmp_path / "empty.dcp").mkdir()
-    D.save_dcp({"w": torch.ones(2)}, tmp_path / "empty.dcp")  # an empty folder is fine
-    assert D.is_dcp(tmp_path / "empty.dcp")

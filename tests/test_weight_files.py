@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -114,62 +113,6 @@ def test_resave_replaces_folder_atomically(tmp_path: Path) -> None:
     ml.save_state_dict({"w": torch.zeros(4)}, folder)
     assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temp leftovers
-
-
-def test_resave_keeps_the_other_files_of_a_folder(tmp_path: Path) -> None:
-    """As transformers' save_pretrained: config, tokenizer and adapters outlive a new save."""
-    folder = tmp_path / "hf"
-    ml.save_state_dict({f"w{i}": torch.ones(256) for i in range(3)}, folder, max_shard_size=1024)
-    (folder / "config.json").write_text('{"model_type": "bert"}')
-    (folder / "tokenizer").mkdir()
-    (folder / "tokenizer" / "vocab.txt").write_text("[PAD]\n[UNK]\n")
-    (folder / "tokenizer" / "link").symlink_to("vocab.txt")
-    (folder / "adapter_model.safetensors").write_bytes(b"not ours")
-    (folder / "model-00001-of-00009.safetensors").write_bytes(b"a stale shard")
-    ml.save_state_dict({"w": torch.zeros(4)}, folder)
-    assert sorted(p.name for p in folder.iterdir()) == [
-        "adapter_model.safetensors", "config.json", "model.safetensors", "tokenizer"]
-    assert (folder / "config.json").read_text() == '{"model_type": "bert"}'
-    assert (folder / "tokenizer" / "vocab.txt").read_text() == "[PAD]\n[UNK]\n"
-    assert os.readlink(folder / "tokenizer" / "link") == "vocab.txt"
-    assert (folder / "adapter_model.safetensors").read_bytes() == b"not ours"
-    assert sorted(ml.load_state_dict(folder)) == ["w"]  # model.safetensors, as transformers
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no temp leftovers
-
-
-def test_a_file_that_cannot_be_kept_stops_the_save(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    folder = tmp_path / "hf"
-    ml.save_state_dict({"w": torch.ones(4)}, folder)
-    (folder / "config.json").write_text("{}")
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise PermissionError(13, "Permission denied")
-
-    monkeypatch.setattr(os, "link", refuse)
-    monkeypatch.setattr(shutil, "copy2", refuse)
-    with pytest.raises(MLMFError, match="cannot keep 'config.json' .*nothing was changed"):
-        ml.save_state_dict({"w": torch.zeros(4)}, folder)
-    assert torch.equal(ml.load_state_dict(folder)["w"], torch.ones(4))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
-
-
-def test_a_folder_opens_transformers_names_first(tmp_path: Path) -> None:
-    folder = tmp_path / "mixed"
-    folder.mkdir()
-    ml.save_state_dict({"a": torch.ones(2)}, folder / "a.safetensors")
-    ml.save_state_dict({"b": torch.ones(2)}, folder / "b.safetensors")
-    with pytest.raises(MLMFError, match="exactly one weight file .*found a.safetensors, "
-                                        "b.safetensors"):
-        ml.open_weights(folder)
-    ml.save_state_dict({"m": torch.ones(2)}, folder / "model.safetensors")
-    assert list(ml.open_weights(folder)) == ["m"]
-    ml.save_state_dict({"s0": torch.ones(256), "s1": torch.ones(256)}, tmp_path / "sharded",
-                       max_shard_size=1024)
-    for p in (tmp_path / "sharded").iterdir():
-        p.rename(folder / p.name)
-    assert sorted(ml.open_weights(folder)) == ["s0", "s1"]  # the index before model.safetensors
 
 
 def test_failed_save_keeps_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

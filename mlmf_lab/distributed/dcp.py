@@ -147,15 +147,19 @@ def save_dcp(tensors: dict[str, torch.Tensor], folder: str | os.PathLike[str],
              metadata: dict[str, Any] | None = None) -> None:
     """Write ``tensors`` as a single-process DCP folder, atomically.
 
-    An existing DCP folder is replaced as a whole; any other folder that holds files is
+    An existing DCP folder is replaced as a whole; a folder that holds anything else is
     refused, never emptied.
     """
     import torch.distributed.checkpoint as dcp
 
     root = Path(folder)
-    if root.is_dir() and not is_dcp(root) and any(root.iterdir()):
-        raise MLMFError("the folder holds files and is not a DCP checkpoint; not replacing "
-                        "it (choose a new or empty folder)", root)
+    if root.is_dir():
+        others = sorted(c.name for c in root.iterdir() if c.name not in
+                        (METADATA_FILE, SIDE_METADATA) and not c.name.endswith(".distcp"))
+        if others:
+            raise MLMFError(f"the folder holds files that are not a DCP checkpoint's "
+                            f"({', '.join(others[:5])}); not replacing it (choose a new or "
+                            "empty folder)", root)
     state = {k: v.detach().contiguous() for k, v in tensors.items()}
     with replacing_dir(Path(folder)) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")

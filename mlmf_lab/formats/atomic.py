@@ -10,6 +10,7 @@ import contextlib
 import ctypes
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,16 +94,29 @@ def _exchange(a: Path, b: Path) -> bool:
 
 @contextlib.contextmanager
 def replacing_dir(path: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on success it replaces ``path`` as a whole."""
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` as a whole.
+
+    A symlinked ``path`` replaces the folder it points to (the link stays). The new folder
+    keeps the mode of the one it replaces (a private folder stays private).
+    """
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
+    if path.exists() and not path.is_dir():
+        raise MLMFError("exists and is not a folder; not replacing it", path)
     if not path.parent.is_dir():
         raise MLMFError("the folder to write into does not exist", path.parent)
     tmp = tmp_name(path)
     tmp.mkdir()
+    if path.is_dir():
+        with contextlib.suppress(OSError):
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
     try:
         yield tmp
         for child in tmp.iterdir():
-            fsync_path(child)
+            mode = child.lstat().st_mode
+            if stat.S_ISREG(mode) or stat.S_ISDIR(mode):  # never open a FIFO or a symlink
+                fsync_path(child)
         fsync_path(tmp)
         if path.exists() and _exchange(tmp, path):
             shutil.rmtree(tmp)  # tmp now holds the previous content

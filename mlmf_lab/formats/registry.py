@@ -58,7 +58,7 @@ def register_writer(writer: Writer) -> None:
     WRITERS[writer.suffix] = writer
 
 
-HF_NAMES = ("model.safetensors.index.json", "model.safetensors")
+HF_NAMES = ("model.safetensors", "model.safetensors.index.json")  # from_pretrained's order
 
 
 def _head(path: Path) -> bytes:
@@ -71,8 +71,8 @@ def _head(path: Path) -> bytes:
 def resolve(path: str | os.PathLike[str]) -> Path:
     """The file to open for ``path``: a folder resolves to the weight file or index inside it.
 
-    A folder with transformers' names (``model.safetensors.index.json``, else
-    ``model.safetensors``) opens those, whatever else it holds (adapters, other exports);
+    A folder with transformers' names (``model.safetensors``, else
+    ``model.safetensors.index.json``) opens those, whatever else it holds (adapters, other exports);
     any other folder must hold a single weight file or index.
     """
     p = Path(path)

@@ -7,10 +7,13 @@ it), every listed tensor is in its shard, and no tensor sits in two shards.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +181,10 @@ def save_sharded(
         layout = stored_parts(kept, quant, folder, aliases)
         keys = {name: [p.key for p in parts] for name, parts in layout.items()}
         groups = plan_shards({n: sum(map(part_nbytes, p)) for n, p in layout.items()}, limit)
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MLMFError(f"cannot create the folder ({e.strerror or e})", folder.parent) from None
     with atomic.replacing_dir(folder) as tmp:
         n = len(groups)
         weight_map: dict[str, str] = {}
@@ -193,7 +199,18 @@ def save_sharded(
         if n > 1:
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        _keep_mode(folder, tmp)
         _carry_over(folder, tmp)
+
+
+def _keep_mode(old: Path, new: Path) -> None:
+    """New weight files get the mode the old ones had (private weights stay private)."""
+    modes = [f.stat().st_mode for f in sorted(old.glob("model*.safetensors"))
+             if WEIGHT_FILE.fullmatch(f.name)] if old.is_dir() else []
+    if modes:
+        for f in new.iterdir():
+            with contextlib.suppress(OSError):
+                os.chmod(f, stat.S_IMODE(modes[0]))
 
 
 WEIGHT_FILE = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors")
@@ -224,7 +241,9 @@ def _carry_over(old: Path, new: Path) -> None:
 def _link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
     try:
         os.link(src, dst, follow_symlinks=False)
-    except OSError:
+    except OSError as e:  # another file system, or links not allowed: copy
+        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+            raise
         shutil.copy2(src, dst, follow_symlinks=False)
 
 

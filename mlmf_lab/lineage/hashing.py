@@ -15,6 +15,7 @@ hash*: sha256 over the relative file names and their bytes.
 from __future__ import annotations
 
 import hashlib
+import json
 import mmap
 import os
 from collections.abc import Iterable, Mapping
@@ -158,7 +159,30 @@ def content_hash(path: str | os.PathLike[str]) -> ContentHash:
     p = Path(path)
     if not p.exists():
         raise MLMFError("no such file or folder to hash", p)
+    if p.is_dir() and _holds_more_than_its_model(p):
+        return bytes_hash(p)  # its model alone would not tell it apart
     try:
         return file_tensor_hash(p)
     except MLMFError:
         return bytes_hash(p)
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth")
+
+
+def _holds_more_than_its_model(folder: Path) -> bool:
+    """True when a folder holds weight files besides the model it opens as (an adapter, ...)."""
+    from ..formats.registry import resolve
+
+    try:
+        opened = resolve(folder)
+    except MLMFError:
+        return False
+    used = {opened.name}
+    if opened.name.endswith(".index.json"):
+        try:
+            used |= set(map(str, json.loads(opened.read_text(encoding="utf-8"))["weight_map"]
+                            .values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return False  # a broken index: opening it reports that
+    return any(f.name not in used for f in folder.iterdir() if f.suffix in WEIGHT_SUFFIXES)
