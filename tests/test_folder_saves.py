@@ -143,3 +143,13 @@ def test_a_model_folder_with_an_adapter_hashes_and_describes_as_itself(tmp_path:
     assert len({alone, first, content_hash(folder).sha256}) == 3  # the adapter counts
     desc = ml.describe(folder)
     assert not desc.is_adapter and desc.num_tensors == 1  # the model, not the adapter
+
+
+def test_a_kept_config_beside_quantized_weights_is_flagged(tmp_path: Path) -> None:
+    folder = tmp_path / "hf"
+    ml.save_state_dict({"w": torch.randn(8, 64)}, folder)
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.warns(UserWarning, match="config.json is kept beside int8 weights but has no "
+                                         "quantization_config"):
+        ml.save_state_dict({"w": torch.randn(8, 64)}, folder, quant="int8")
+    assert (folder / "config.json").read_text() == '{"model_type": "llama"}'

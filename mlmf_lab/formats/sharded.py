@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import stat
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,20 @@ def save_sharded(
             (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         _keep_mode(folder, tmp)
         _carry_over(folder, tmp)
+        if quant is not None:
+            _warn_plain_config(tmp / "config.json", quant, folder)
+
+
+def _warn_plain_config(config: Path, quant: str, folder: Path) -> None:
+    """A kept transformers config that does not say the weights are quantized misleads."""
+    try:
+        plain = "quantization_config" not in json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return
+    if plain:
+        warnings.warn(f"{folder}: its config.json is kept beside {quant} weights but has no "
+                      "quantization_config; transformers would load the codes as plain "
+                      "weights", stacklevel=4)
 
 
 def _keep_mode(old: Path, new: Path) -> None:
