@@ -1,7 +1,8 @@
 """GGUF files built by hand for the tests: bytes (not our writer), and raw K-quant blocks.
 
 Helpers, not tests: ``s``/``kv``/``info``/``gguf_bytes`` assemble a file piece by piece, so
-a test can break exactly one rule of the format; ``k_blocks`` makes K-quant blocks with
+a test can break exactly one rule of the format; ``mixed_state`` is the tensors the GGUF
+tests write; ``k_blocks`` makes K-quant blocks with
 random codes and finite scales (gguf-py has no quantizer for the K types).
 """
 
@@ -48,3 +49,18 @@ def k_blocks(qtype: gguf.GGMLQuantizationType, rows: int, g: torch.Generator) ->
     for at in SCALE_SLOTS[qtype.name]:
         data[:, at : at + 2] = [0x00, 0x3C]
     return data
+
+
+def mixed_state() -> dict[str, torch.Tensor]:
+    """A small llama-like state: float dtypes, a norm, rows K types fit and rows they do not."""
+    g = torch.Generator().manual_seed(0)
+    return {
+        "tok_embd.weight": torch.randn(16, 256, generator=g),
+        "blk.0.attn_norm.weight": torch.randn(256, generator=g),
+        "blk.0.ffn_up.weight": torch.randn(8, 256, generator=g).half(),
+        "blk.0.ffn_down.weight": torch.randn(4, 512, generator=g).bfloat16(),
+        "blk.0.attn_q.weight": torch.randn(4, 96, generator=g),  # K types fall back
+        "odd.weight": torch.randn(3, 33, generator=g),  # no blocks fit: F32
+        "positions": torch.arange(10, dtype=torch.int32),
+        "cube": torch.randn(2, 3, 64, generator=g),
+    }

@@ -10,7 +10,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
-from gguf_bytes import k_blocks
+from gguf_bytes import k_blocks, mixed_state
 
 import mlmf_lab as ml
 from mlmf_lab.errors import MLMFError, UnsupportedError
@@ -18,19 +18,6 @@ from mlmf_lab.formats import gguf as gguf_format
 from mlmf_lab.quant import QTensor
 
 Q = gguf.GGMLQuantizationType
-
-
-def state() -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return {
-        "tok_embd.weight": torch.randn(64, 128, generator=g),
-        "blk.0.attn_norm.weight": torch.randn(128, generator=g),
-        "blk.0.ffn_up.weight": torch.randn(96, 128, generator=g).half(),
-        "blk.0.ffn_down.weight": torch.randn(128, 96, generator=g).bfloat16(),
-        "odd.weight": torch.randn(3, 33, generator=g),
-        "positions": torch.arange(10, dtype=torch.int32),
-        "cube": torch.randn(2, 3, 64, generator=g),
-    }
 
 
 META = {
@@ -57,7 +44,7 @@ def fields(path: Path) -> dict[str, object]:
 
 
 def test_write_read_back_with_gguf_reader(tmp_path: Path) -> None:
-    sd, path = state(), tmp_path / "m.gguf"
+    sd, path = mixed_state(), tmp_path / "m.gguf"
     ml.save_state_dict(sd, path, metadata=META, quant="q8_0")
     reader = gguf.GGUFReader(path)
     by_name = {t.name: t for t in reader.tensors}
@@ -65,7 +52,8 @@ def test_write_read_back_with_gguf_reader(tmp_path: Path) -> None:
     kinds = {n: t.tensor_type for n, t in by_name.items()}
     assert kinds == {
         "tok_embd.weight": Q.Q8_0, "blk.0.attn_norm.weight": Q.F32, "blk.0.ffn_up.weight": Q.Q8_0,
-        "blk.0.ffn_down.weight": Q.Q8_0, "odd.weight": Q.F32, "positions": Q.I32, "cube": Q.Q8_0,
+        "blk.0.ffn_down.weight": Q.Q8_0, "blk.0.attn_q.weight": Q.Q8_0, "odd.weight": Q.F32,
+        "positions": Q.I32, "cube": Q.Q8_0,
     }
     for name, t in sd.items():
         rt = by_name[name]
@@ -99,7 +87,7 @@ def test_metadata_round_trips(tmp_path: Path) -> None:
 
 
 def test_unquantized_tensors_round_trip_exactly(tmp_path: Path) -> None:
-    sd, path = state(), tmp_path / "m.gguf"
+    sd, path = mixed_state(), tmp_path / "m.gguf"
     ml.save_state_dict(sd, path)
     with ml.open_weights(path) as wf:
         for name, t in sd.items():

@@ -15,7 +15,7 @@ from pathlib import Path
 import gguf
 import pytest
 import torch
-from gguf_bytes import gguf_bytes, k_blocks, kv
+from gguf_bytes import gguf_bytes, k_blocks, kv, mixed_state
 from test_gguf_bad_input import CASES
 
 import mlmf_lab as ml
@@ -46,20 +46,6 @@ META = {
 }
 
 
-def state() -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return {
-        "tok_embd.weight": torch.randn(16, 256, generator=g),
-        "blk.0.attn_norm.weight": torch.randn(256, generator=g),
-        "blk.0.ffn_up.weight": torch.randn(8, 256, generator=g).half(),
-        "blk.0.ffn_down.weight": torch.randn(4, 512, generator=g).bfloat16(),
-        "blk.0.attn_q.weight": torch.randn(4, 96, generator=g),  # K types fall back
-        "odd.weight": torch.randn(3, 33, generator=g),  # no blocks fit: F32
-        "positions": torch.arange(10, dtype=torch.int32),
-        "cube": torch.randn(2, 3, 64, generator=g),
-    }
-
-
 def assert_same(path: Path) -> None:
     """Both readers agree on everything a user of ``path`` can see."""
     ours, theirs = read_header(path, SIZES), read_header_with_gguf(path, SIZES)
@@ -84,7 +70,7 @@ def assert_same(path: Path) -> None:
 @pytest.mark.parametrize("quant", [None, "q8_0", "q4_k", "q6_k", "q4_0", "q5_1", "f16", "bf16"])
 def test_readers_agree_on_our_files(tmp_path: Path, quant: str | None) -> None:
     path = tmp_path / "m.gguf"
-    ml.save_state_dict(state(), path, metadata=META, quant=quant)
+    ml.save_state_dict(mixed_state(), path, metadata=META, quant=quant)
     assert_same(path)
     with ml.open_weights(path, reader="gguf") as wf:
         blocks = quant is not None and quant not in ("f16", "bf16")
@@ -168,7 +154,7 @@ def test_default_is_our_parser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 def test_every_truncation_is_a_format_error(tmp_path: Path) -> None:
     full, cut = tmp_path / "full.gguf", tmp_path / "cut.gguf"
-    ml.save_state_dict(state(), full, metadata=META, quant="q8_0")
+    ml.save_state_dict(mixed_state(), full, metadata=META, quant="q8_0")
     raw = full.read_bytes()
     data_start = read_header(full, SIZES).data_start
     for n in [*range(0, data_start, 3), *range(data_start, len(raw), 499)]:
