@@ -163,7 +163,8 @@ def write_weights(
     shards and ``model.safetensors.index.json``, as ``transformers`` writes them.
     """
     kept, aliases = dedupe_shared(tensors)
-    groups = plan_shards(nbytes(kept), parse_size(max_shard_size))
+    sizes = nbytes(kept)
+    groups = plan_shards(sizes, parse_size(max_shard_size))
     n = len(groups)
     sums: dict[str, str] = {}
     weight_map: dict[str, str] = {}
@@ -174,8 +175,7 @@ def write_weights(
         sums[shard] = write_safetensors(part, folder / shard, metadata)
         weight_map.update(dict.fromkeys(names, shard))
     if n > 1:
-        total = sum(t.numel() * t.element_size() for t in kept.values())
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
         sums[INDEX_NAME] = write_json(index, folder / INDEX_NAME)
     return sums
 

@@ -251,7 +251,7 @@ def test_write_errors_leave_the_old_file(tmp_path: Path) -> None:
                            quant="int8")
     bad = torch.randn(4, 8)
     bad[1, 2] = float("nan")
-    with pytest.raises(MLMFError, match="tensor 'w' holds inf or nan"):
+    with pytest.raises(MLMFError, match="tensor 'w': int8: the tensor holds inf or nan"):
         ml.save_state_dict({"w": bad}, path, quant="int8")
     with pytest.raises(MLMFError, match="metadata key 'mlmf.quant'"):
         ml.save_state_dict({"w": bad}, path, metadata={"mlmf.quant": "{}"})

@@ -161,7 +161,7 @@ def save_dcp(tensors: dict[str, torch.Tensor], folder: str | os.PathLike[str],
                             f"({', '.join(others[:5])}); not replacing it (choose a new or "
                             "empty folder)", root)
     state = {k: v.detach().contiguous() for k, v in tensors.items()}
-    with replacing_dir(Path(folder)) as tmp, warnings.catch_warnings():
+    with replacing_dir(root) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp), no_dist=True)
         if metadata:

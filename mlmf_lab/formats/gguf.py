@@ -51,6 +51,7 @@ from .base import TensorInfo, WeightFile, dtype_name
 from .gguf_header import MAX_DIMS, Header, read_header
 from .gguf_meta import decode_metadata, encode_metadata
 from .gguf_reader import read_header_with_gguf
+from .metadata import QUANTIZATION_VERSION_KEY
 from .registry import Format, Writer, register_format, register_writer
 
 # ggml types stored as plain tensors: type name -> torch dtype
@@ -70,7 +71,6 @@ NUMPY_VIEW: dict[str, type[np.generic]] = {  # how the mapped bytes are viewed (
     "I8": np.int8, "I16": np.int16, "I32": np.int32, "I64": np.int64,
 }
 QUANTIZATION_VERSION = 2  # the block layouts of ggml's current quantization version
-QUANTIZATION_VERSION_KEY = "general.quantization_version"
 
 
 def _checked_then_gguf(path: Path, sizes: dict[int, tuple[int, int]]) -> Header:

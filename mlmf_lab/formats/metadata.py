@@ -19,6 +19,7 @@ from ..errors import FormatError, MLMFError
 JSON_KEYS = "mlmf.json"
 TIED_KEY = "mlmf.tied"
 QUANT_KEY = "mlmf.quant"  # int8/int4 tensors and their layout (see safetensors_quant)
+QUANTIZATION_VERSION_KEY = "general.quantization_version"  # GGUF's block-layout version
 RESERVED = (JSON_KEYS, TIED_KEY, QUANT_KEY)
 
 

@@ -22,7 +22,7 @@ from ..errors import FormatError, MLMFError
 from ..quant.base import QTensor, dequantize
 from . import atomic
 from .base import ST_DTYPES, TensorInfo, WeightFile, alias_key, dtype_name, torch_dtype
-from .metadata import QUANT_KEY, decode_metadata, encode_metadata
+from .metadata import QUANT_KEY, QUANTIZATION_VERSION_KEY, decode_metadata, encode_metadata
 from .registry import Format, Writer, register_format, register_writer
 from .safetensors_quant import SCHEMES, QuantEntry, assemble, quantize_parts, read_entries
 
@@ -220,7 +220,7 @@ def write_file(
     kept, aliases = dedupe_shared(tensors)
     check_dtypes(kept, path)
     # GGUF's block-layout version says nothing about the tensors written here
-    given = {k: v for k, v in (metadata or {}).items() if k != "general.quantization_version"}
+    given = {k: v for k, v in (metadata or {}).items() if k != QUANTIZATION_VERSION_KEY}
     header_meta = encode_metadata(given, aliases)
     if quant is not None:
         kept, header_meta[QUANT_KEY] = quantize_parts(kept, quant, path, aliases)

@@ -105,9 +105,8 @@ def stored_parts(
 ) -> dict[str, list[Part]]:
     """What each tensor is stored as under ``quant``: its parts, or itself if it stays float.
 
-    Checks everything a save could refuse, so that nothing is written before a refusal:
-    raises ``MLMFError`` when a part would take the name of another tensor (or of one of
-    ``taken``, the tied names), or when a tensor to quantize holds inf or nan.
+    Raises ``MLMFError`` when a part would take the name of another tensor (or of one of
+    ``taken``, the tied names).
     """
     scheme, options = _scheme(quant, path)
     names = set(tensors) | set(taken)
@@ -121,11 +120,17 @@ def stored_parts(
             if part.key in names:
                 raise MLMFError(f"cannot quantize {name!r}: the file would need the name "
                                 f"{part.key!r} for its {pname}, which another tensor has", path)
-        if not bool(torch.isfinite(t).all()):
-            raise MLMFError(f"tensor {name!r} holds inf or nan values; {scheme} cannot hold "
-                            "them (save without quant, or clean the tensor)", path)
         out[name] = [entry.data, *entry.params.values()]
     return out
+
+
+def check_finite(tensors: dict[str, torch.Tensor], layout: dict[str, list[Part]],
+                 quant: str, path: Path) -> None:
+    """Refuse inf/nan in the tensors ``layout`` quantizes, before a save writes anything."""
+    for name, parts in layout.items():
+        if len(parts) > 1 and not bool(torch.isfinite(tensors[name]).all()):
+            raise MLMFError(f"tensor {name!r} holds inf or nan values; {quant} cannot hold "
+                            "them (save without quant, or clean the tensor)", path)
 
 
 def part_nbytes(part: Part) -> int:
@@ -147,7 +152,11 @@ def quantize_parts(
         if name not in todo:
             out[name] = t
             continue
-        qt = quantize(t.detach().to("cpu"), scheme, **options)
+        try:  # quantize refuses inf/nan itself: say which tensor, in which file
+            qt = quantize(t.detach().to("cpu"), scheme, **options)
+        except MLMFError as e:
+            raise MLMFError(f"tensor {name!r}: {e.message} (save without quant, or clean the "
+                            "tensor)", path) from None
         entry = entry_for(name, scheme, tuple(t.shape), options)
         out[name] = qt.data
         for pname, part in entry.params.items():
@@ -230,6 +239,6 @@ def assemble(entry: QuantEntry, get: Callable[[str], torch.Tensor]) -> QTensor:
 
 
 __all__ = [
-    "SCHEMES", "Part", "QuantEntry", "assemble", "entry_for", "part_nbytes", "quantize_parts",
-    "read_entries", "stored_parts",
+    "SCHEMES", "Part", "QuantEntry", "assemble", "check_finite", "entry_for", "part_nbytes",
+    "quantize_parts", "read_entries", "stored_parts",
 ]

@@ -25,7 +25,7 @@ from . import atomic
 from .base import TensorInfo, WeightFile
 from .registry import Format, Writer, register_format, register_writer
 from .safetensors import SafetensorsFile, check_dtypes, dedupe_shared, write_file
-from .safetensors_quant import SCHEMES, part_nbytes, stored_parts
+from .safetensors_quant import SCHEMES, check_finite, part_nbytes, stored_parts
 
 INDEX_NAME = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD = 5 * 1000**3  # transformers' default, "5GB"
@@ -180,6 +180,7 @@ def save_sharded(
         groups = plan_shards(nbytes(kept), limit)
     else:
         layout = stored_parts(kept, quant, folder, aliases)
+        check_finite(kept, layout, quant, folder)
         keys = {name: [p.key for p in parts] for name, parts in layout.items()}
         groups = plan_shards({n: sum(map(part_nbytes, p)) for n, p in layout.items()}, limit)
     try:
@@ -220,12 +221,12 @@ def _warn_plain_config(config: Path, quant: str, folder: Path) -> None:
 
 def _keep_mode(old: Path, new: Path) -> None:
     """New weight files get the mode the old ones had (private weights stay private)."""
-    modes = [f.stat().st_mode for f in sorted(old.glob("model*.safetensors"))
-             if WEIGHT_FILE.fullmatch(f.name)] if old.is_dir() else []
-    if modes:
+    mode = next((f.stat().st_mode for f in sorted(old.glob("model*.safetensors"))
+                 if WEIGHT_FILE.fullmatch(f.name)), None)
+    if mode is not None:
         for f in new.iterdir():
             with contextlib.suppress(OSError):
-                os.chmod(f, stat.S_IMODE(modes[0]))
+                os.chmod(f, stat.S_IMODE(mode))
 
 
 WEIGHT_FILE = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors")

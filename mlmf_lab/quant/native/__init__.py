@@ -131,14 +131,17 @@ def library(source: str = "dequant") -> ctypes.CDLL | None:
     if source == "int8":
         _declare_int8(lib)
         return lib
-    lib.mlmf_deq_int4.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2
-    lib.mlmf_deq_int4.restype = None
+    lib.mlmf_int4_groups.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2
+    lib.mlmf_int4_groups.restype = None
     return lib
 
 
 def dequantizer(scheme: str) -> Dequantizer | None:
     """``(blocks (n, type_size) uint8, out (n, block_size) float32) -> None``, or None
-    (the native kernels are off, or ``dequant.c`` has no ``mlmf_deq_<scheme>``)."""
+    (the native kernels are off, or ``dequant.c`` has no ``mlmf_deq_<scheme>``).
+
+    Every ``mlmf_deq_*`` function of ``dequant.c`` has this one signature; other kernels
+    (``mlmf_int4_groups``) are named otherwise, so no scheme name reaches them."""
     lib = library() if enabled() else None
     fn = None if lib is None else getattr(lib, f"mlmf_deq_{scheme}", None)
     if fn is None:
@@ -160,7 +163,7 @@ def int4_dequantizer() -> Callable[..., None] | None:
     lib = library() if enabled() else None
     if lib is None:
         return None
-    fn = lib.mlmf_deq_int4
+    fn = lib.mlmf_int4_groups
 
     def run(packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
             out: torch.Tensor) -> None:

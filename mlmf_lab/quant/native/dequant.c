@@ -190,7 +190,7 @@ void mlmf_deq_q6_k(bytes src, floats dst, int64_t n) {
  * bfloat16 scale and zero per group; w = (code - 8) * scale + zero, rounded as torch does. */
 static inline float bf16(uint16_t u) { return f32_bits((uint32_t)u << 16); }
 
-void mlmf_deq_int4(bytes src, const uint16_t *restrict scale, const uint16_t *restrict zero,
+void mlmf_int4_groups(bytes src, const uint16_t *restrict scale, const uint16_t *restrict zero,
                    floats dst, int64_t n, int64_t g) {
     for (int64_t b = 0; b < n; b++, src += g / 2, dst += g) {
         const float s = bf16(scale[b]), z = bf16(zero[b]);
