@@ -65,7 +65,7 @@ def main(quick: bool) -> None:
         size_mib = path.stat().st_size / 2**20
         cases = {
             "ml.open_weights(path) (our parser, default)": lambda: ml.open_weights(path).close(),
-            'ml.open_weights(path, reader="gguf")':
+            'ml.open_weights(path, reader="gguf") (our check, then GGUFReader, converted)':
                 lambda: ml.open_weights(path, reader="gguf").close(),
             "gguf.GGUFReader(path) (bare, fields not converted)": lambda: gguf.GGUFReader(path),
         }

@@ -127,7 +127,12 @@ def test_a_private_folder_stays_private(tmp_path: Path) -> None:
     ml.save_state_dict({"w": torch.ones(4)}, folder)
     folder.chmod(0o700)
     (folder / "model.safetensors").chmod(0o600)
-    ml.save_state_dict({"a": torch.ones(256), "b": torch.ones(256)}, folder, max_shard_size=1024)
+    old = os.umask(0o022)  # new files would be 0o644: the modes seen below are kept ones
+    try:
+        ml.save_state_dict({"a": torch.ones(256), "b": torch.ones(256)}, folder,
+                           max_shard_size=1024)
+    finally:
+        os.umask(old)
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {0o600}
 
