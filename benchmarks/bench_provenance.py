@@ -28,7 +28,7 @@ from common import median_time, publish, table  # noqa: E402
 
 import mlmf_lab as ml  # noqa: E402
 from mlmf_lab import events  # noqa: E402
-from mlmf_lab.lineage import Lineage, file_tensor_hash  # noqa: E402
+from mlmf_lab.provenance.lineage import Lineage, file_tensor_hash  # noqa: E402
 
 
 def make_file(folder: Path, mib: int) -> Path:

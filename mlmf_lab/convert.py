@@ -18,7 +18,7 @@ from . import events
 from .errors import MLMFError, UnsupportedError
 from .formats import open_weights, save_state_dict
 from .formats.registry import read_all
-from .metadata import read_json
+from .provenance.describe import read_json
 
 
 class Converter(NamedTuple):
@@ -29,7 +29,7 @@ class Converter(NamedTuple):
 
 CONVERTERS: list[Converter] = []
 # Modules that register extra converters when imported (missing ones are skipped).
-PLUGINS: list[str] = ["mlmf_lab.distributed.dcp"]
+PLUGINS: list[str] = ["mlmf_lab.formats.dcp"]
 
 
 def _model_type(src: Path) -> str | None:

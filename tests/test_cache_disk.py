@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import mlmf_lab as ml
+from mlmf_lab import atomic
+from mlmf_lab.cache.disk import DiskCache, derive_key, parse_age
 from mlmf_lab.cli import main
-from mlmf_lab.disk_cache import DiskCache, derive_key, parse_age
 from mlmf_lab.errors import ChecksumError, ConfigError, MLMFError
-from mlmf_lab.formats import atomic
 
 
 def state(seed: int, n: int = 256) -> dict[str, torch.Tensor]:

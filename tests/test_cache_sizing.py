@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 import mlmf_lab as ml
-from mlmf_lab import sizing
+from mlmf_lab.cache.footprint import Footprint, measure, parse_maps
+from mlmf_lab.cache.memory import footprint as sizing
 from mlmf_lab.quant.base import QTensor
-from mlmf_lab.sizing import Footprint, measure, parse_maps
 
 
 def storage_bytes(*tensors: torch.Tensor) -> int:

@@ -8,9 +8,9 @@ from collections import Counter
 
 import torch
 
-from mlmf_lab.cache import ModelCache
+from mlmf_lab.cache.footprint import measure
+from mlmf_lab.cache.memory import ModelCache
 from mlmf_lab.errors import CacheError
-from mlmf_lab.sizing import measure
 
 BUDGET = 20_000
 THREADS = 8

@@ -13,7 +13,7 @@ from torch import nn
 
 import mlmf_lab as ml
 from mlmf_lab import events
-from mlmf_lab.checkpoint_io import MANIFEST
+from mlmf_lab.checkpoint.files import MANIFEST
 from mlmf_lab.errors import ChecksumError, ConfigError, FormatError, MLMFError, StateDictError
 
 
@@ -339,7 +339,7 @@ def test_saving_an_existing_step_replaces_it_whole(tmp_path):
 
 
 def test_a_failing_save_leaves_no_trace(tmp_path, monkeypatch):
-    import mlmf_lab.checkpoint as ckpt
+    import mlmf_lab.checkpoint.manager as ckpt
 
     cm = ml.CheckpointManager(tmp_path)
     cm.save({"w": torch.zeros(3)}, 1)

@@ -62,7 +62,7 @@ def test_sigkill_during_saves_never_breaks_a_listed_checkpoint(tmp_path: Path) -
     # Effective only if no forkserver runs yet (this file sorts before the distributed tests,
     # which share the server: their modules are preloaded too; missing ones are skipped).
     ctx.set_forkserver_preload(["torch", "torch._dynamo", "torch.distributed",
-                                "mlmf_lab.checkpoint", "mlmf_lab.distributed", __name__])
+                                "mlmf_lab.checkpoint.manager", "mlmf_lab.distributed", __name__])
     timing = random.Random(0)
     interrupted = 0
     best_so_far, latest_so_far = math.inf, -1

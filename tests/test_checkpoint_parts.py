@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 import mlmf_lab as ml
-from mlmf_lab.checkpoint_diff import diff_state_dicts, tensor_change
-from mlmf_lab.checkpoint_io import read_part, write_part, write_safetensors
-from mlmf_lab.checkpoint_state import capture_rng, join_state, restore_rng, split_state
+from mlmf_lab.checkpoint.files import read_part, write_part, write_safetensors
+from mlmf_lab.checkpoint.state import capture_rng, join_state, restore_rng, split_state
+from mlmf_lab.compare import diff_state_dicts, tensor_change
 from mlmf_lab.errors import FormatError, MLMFError
 
 
@@ -89,7 +89,7 @@ def test_writer_refuses_bad_tensors_and_existing_files(tmp_path):
 
 
 def test_writer_hashes_big_files_while_writing(tmp_path, monkeypatch):
-    import mlmf_lab.checkpoint_io as cio
+    import mlmf_lab.checkpoint.files as cio
 
     monkeypatch.setattr(cio, "CHUNK", 1024)  # force the threaded, chunked path
     t = torch.randn(10_000)

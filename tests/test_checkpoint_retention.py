@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import mlmf_lab as ml
-from mlmf_lab.checkpoint_retention import plan_retention, rank_best
+from mlmf_lab.checkpoint.retention import plan_retention, rank_best
 from mlmf_lab.errors import ConfigError
 
 

@@ -14,7 +14,7 @@ import torch
 import mlmf_lab as ml
 from mlmf_lab import distributed as D
 from mlmf_lab.errors import MLMFError
-from mlmf_lab.lineage.hashing import content_hash
+from mlmf_lab.provenance.hashing import content_hash
 
 
 def test_resave_keeps_the_other_files_of_a_folder(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mlmf_lab.errors import ConfigError
-from mlmf_lab.lora_math import (
+from mlmf_lab.lora.math import (
     combine_deltas,
     delta_norm,
     delta_singular_values,

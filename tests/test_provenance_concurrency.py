@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from mlmf_lab.lineage import Lineage, state_hash
+from mlmf_lab.provenance.lineage import Lineage, state_hash
 
 WORKER = r"""
 import sys, time

@@ -18,8 +18,9 @@ import mlmf_lab as ml
 from mlmf_lab import events
 from mlmf_lab.errors import MLMFError
 from mlmf_lab.formats import FORMATS
-from mlmf_lab.lineage import Lineage, content_hash, file_tensor_hash, hashing, state_hash
-from mlmf_lab.tensorstats import stats_of, tensor_stats
+from mlmf_lab.provenance import hashing
+from mlmf_lab.provenance.lineage import Lineage, content_hash, file_tensor_hash, state_hash
+from mlmf_lab.provenance.tensorstats import stats_of, tensor_stats
 
 
 def reference_hash(path) -> str:
@@ -150,7 +151,7 @@ def test_describe_a_live_model_and_its_saved_file_agree(tmp_path):
 
 
 def test_tensor_stats_against_torch(tmp_path, monkeypatch):
-    import mlmf_lab.tensorstats as ts
+    import mlmf_lab.provenance.tensorstats as ts
 
     torch.manual_seed(3)
     t = torch.randn(33, 17)

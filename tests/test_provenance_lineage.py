@@ -19,8 +19,8 @@ from mlmf_lab import events
 from mlmf_lab.cli import main as cli_main
 from mlmf_lab.convert import convert
 from mlmf_lab.errors import MLMFError
-from mlmf_lab.lineage import Lineage, active_lineages, read_prov
-from mlmf_lab.lineage.agent import git_commit
+from mlmf_lab.provenance.lineage import Lineage, active_lineages, read_prov
+from mlmf_lab.provenance.lineage.agent import git_commit
 
 
 class Tiny(nn.Module):

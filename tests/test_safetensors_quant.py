@@ -192,7 +192,7 @@ def test_keep_quantized_with_a_head_tied_to_an_embedding(tmp_path: Path,
 
 
 def test_content_hash_covers_every_part(tmp_path: Path) -> None:
-    from mlmf_lab.lineage.hashing import file_tensor_hash
+    from mlmf_lab.provenance.hashing import file_tensor_hash
 
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     for scheme in ("int8", "int4"):

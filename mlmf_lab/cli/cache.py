@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from ..disk_cache import DiskCache, DiskEntry, default_root
+from ..cache.disk import DiskCache, DiskEntry, default_root
 from ..formats import human_bytes
 
 

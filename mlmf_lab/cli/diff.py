@@ -7,7 +7,7 @@ import json
 import math
 from typing import Any
 
-from ..checkpoint_diff import diff_state_dicts
+from ..compare import diff_state_dicts
 from ..formats import load_state_dict
 
 

@@ -44,7 +44,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..lineage import Lineage
+    from ..provenance.lineage import Lineage
 
     db = find_store(args.path, args.store)
     if not db.is_file():

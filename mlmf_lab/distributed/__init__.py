@@ -13,8 +13,8 @@ Modules: ``plans`` (ShardPlan, layers/replicate), ``rules`` (tensor parallel rul
 
 from __future__ import annotations
 
+from ..formats.dcp import is_dcp, load_dcp, save_dcp
 from . import modality, rules  # noqa: F401  (each registers its strategy)
-from .dcp import is_dcp, load_dcp, save_dcp
 from .launcher import RankResult, launch
 from .load import MODES, Shard, gather_state_dict, load_shard
 from .modality import declared_modalities

@@ -41,12 +41,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import atomic
 from ..errors import MLMFError, UnsupportedError
 from ..progress import bar
 from ..quant.base import QTensor
 from ..quant.ggml import BLOCK_TYPES, BY_ID, block_type, dequantize_tensor, quantizable
 from ..quant.ggml import quantize_tensor as quantize_blocks
-from . import atomic
 from .base import TensorInfo, WeightFile, dtype_name
 from .gguf_header import MAX_DIMS, Header, read_header
 from .gguf_meta import decode_metadata, encode_metadata

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
+from .. import atomic
 from ..errors import FormatError, MLMFError
 from ..quant.base import QTensor, dequantize
-from . import atomic
 from .base import ST_DTYPES, TensorInfo, WeightFile, alias_key, dtype_name, torch_dtype
 from .metadata import QUANT_KEY, QUANTIZATION_VERSION_KEY, decode_metadata, encode_metadata
 from .registry import Format, Writer, register_format, register_writer

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
+from .. import atomic
 from ..errors import MLMFError, ShardError, UnsafeFileError
-from . import atomic
 from .base import TensorInfo, WeightFile
 from .registry import Format, Writer, register_format, register_writer
 from .safetensors import SafetensorsFile, check_dtypes, dedupe_shared, write_file

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
-from ..cache_stats import CacheStats
+from ..cache.stats import CacheStats
 
 _MARKS = {  # event -> (label, colour, marker)
     "hit": ("hit", "#55a868", "|"),

@@ -6,8 +6,8 @@ from collections.abc import Collection, Sequence
 
 from matplotlib.figure import Figure
 
-from ..checkpoint_diff import CheckpointDiff
-from ..checkpoint_record import CheckpointRecord
+from ..checkpoint.record import CheckpointRecord
+from ..compare import CheckpointDiff
 
 
 def plot_checkpoint_metrics(

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 import mlmf_lab as ml
-from mlmf_lab.disk_cache import DiskCache, derive_key
-from mlmf_lab.sizing import measure
+from mlmf_lab.cache.disk import DiskCache, derive_key
+from mlmf_lab.cache.footprint import measure
 
 random.seed(0)
 np.random.seed(0)

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import MLMFError
+from ...errors import MLMFError
 from .agent import agent_id
 from .query import related
 from .records import Activity, Entity

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .lora_layer import BaseKind, register_base_kind
-from .lora_math import max_abs_diff
-from .quant import QTensor, QuantLinear, dequantize, quantize
+from ..quant import QTensor, QuantLinear, dequantize, quantize
+from .layer import BaseKind, register_base_kind
+from .math import max_abs_diff
 
 
 def _layer(module: nn.Module) -> QuantLinear:

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import events
-from .errors import ConfigError, FormatError, MLMFError, StateDictError, UnsupportedError
-from .formats import load_state_dict, save_state_dict
-from .formats.atomic import replacing
-from .lora_layer import (
+from .. import events
+from ..atomic import replacing
+from ..errors import ConfigError, FormatError, MLMFError, StateDictError, UnsupportedError
+from ..formats import load_state_dict, save_state_dict
+from .layer import (
     AdapterSpec,
     LoraLayer,
     adapter_names,
@@ -33,8 +33,8 @@ from .lora_layer import (
     target_candidates,
     wrap_module,
 )
-from .lora_math import matches_target, pattern_value
-from .lora_summary import LoraSummary, summary
+from .math import matches_target, pattern_value
+from .summary import LoraSummary, summary
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAMES = ("adapter_model.safetensors", "adapter_model.bin")

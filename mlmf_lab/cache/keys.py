@@ -15,7 +15,7 @@ import stat
 from collections.abc import Container, Mapping, Sequence
 from typing import Any
 
-from .errors import CacheError, ConfigError, MLMFError
+from ..errors import CacheError, ConfigError, MLMFError
 
 Stamp = tuple[tuple[str, int, int, int], ...]  # (name, size, mtime_ns, inode) per file
 NOT_A_FILE: Stamp = ()
@@ -71,7 +71,7 @@ def candidates(path_or_key: Any) -> list[Ident]:
 
 def parse_bytes(value: int | str, what: str) -> int:
     """``"2GiB"`` / ``"500MB"`` / ``1024`` -> bytes; errors name the argument ``what``."""
-    from .formats.sharded import parse_size
+    from ..formats.sharded import parse_size
 
     try:
         return parse_size(value)

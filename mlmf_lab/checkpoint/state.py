@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import FormatError, MLMFError
+from ..errors import FormatError, MLMFError
 
 TENSOR, TUPLE, ITEMS, FLOAT = "$tensor", "$tuple", "$items", "$float"
 _TAGS = (TENSOR, TUPLE, ITEMS, FLOAT)

@@ -28,14 +28,15 @@ from typing import Any
 
 import torch
 
-from .checkpoint_state import join_state, split_state
-from .errors import ChecksumError, FormatError, MLMFError
-from .formats import atomic, load_state_dict
-from .formats.base import TORCH_TO_ST
-from .formats.metadata import encode_metadata
-from .formats.safetensors import dedupe_shared
-from .formats.sharded import INDEX_NAME, nbytes, parse_size, plan_shards
-from .progress import bar
+from .. import atomic
+from ..errors import ChecksumError, FormatError, MLMFError
+from ..formats import load_state_dict
+from ..formats.base import TORCH_TO_ST
+from ..formats.metadata import encode_metadata
+from ..formats.safetensors import dedupe_shared
+from ..formats.sharded import INDEX_NAME, nbytes, parse_size, plan_shards
+from ..progress import bar
+from .state import join_state, split_state
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "mlmf-checkpoint-manifest"

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .lora_layer import lora_layers
-from .lora_math import delta_norm
+from .layer import lora_layers
+from .math import delta_norm
 
 
 @dataclass(frozen=True)

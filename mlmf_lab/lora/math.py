@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def lora_scaling(alpha: float, rank: int, rslora: bool = False) -> float:

@@ -18,12 +18,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from .. import events
-from ..errors import MLMFError
+from ... import events
+from ...errors import MLMFError
+from ..hashing import ContentHash, content_hash
 from . import export, query
 from .agent import agent_id, current_agent
 from .db import Database, entity_from_row
-from .hashing import ContentHash, content_hash
 from .records import Activity, Entity, History, HistoryDiff
 from .tracker import Item, Tracker, describe_item, is_path
 

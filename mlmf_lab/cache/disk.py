@@ -31,12 +31,12 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .cache_keys import derive_key, parse_age, parse_bytes
-from .cache_stats import html_table
-from .checkpoint_io import sha256_file
-from .errors import ChecksumError, ConfigError, MLMFError
-from .formats import atomic
-from .formats.base import human_bytes
+from .. import atomic
+from ..checkpoint.files import sha256_file
+from ..errors import ChecksumError, ConfigError, MLMFError
+from ..formats.base import human_bytes
+from .keys import derive_key, parse_age, parse_bytes
+from .stats import html_table
 
 KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 _CHUNK = 1 << 20
@@ -376,7 +376,7 @@ class DiskCache:
 
 
 def _save(tensors: dict[str, Any], path: Path, metadata: Mapping[str, Any] | None) -> None:
-    from .formats import save_state_dict
+    from ..formats import save_state_dict
 
     save_state_dict(tensors, path, metadata=dict(metadata) if metadata else None)
 

@@ -36,9 +36,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import events
-from .checkpoint_diff import CheckpointDiff, diff_state_dicts
-from .checkpoint_io import (
+from .. import atomic, events
+from ..compare import CheckpointDiff, diff_state_dicts
+from ..errors import ConfigError, MLMFError, StateDictError
+from ..formats import load_state_dict
+from ..formats.sharded import parse_size
+from ..loading import compare_keys
+from .files import (
     pid_alive,
     read_part,
     remove_dir,
@@ -50,7 +54,7 @@ from .checkpoint_io import (
     write_safetensors,
     write_weights,
 )
-from .checkpoint_record import (
+from .record import (
     CheckpointList,
     CheckpointRecord,
     git_head,
@@ -59,13 +63,9 @@ from .checkpoint_record import (
     step_dir_name,
     versions,
 )
-from .checkpoint_retention import check_mode, plan_retention, rank_best
-from .checkpoint_state import capture_rng, split_state
-from .checkpoint_state import restore_rng as _restore_rng
-from .errors import ConfigError, MLMFError, StateDictError
-from .formats import atomic, load_state_dict
-from .formats.sharded import parse_size
-from .loading import compare_keys
+from .retention import check_mode, plan_retention, rank_best
+from .state import capture_rng, split_state
+from .state import restore_rng as _restore_rng
 
 __all__ = ["CheckpointDiff", "CheckpointList", "CheckpointManager", "CheckpointRecord",
            "diff_state_dicts", "plan_retention"]

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint_io import read_manifest
-from .checkpoint_state import join_state
-from .errors import FormatError
-from .formats.base import human_bytes
+from ..errors import FormatError
+from ..formats.base import human_bytes
+from .files import read_manifest
+from .state import join_state
 
 META = "meta.json"
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -177,7 +177,7 @@ def versions() -> dict[str, str]:
     """Versions of Python and the libraries a checkpoint depends on."""
     import safetensors
 
-    from . import __version__
+    from .. import __version__
 
     return {"python": platform.python_version(), "torch": torch.__version__,
             "numpy": np.__version__, "safetensors": safetensors.__version__,

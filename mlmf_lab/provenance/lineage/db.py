@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import MLMFError
+from ...errors import MLMFError
 from .records import Activity, Entity
 
 SCHEMA_VERSION = 1

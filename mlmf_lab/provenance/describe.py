@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import MLMFError
-from .formats import human_bytes, open_weights
-from .formats.base import dtype_name
-from .lineage.hashing import file_tensor_hash, state_hash, unique_tensors
+from ..errors import MLMFError
+from ..formats import human_bytes, open_weights
+from ..formats.base import dtype_name
+from .hashing import file_tensor_hash, state_hash, unique_tensors
 from .tensorstats import TensorStats, tensor_stats
 
 _GUESS = {
@@ -50,7 +50,7 @@ class ModelDescription:
         bytes_by_type: bytes per storage type (dtype, or quant type such as ``"Q8_0"``).
         modalities: e.g. ``("text",)``.
         modalities_source: where they were declared, or ``"guess from tensor names"``.
-        content_hash: sha256 tensor hash (see ``mlmf_lab.lineage.hashing``), or None.
+        content_hash: sha256 tensor hash (see ``mlmf_lab.provenance.hashing``), or None.
         base_model: the base model the metadata names, if any.
         is_adapter: a PEFT adapter (``adapter_config.json`` beside the weights).
         metadata: the file's own metadata; config: the ``config.json`` beside it.
@@ -121,14 +121,14 @@ class ModelDescription:
         return f"<div><b>{esc(self.name)}</b><table>{body}</table>{stats}</div>"
 
     def to_model_card(self, **kwargs: Any) -> str:
-        """A Hugging Face model card (README.md text); see ``mlmf_lab.modelcard.model_card``."""
-        from .modelcard import model_card
+        """A Hugging Face model card (README.md text); see ``mlmf_lab.provenance.card.model_card``."""
+        from .card import model_card
 
         return model_card(self, **kwargs)
 
     def save_model_card(self, path: str | os.PathLike[str], **kwargs: Any) -> Path:
         """Write the model card to ``path`` (a folder gets ``README.md``); returns the file."""
-        from .modelcard import save_model_card
+        from .card import save_model_card
 
         return save_model_card(self, path, **kwargs)
 

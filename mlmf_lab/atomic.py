@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import MLMFError
+from .errors import MLMFError
 
 _RENAME_EXCHANGE = 2  # Linux renameat2 flag: swap two paths atomically
 

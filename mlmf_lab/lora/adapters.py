@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import events, lora_quant  # noqa: F401  (lora_quant registers the QuantLinear kind)
-from .errors import ConfigError
-from .lora_layer import (
+from .. import events  # noqa: F401  (lora_quant registers the QuantLinear kind)
+from ..errors import ConfigError
+from .layer import (
     BASE_KINDS,
     AdapterSpec,
     BaseKind,
@@ -37,7 +37,7 @@ from .lora_layer import (
     wrap_module,
     wrappable_suffixes,
 )
-from .lora_math import (
+from .math import (
     combine_deltas,
     delta_norm,
     delta_singular_values,
@@ -46,8 +46,8 @@ from .lora_math import (
     matches_target,
     scaled_delta,
 )
-from .lora_peft import load_peft_adapter, save_peft_adapter
-from .lora_summary import AdapterRow, LoraSummary, summary
+from .peft import load_peft_adapter, save_peft_adapter
+from .summary import AdapterRow, LoraSummary, summary
 
 
 def inject(

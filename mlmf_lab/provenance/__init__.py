@@ -5,12 +5,13 @@
 ...     ml.convert("model.safetensors", "model.gguf", quant="q8_0")
 >>> print(lin.history("model.gguf"))                   # doctest: +SKIP
 
-``describe`` and the model card live in ``mlmf_lab.metadata``; the store, its
-queries and its PROV export in ``mlmf_lab.lineage``. This module gathers both.
+``describe`` and the model card live in ``mlmf_lab.provenance.describe``; the store, its
+queries and its PROV export in ``mlmf_lab.provenance.lineage``. This module gathers both.
 """
 
 from __future__ import annotations
 
+from .describe import ModelDescription, TensorStats, describe, tensor_stats
 from .lineage import (
     Activity,
     ContentHash,
@@ -23,7 +24,6 @@ from .lineage import (
     read_prov,
     state_hash,
 )
-from .metadata import ModelDescription, TensorStats, describe, tensor_stats
 
 __all__ = [
     "Activity",

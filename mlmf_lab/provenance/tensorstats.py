@@ -10,9 +10,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .errors import MLMFError
-from .formats.base import dtype_name
-from .progress import bar
+from ..errors import MLMFError
+from ..formats.base import dtype_name
+from ..progress import bar
 
 CHUNK_ELEMENTS = 1 << 22  # 4 Mi values -> 16 MiB of float32 at a time
 
@@ -72,7 +72,7 @@ def _tensors(x: str | os.PathLike[str] | nn.Module, names: Sequence[str] | None
                 raise MLMFError(f"the model has no tensor {name!r}")
             yield name, state[name], dtype_name(state[name].dtype)
         return
-    from .formats import open_weights
+    from ..formats import open_weights
 
     with open_weights(x) as wf:
         for name in names if names is not None else list(wf):

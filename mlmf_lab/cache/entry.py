@@ -6,9 +6,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from .cache_keys import Stamp
-from .formats.base import human_bytes
-from .sizing import Footprint
+from ..formats.base import human_bytes
+from .footprint import Footprint
+from .keys import Stamp
 
 
 @dataclass

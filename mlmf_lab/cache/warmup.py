@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .progress import bar
+from ..progress import bar
 
 if TYPE_CHECKING:
-    from .cache import ModelCache
+    from .memory import ModelCache
 
 
 class WarmUp:

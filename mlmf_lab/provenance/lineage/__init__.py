@@ -1,7 +1,7 @@
 """The lineage store: automatic provenance of model files and live models (SQLite, W3C PROV)."""
 
+from ..hashing import ContentHash, content_hash, file_tensor_hash, state_hash
 from .export import read_prov
-from .hashing import ContentHash, content_hash, file_tensor_hash, state_hash
 from .records import Activity, Entity, History, HistoryDiff
 from .store import Lineage, active_lineages
 

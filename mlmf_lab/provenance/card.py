@@ -12,12 +12,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import MLMFError
-from .formats import atomic, human_bytes
+from .. import atomic
+from ..errors import MLMFError
+from ..formats import human_bytes
 
 if TYPE_CHECKING:
+    from .describe import ModelDescription
     from .lineage import History, Lineage
-    from .metadata import ModelDescription
 
 RELATIONS = ("adapter", "merge", "quantized", "finetune")
 _TUNING = {"lora-inject", "lora-train", "lora-load", "merge", "checkpoint"}

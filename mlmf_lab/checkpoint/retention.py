@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 MODES = ("min", "max")
 

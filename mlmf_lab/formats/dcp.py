@@ -24,9 +24,9 @@ from typing import Any
 import torch
 
 from .. import convert as _convert
+from ..atomic import replacing_dir
 from ..errors import FormatError, MLMFError, UnsafeFileError
-from ..formats import load_state_dict, open_weights, save_state_dict
-from ..formats.atomic import replacing_dir
+from . import load_state_dict, open_weights, save_state_dict
 
 METADATA_FILE = ".metadata"
 SIDE_METADATA = "mlmf_metadata.json"

@@ -4,7 +4,7 @@
 >>> sd = cache.get_or_load("model.safetensors")  # miss: loads with ml.load_state_dict
 >>> sd = cache.get_or_load("model.safetensors")  # hit: the same dict, no I/O
 
-Sizes are measured (``mlmf_lab.sizing.measure``), never guessed: each storage is counted
+Sizes are measured (``mlmf_lab.cache.footprint.measure``), never guessed: each storage is counted
 once, whether it sits in anonymous memory or is memory-mapped from the file. **Both count
 against the budget**: the budget bounds the bytes the cache keeps alive, and a memory-mapped
 state dict pins its file's pages in the page cache as soon as it is used. ``stats()``
@@ -26,18 +26,18 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .cache_entry import Entry, Pending, does_not_fit
-from .cache_keys import Ident, Stamp, candidates, file_stamp, identify, parse_bytes
-from .cache_stats import EVICTION_REASONS, CacheEvent, CacheStats, entries_html
-from .disk_cache import DiskCache, derive_key
-from .errors import CacheError, ConfigError
-from .formats.base import human_bytes
-from .sizing import Footprint, available_bytes, measure
+from ..errors import CacheError, ConfigError
+from ..formats.base import human_bytes
+from .disk import DiskCache, derive_key
+from .entry import Entry, Pending, does_not_fit
+from .footprint import Footprint, available_bytes, measure
+from .keys import Ident, Stamp, candidates, file_stamp, identify, parse_bytes
+from .stats import EVICTION_REASONS, CacheEvent, CacheStats, entries_html
 from .warmup import WarmUp
 
 
 def _load_file(path: Any) -> Any:
-    from .formats import load_state_dict
+    from ..formats import load_state_dict
 
     return load_state_dict(path)
 

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError, UnsupportedError
-from .lora_math import lora_scaling, max_abs_diff, scaled_delta
+from ..errors import ConfigError, UnsupportedError
+from .math import lora_scaling, max_abs_diff, scaled_delta
 
 
 class BaseKind(NamedTuple):

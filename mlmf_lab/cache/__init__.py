@@ -1,0 +1,30 @@
+"""Model caching: an in-memory cache under a byte budget, a disk cache of derived files.
+
+>>> cache = ml.ModelCache("2GiB")                   # doctest: +SKIP
+>>> sd = cache.get_or_load("model.safetensors")   # doctest: +SKIP
+
+Modules: ``memory`` (ModelCache), ``entry``, ``keys`` (file stamps and keys), ``stats``,
+``disk`` (DiskCache), ``warmup`` (background loads), ``footprint`` (measured bytes).
+"""
+
+from __future__ import annotations
+
+from .memory import (
+    CacheStats,
+    DiskCache,
+    Footprint,
+    ModelCache,
+    WarmUp,
+    derive_key,
+    measure,
+)
+
+__all__ = [
+    "CacheStats",
+    "DiskCache",
+    "Footprint",
+    "ModelCache",
+    "WarmUp",
+    "derive_key",
+    "measure",
+]
