@@ -128,7 +128,7 @@ def merge_rows(pm: nn.Module, ours: nn.Module, repeat: int) -> list[list[str]]:
         err = drift(model, before)
         m, u = cycle_times(merge, unmerge)
         rows.append([name, f"{m * 1e3:.1f}", f"{u * 1e3:.1f}", f"{err:.1e}",
-                     ml.formats.human_bytes(held)])
+                     ml.units.human_bytes(held)])
     return rows
 
 

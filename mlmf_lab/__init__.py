@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import errors
+from . import errors, units
 from .errors import MLMFError
 from .formats import TensorInfo, WeightFile, load_state_dict, open_weights, save_state_dict
 from .loading import LoadReport, load_into
@@ -59,6 +59,7 @@ __all__ = [
     "TensorInfo",
     "WeightFile",
     "errors",
+    "units",
     "load_into",
     "load_state_dict",
     "open_weights",

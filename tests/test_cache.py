@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import mlmf_lab as ml
+from mlmf_lab.cache import ModelCache
 from mlmf_lab.cache.footprint import measure
-from mlmf_lab.cache.memory import ModelCache
 from mlmf_lab.errors import CacheError, ConfigError, MLMFError
 
 KB = 1000

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import mlmf_lab as ml
+from mlmf_lab.cache import footprint as sizing
 from mlmf_lab.cache.footprint import Footprint, measure, parse_maps
-from mlmf_lab.cache.memory import footprint as sizing
 from mlmf_lab.quant.base import QTensor
 
 

@@ -8,8 +8,8 @@ from collections import Counter
 
 import torch
 
+from mlmf_lab.cache import ModelCache
 from mlmf_lab.cache.footprint import measure
-from mlmf_lab.cache.memory import ModelCache
 from mlmf_lab.errors import CacheError
 
 BUDGET = 20_000

@@ -20,6 +20,7 @@ from mlmf_lab.checkpoint.files import read_part, write_part, write_safetensors
 from mlmf_lab.checkpoint.state import capture_rng, join_state, restore_rng, split_state
 from mlmf_lab.compare import diff_state_dicts, tensor_change
 from mlmf_lab.errors import FormatError, MLMFError
+from mlmf_lab.files import sha256_file
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -96,7 +97,7 @@ def test_writer_hashes_big_files_while_writing(tmp_path, monkeypatch):
     path = tmp_path / "big.safetensors"
     assert write_safetensors({"t": t}, path) == hashlib.sha256(path.read_bytes()).hexdigest()
     assert torch.equal(load_file(path)["t"], t)
-    assert cio.sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # -- nested state without pickle -------------------------------------------------------------

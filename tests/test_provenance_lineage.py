@@ -20,7 +20,7 @@ from mlmf_lab.cli import main as cli_main
 from mlmf_lab.convert import convert
 from mlmf_lab.errors import MLMFError
 from mlmf_lab.provenance.lineage import Lineage, active_lineages, read_prov
-from mlmf_lab.provenance.lineage.agent import git_commit
+from mlmf_lab.runinfo import git_commit
 
 
 class Tiny(nn.Module):

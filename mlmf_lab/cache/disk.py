@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .. import atomic
-from ..checkpoint.files import sha256_file
 from ..errors import ChecksumError, ConfigError, MLMFError
-from ..formats.base import human_bytes
-from .keys import derive_key, parse_age, parse_bytes
+from ..files import sha256_file
+from ..units import human_bytes, parse_size
+from .keys import derive_key, parse_age
 from .stats import html_table
 
 KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
@@ -339,7 +339,7 @@ class DiskCache:
         Returns:
             A ``PruneReport``: removed entries, bytes freed, bytes remaining.
         """
-        limit = None if max_bytes is None else parse_bytes(max_bytes, "max_bytes")
+        limit = None if max_bytes is None else parse_size(max_bytes, "max_bytes")
         age = None if older_than is None else parse_age(older_than)
         with self._locked():
             entries = sorted(self.ls(), key=lambda e: e.last_used)  # least recently used first

@@ -6,9 +6,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from ..formats.base import human_bytes
+from ..files import Stamp
+from ..units import human_bytes
 from .footprint import Footprint
-from .keys import Stamp
 
 
 @dataclass

@@ -11,13 +11,12 @@ import hashlib
 import json
 import os
 import re
-import stat
 from collections.abc import Container, Mapping, Sequence
 from typing import Any
 
-from ..errors import CacheError, ConfigError, MLMFError
+from ..errors import CacheError, ConfigError
+from ..files import Stamp, file_stamp
 
-Stamp = tuple[tuple[str, int, int, int], ...]  # (name, size, mtime_ns, inode) per file
 NOT_A_FILE: Stamp = ()
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 Ident = tuple[str, Any]  # ("file", absolute path) or ("key", the caller's hashable key)
@@ -69,39 +68,6 @@ def candidates(path_or_key: Any) -> list[Ident]:
     return found
 
 
-def parse_bytes(value: int | str, what: str) -> int:
-    """``"2GiB"`` / ``"500MB"`` / ``1024`` -> bytes; errors name the argument ``what``."""
-    from ..formats.sharded import parse_size
-
-    try:
-        return parse_size(value)
-    except MLMFError:
-        raise ConfigError(f"{what} must be a positive byte count or like '500MB' / '2GiB', "
-                          f"found {value!r}") from None
-
-
-def file_stamp(path: str, st: os.stat_result | None = None) -> Stamp:
-    """(name, size, mtime_ns, inode) of a file, or of every file in a folder (sharded layout).
-
-    Args:
-        path: the file or folder.
-        st: its ``os.stat`` result when the caller has it already.
-
-    Raises:
-        CacheError: when nothing exists at ``path``.
-    """
-    if st is None:
-        try:
-            st = os.stat(path)
-        except OSError as e:
-            raise CacheError(f"cannot read the file to cache ({e.strerror})", path) from None
-    if not stat.S_ISDIR(st.st_mode):
-        return (("", st.st_size, st.st_mtime_ns, st.st_ino),)
-    with os.scandir(path) as it:
-        files = [(e.name, e.stat()) for e in it if e.is_file()]
-    return tuple(sorted((n, s.st_size, s.st_mtime_ns, s.st_ino) for n, s in files))
-
-
 def parse_age(value: float | str) -> float:
     """``"7d"`` / ``"12h"`` / ``"30m"`` / ``"45s"`` / ``"2w"`` / seconds -> seconds.
 
@@ -141,5 +107,5 @@ def derive_key(operation: str, inputs: Sequence[Any],
     return f"{safe_op}-{digest[:24]}"
 
 
-__all__ = ["NOT_A_FILE", "Ident", "Stamp", "candidates", "derive_key", "file_stamp", "identify",
-           "parse_age", "parse_bytes"]
+__all__ = ["NOT_A_FILE", "Ident", "candidates", "derive_key", "identify",
+           "parse_age"]

@@ -27,11 +27,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..errors import CacheError, ConfigError
-from ..formats.base import human_bytes
+from ..files import Stamp, file_stamp
+from ..units import human_bytes, parse_size
 from .disk import DiskCache, derive_key
 from .entry import Entry, Pending, does_not_fit
 from .footprint import Footprint, available_bytes, measure
-from .keys import Ident, Stamp, candidates, file_stamp, identify, parse_bytes
+from .keys import Ident, candidates, identify
 from .stats import EVICTION_REASONS, CacheEvent, CacheStats, entries_html
 from .warmup import WarmUp
 
@@ -71,12 +72,12 @@ class ModelCache:
         clock: Callable[[], float] = time.monotonic,
         max_events: int = 100_000,
     ) -> None:
-        self.max_bytes = parse_bytes(max_bytes, "max_bytes")
+        self.max_bytes = parse_size(max_bytes, "max_bytes")
         if ttl is not None and not ttl > 0:
             raise ConfigError(f"ttl must be a positive number of seconds or None, found {ttl!r}")
         self.ttl = ttl
         self.min_available_memory = (None if min_available_memory is None else
-                                     parse_bytes(min_available_memory, "min_available_memory"))
+                                     parse_size(min_available_memory, "min_available_memory"))
         self._available = available_memory or available_bytes
         self._clock = clock
         self._t0 = clock()

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from ..formats.base import human_bytes
+from ..units import human_bytes
 from .footprint import Footprint
 
 # Why an entry left the cache. "stale": its file changed on disk since it was loaded.

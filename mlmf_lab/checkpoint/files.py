@@ -30,12 +30,14 @@ import torch
 
 from .. import atomic
 from ..errors import ChecksumError, FormatError, MLMFError
+from ..files import sha256_file
 from ..formats import load_state_dict
 from ..formats.base import TORCH_TO_ST
 from ..formats.metadata import encode_metadata
 from ..formats.safetensors import dedupe_shared
-from ..formats.sharded import INDEX_NAME, nbytes, parse_size, plan_shards
+from ..formats.sharded import INDEX_NAME, nbytes, plan_shards
 from ..progress import bar
+from ..units import parse_size
 from .state import join_state, split_state
 
 MANIFEST = "manifest.json"
@@ -165,7 +167,7 @@ def write_weights(
     """
     kept, aliases = dedupe_shared(tensors)
     sizes = nbytes(kept)
-    groups = plan_shards(sizes, parse_size(max_shard_size))
+    groups = plan_shards(sizes, parse_size(max_shard_size, "max_shard_size"))
     n = len(groups)
     sums: dict[str, str] = {}
     weight_map: dict[str, str] = {}
@@ -179,18 +181,6 @@ def write_weights(
         index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
         sums[INDEX_NAME] = write_json(index, folder / INDEX_NAME)
     return sums
-
-
-def sha256_file(path: Path) -> str:
-    """The hex sha256 of a file, read in chunks into one reused buffer."""
-    h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        size = os.fstat(f.fileno()).st_size
-        buf = bytearray(max(1, min(CHUNK, size)))
-        view = memoryview(buf)
-        while n := f.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
 
 
 def write_manifest(folder: Path, sums: dict[str, str]) -> None:

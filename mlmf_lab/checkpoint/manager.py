@@ -40,8 +40,9 @@ from .. import atomic, events
 from ..compare import CheckpointDiff, diff_state_dicts
 from ..errors import ConfigError, MLMFError, StateDictError
 from ..formats import load_state_dict
-from ..formats.sharded import parse_size
 from ..loading import compare_keys
+from ..runinfo import git_commit, versions
+from ..units import parse_size
 from .files import (
     pid_alive,
     read_part,
@@ -57,11 +58,9 @@ from .files import (
 from .record import (
     CheckpointList,
     CheckpointRecord,
-    git_head,
     parse_step_dir,
     read_record,
     step_dir_name,
-    versions,
 )
 from .retention import check_mode, plan_retention, rank_best
 from .state import capture_rng, split_state
@@ -95,7 +94,7 @@ class CheckpointManager:
         metric: str = "val_loss", mode: str = "min", max_shard_size: int | str = "5GB",
     ) -> None:
         plan_retention([], keep_last, keep_best, check_mode(mode))  # validates the numbers
-        parse_size(max_shard_size)
+        parse_size(max_shard_size, "max_shard_size")
         self.root = Path(root)
         self.keep_last, self.keep_best = keep_last, keep_best
         self.metric, self.mode, self.max_shard_size = metric, mode, max_shard_size
@@ -308,7 +307,7 @@ class CheckpointManager:
 
     def _git_commit(self) -> str | None:
         if self._git is False:
-            self._git = git_head()
+            self._git = git_commit()
         return self._git
 
     def __repr__(self) -> str:

@@ -6,19 +6,15 @@ import datetime as _dt
 import html
 import json
 import os
-import platform
 import re
-import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from ..errors import FormatError
-from ..formats.base import human_bytes
+from ..errors import ChecksumError, FormatError
+from ..files import sha256_file
+from ..units import human_bytes
 from .files import read_manifest
 from .state import join_state
 
@@ -94,6 +90,10 @@ def read_record(folder: Path) -> CheckpointRecord:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        # A damaged file is a checksum failure (naming the file), not a puzzling parse error.
+        if path.is_file() and sha256_file(path) != files[META]["sha256"]:
+            raise ChecksumError("sha256 does not match the manifest; the file was changed or "
+                                "corrupted", path) from None
         raise FormatError(f"cannot read the checkpoint's metadata ({e})", path) from None
     if not isinstance(meta, dict) or type(meta.get("step")) is not int:
         raise FormatError("expected a JSON object with an integer 'step'", path)
@@ -171,25 +171,3 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.6g}"
     return str(v)
-
-
-def versions() -> dict[str, str]:
-    """Versions of Python and the libraries a checkpoint depends on."""
-    import safetensors
-
-    from .. import __version__
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "numpy": np.__version__, "safetensors": safetensors.__version__,
-            "mlmf_lab": __version__}
-
-
-def git_head() -> str | None:
-    """The commit checked out in the working directory, or None outside a git work tree."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    head = out.stdout.strip()
-    return head if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40,64}", head) else None

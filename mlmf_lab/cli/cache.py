@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from ..cache.disk import DiskCache, DiskEntry, default_root
-from ..formats import human_bytes
+from ..units import human_bytes
 
 
 def register(sub: Any) -> None:

@@ -6,7 +6,8 @@ import argparse
 import json
 from typing import Any
 
-from ..formats import human_bytes, open_weights
+from ..formats import open_weights
+from ..units import human_bytes
 
 
 def register(sub: Any) -> None:

@@ -14,8 +14,9 @@ import torch.distributed as dist
 
 from .. import events
 from ..errors import ConfigError, FormatError
-from ..formats import TensorInfo, WeightFile, human_bytes, open_weights
+from ..formats import TensorInfo, WeightFile, open_weights
 from ..progress import bar
+from ..units import human_bytes
 from .plans import Piece, ShardPlan, local_shape
 from .read import RangeReader, read_piece
 from .runtime import checked, require_group, world
@@ -85,14 +86,7 @@ class Shard(Mapping[str, torch.Tensor]):
 
 def piece_nbytes(info: TensorInfo, piece: Piece) -> int:
     """Bytes of the loaded piece (the dtype ``tensor()`` returns, after any dequantization)."""
-    return math.prod(local_shape(info, piece)) * _dtype(info).itemsize
-
-
-def _dtype(info: TensorInfo) -> torch.dtype:
-    dtype = getattr(torch, info.dtype, None)
-    if not isinstance(dtype, torch.dtype):
-        raise FormatError(f"tensor {info.name!r} has unknown dtype {info.dtype!r}", info.file)
-    return dtype
+    return math.prod(local_shape(info, piece)) * info.torch_dtype.itemsize
 
 
 def check_against_plan(wf: WeightFile, plan: ShardPlan, pieces: Sequence[Piece]) -> None:
@@ -139,7 +133,7 @@ def unpack(buf: torch.Tensor, plan: ShardPlan, pieces: Sequence[Piece]) -> dict[
     for p in pieces:
         info = plan.info(p.name)
         n = piece_nbytes(info, p)
-        out[p.name] = buf[at:at + n].view(_dtype(info)).reshape(local_shape(info, p))
+        out[p.name] = buf[at:at + n].view(info.torch_dtype).reshape(local_shape(info, p))
         at += n
     return out
 
@@ -274,7 +268,7 @@ def gather_state_dict(shard: Shard, dst: int = 0) -> dict[str, torch.Tensor] | N
         if shard.rank != dst:
             dist.send(pack([shard.tensors[p.name] for p in primary[shard.rank]]), dst=dst)
             return None
-        full = {i.name: torch.empty(i.shape, dtype=_dtype(i)) for i in plan.tensors}
+        full = {i.name: torch.empty(i.shape, dtype=i.torch_dtype) for i in plan.tensors}
         for r in range(plan.world_size):
             if r == dst:
                 parts = {p.name: shard.tensors[p.name] for p in primary[r]}

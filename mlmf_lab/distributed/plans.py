@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from ..errors import ConfigError
-from ..formats import TensorInfo, human_bytes, open_weights
+from ..formats import TensorInfo, open_weights
+from ..units import human_bytes
 
 Span = tuple[int, int]
 

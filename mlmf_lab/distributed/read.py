@@ -22,10 +22,8 @@ import torch
 
 from ..errors import FormatError
 from ..formats import TensorInfo, WeightFile
-from ..formats.base import ST_DTYPES, dtype_name
 from .plans import Piece, local_shape
 
-_DTYPES = {dtype_name(d): d for d in ST_DTYPES.values()}
 BYTE_ADDRESSED = ("safetensors", "gguf")
 
 
@@ -100,9 +98,8 @@ class RangeReader:
 
 def byte_addressed(wf: WeightFile, info: TensorInfo) -> bool:
     """True when ``info``'s bytes are a plain row-major array at ``info.offset``."""
-    dtype = _DTYPES.get(info.dtype)
-    return (wf.format in BYTE_ADDRESSED and info.quant is None and dtype is not None
-            and info.nbytes == info.numel * dtype.itemsize)
+    return (wf.format in BYTE_ADDRESSED and info.quant is None
+            and info.nbytes == info.numel * info.torch_dtype.itemsize)
 
 
 def block_addressed(wf: WeightFile, info: TensorInfo) -> bool:
@@ -159,7 +156,7 @@ def read_piece(reader: RangeReader, wf: WeightFile, piece: Piece,
             full = torch.cat([full.narrow(piece.dim, a, b - a) for a, b in piece.spans],
                              dim=piece.dim)
         return full.clone() if out is None else out.copy_(full)
-    dtype = _DTYPES[info.dtype]
+    dtype = info.torch_dtype
     dim = piece.dim
     numel: int = math.prod(shape)
     one_range = dim is None or (math.prod(info.shape[:dim]) == 1 and len(piece.spans) == 1)

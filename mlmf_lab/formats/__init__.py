@@ -7,7 +7,7 @@ Order matters only for detection: the first detector that accepts a file wins.
 from . import gguf  # noqa: F401, I001  (magic bytes first: a GGUF header can look like safetensors)
 from . import safetensors, sharded  # noqa: F401, I001  (each registers itself)
 from . import pickle  # noqa: F401, E402
-from .base import TensorInfo, WeightFile, human_bytes
+from .base import TensorInfo, WeightFile
 from .registry import (
     FORMATS,
     WRITERS,
@@ -29,7 +29,6 @@ __all__ = [
     "WeightFile",
     "Writer",
     "detect",
-    "human_bytes",
     "load_state_dict",
     "open_weights",
     "register_format",

@@ -19,7 +19,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import MLMFError, UnsupportedError
+from ..errors import FormatError, MLMFError, UnsupportedError
+from ..units import human_bytes
 
 # safetensors dtype codes <-> torch dtypes (the codes the safetensors header uses).
 ST_DTYPES: dict[str, torch.dtype] = {
@@ -88,6 +89,18 @@ class TensorInfo:
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """``dtype`` as a ``torch.dtype`` (what ``tensor()`` returns by default).
+
+        Raises:
+            FormatError: a dtype name torch does not know (a malformed header).
+        """
+        dtype = getattr(torch, self.dtype, None) if self.dtype.isidentifier() else None
+        if not isinstance(dtype, torch.dtype):
+            raise FormatError(f"tensor {self.name!r} has unknown dtype {self.dtype!r}", self.file)
+        return dtype
 
     @property
     def bits_per_weight(self) -> float:
@@ -238,15 +251,6 @@ class WeightFile:
             "<table><thead><tr><th>name</th><th>shape</th><th>dtype</th><th>bytes</th></tr>"
             f"</thead><tbody>{''.join(rows)}</tbody></table></div>"
         )
-
-
-def human_bytes(n: float) -> str:
-    """1536 -> '1.5 KiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def torch_dtype(code: str, path: str | os.PathLike[str] | None = None) -> torch.dtype:

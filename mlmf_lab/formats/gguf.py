@@ -155,7 +155,7 @@ class GGUFFile(WeightFile):
     def _read(self, info: TensorInfo) -> torch.Tensor:
         if info.quant is None:
             data = torch.from_numpy(self._array(info.name))
-            dtype = torch_dtype_of(info)
+            dtype = info.torch_dtype
             if data.dtype != dtype:  # BF16 comes as bytes
                 data = data.view(dtype)
             return data.reshape(info.shape)
@@ -184,10 +184,6 @@ class GGUFFile(WeightFile):
 
     def close(self) -> None:
         self._arrays, self._closed = {}, True  # tensors returned keep the memory map alive
-
-
-def torch_dtype_of(info: TensorInfo) -> torch.dtype:
-    return getattr(torch, info.dtype)  # type: ignore[no-any-return]
 
 
 def _detect(path: Path, head: bytes) -> bool:

@@ -134,7 +134,7 @@ class SafetensorsFile(WeightFile):
         entry = self._quant.get(info.name)
         if entry is None:
             return self._get(info.name)
-        return dequantize(assemble(entry, self._get), dtype=getattr(torch, entry.dtype))
+        return dequantize(assemble(entry, self._get), dtype=info.torch_dtype)
 
     def spans(self, name: str) -> list[tuple[str, int, int]]:
         entry = self._quant.get(name)

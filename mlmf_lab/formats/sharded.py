@@ -22,6 +22,7 @@ import torch
 
 from .. import atomic
 from ..errors import MLMFError, ShardError, UnsafeFileError
+from ..units import parse_size
 from .base import TensorInfo, WeightFile
 from .registry import Format, Writer, register_format, register_writer
 from .safetensors import SafetensorsFile, check_dtypes, dedupe_shared, write_file
@@ -29,21 +30,6 @@ from .safetensors_quant import SCHEMES, check_finite, part_nbytes, stored_parts
 
 INDEX_NAME = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD = 5 * 1000**3  # transformers' default, "5GB"
-_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-
-
-def parse_size(size: int | str) -> int:
-    """``"500MB"`` -> 500_000_000 (decimal units, as transformers; ``MiB`` is binary)."""
-    if isinstance(size, int):
-        if size <= 0:
-            raise MLMFError(f"max_shard_size must be positive, got {size}")
-        return size
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]I?B|B)\s*", str(size).upper())
-    if not m:
-        raise MLMFError(f"max_shard_size {size!r} is not like 500MB, 2GiB or a byte count")
-    return int(float(m.group(1)) * _UNITS[m.group(2)])
-
-
 def safe_member(folder: Path, name: Any, index: Path) -> Path:
     """``folder/name`` if ``name`` is a plain file name that stays inside ``folder``."""
     if not isinstance(name, str) or not name:
@@ -172,7 +158,8 @@ def save_sharded(
     shards are sized by what they store, and the index lists every stored name, as
     compressed-tensors checkpoints do.
     """
-    limit = parse_size(max_shard_size if max_shard_size is not None else DEFAULT_MAX_SHARD)
+    limit = parse_size(max_shard_size if max_shard_size is not None else DEFAULT_MAX_SHARD,
+                       "max_shard_size")
     kept, aliases = dedupe_shared(tensors)
     check_dtypes(kept, folder)  # every refusal comes before anything is written
     if quant is None:

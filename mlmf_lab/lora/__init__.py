@@ -11,6 +11,7 @@ Modules: ``math`` (pure functions), ``layer`` (the wrapper module and the base k
 
 from __future__ import annotations
 
+from . import quant  # noqa: F401  (registers QuantLinear as a base kind LoRA can wrap)
 from .adapters import (
     BASE_KINDS,
     AdapterRow,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .. import events  # noqa: F401  (lora_quant registers the QuantLinear kind)
+from .. import events
 from ..errors import ConfigError
 from .layer import (
     BASE_KINDS,
@@ -32,7 +32,6 @@ from .layer import (
     register_base_kind,
     require_unmerged,
     set_active,
-    set_submodule,
     target_candidates,
     wrap_module,
     wrappable_suffixes,
@@ -215,7 +214,7 @@ def unload(model: nn.Module, merge_first: bool = False) -> nn.Module:
     if merge_first and not any(m.merged for m in lora_layers(model).values()):
         merge(model)
     for path, layer in lora_layers(model).items():
-        set_submodule(model, path, layer.base_layer)
+        model.set_submodule(path, layer.base_layer)
     return model
 
 
@@ -227,7 +226,7 @@ def delete_adapter(model: nn.Module, name: str) -> None:
         if name in layer.specs:
             layer.delete_adapter(name)
         if not layer.specs:
-            set_submodule(model, path, layer.base_layer)
+            model.set_submodule(path, layer.base_layer)
 
 
 def delta_spectra(model: nn.Module, name: str | None = None) -> dict[str, torch.Tensor]:

@@ -256,12 +256,6 @@ def adapter_names(model: nn.Module) -> list[str]:
     return list(names)
 
 
-def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent_path, _, child = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, child, module)
-
-
 def target_candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Modules LoRA may target: not a wrapper's internals, not a wrapper's adapters."""
     inside = tuple(p + "." for p in lora_layers(model))
@@ -275,7 +269,7 @@ def wrap_module(model: nn.Module, path: str) -> LoraLayer:
     if isinstance(module, LoraLayer):
         return module
     layer = LoraLayer(module, path)
-    set_submodule(model, path, layer)
+    model.set_submodule(path, layer)
     return layer
 
 

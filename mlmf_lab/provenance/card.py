@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import atomic
 from ..errors import MLMFError
-from ..formats import human_bytes
+from ..units import human_bytes
 
 if TYPE_CHECKING:
     from .describe import ModelDescription

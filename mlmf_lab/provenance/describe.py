@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from ..errors import MLMFError
-from ..formats import human_bytes, open_weights
+from ..formats import open_weights
 from ..formats.base import dtype_name
+from ..units import human_bytes
 from .hashing import file_tensor_hash, state_hash, unique_tensors
 from .tensorstats import TensorStats, tensor_stats
 

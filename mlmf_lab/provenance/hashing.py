@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ..errors import MLMFError
+from ..files import hash_file_into, walk_files
 from ..formats.base import alias_key, dtype_name
 
 CHUNK = 8 * 1024 * 1024
@@ -139,14 +140,11 @@ def state_hash(tensors: Mapping[str, torch.Tensor]) -> ContentHash:
 def bytes_hash(path: str | os.PathLike[str]) -> ContentHash:
     """sha256 over a file's bytes, or over a folder's relative names and bytes."""
     p = Path(path)
-    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
     h = hashlib.sha256()
-    for f in files:
+    for f in walk_files(p):
         if p.is_dir():
             h.update(f"{f.relative_to(p).as_posix()}\0{f.stat().st_size}\n".encode())
-        with open(f, "rb") as fh:
-            while chunk := fh.read(CHUNK):
-                h.update(chunk)
+        hash_file_into(h, f)
     return ContentHash(h.hexdigest(), "bytes")
 
 

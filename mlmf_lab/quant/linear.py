@@ -23,8 +23,8 @@ from torch import nn
 
 from .. import events
 from ..errors import MLMFError
-from ..formats.base import human_bytes
 from ..progress import bar
+from ..units import human_bytes
 from .base import QTensor, get_scheme, quantize
 from .kernels import LinearKernel, build_kernel
 
@@ -212,13 +212,6 @@ def _skipped(name: str, patterns: tuple[str, ...]) -> bool:
                for p in patterns)
 
 
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Set the submodule at dotted path ``name`` to ``new``."""
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 def quantize_model(
     model: nn.Module, scheme: str, skip: Iterable[str] = (), kernel: str | None = None,
     **options: Any,
@@ -263,7 +256,7 @@ def quantize_model(
                                 f"{list(layer.weight.shape)} with {scheme}: {e.message}; "
                                 f"leave it in float with skip=[{name!r}]") from None
             new = QuantLinear(qt, layer.bias, kernel=kernel)
-            replace_module(model, name, new)
+            model.set_submodule(name, new)
             before = layer.weight.numel() * layer.weight.element_size()
             changes.append(LayerChange(name, (new.out_features, new.in_features), new.kernel,
                                        before, new.weight_nbytes))
@@ -315,7 +308,7 @@ def _swap_in_quantized(model: nn.Module, name: str, qt: QTensor) -> bool:
     layer = _linear_at(model, prefix) if leaf == "weight" else None
     if layer is None or tuple(qt.shape) != tuple(layer.weight.shape):
         return False
-    replace_module(model, prefix, QuantLinear(qt, layer.bias))
+    model.set_submodule(prefix, QuantLinear(qt, layer.bias))
     return True
 
 

@@ -120,7 +120,7 @@ except ml.MLMFError as e:
 # %%
 minilm = ml.open_weights(ml.examples.minilm_path())
 print(f"{len(minilm)} tensors, {minilm.num_parameters:,} parameters")
-by_type = {k: ml.formats.human_bytes(v) for k, v in minilm.bytes_by_type().items()}
+by_type = {k: ml.units.human_bytes(v) for k, v in minilm.bytes_by_type().items()}
 by_type
 
 # %% [markdown]

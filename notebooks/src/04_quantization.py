@@ -235,8 +235,8 @@ ml.save_state_dict(ref.state_dict(), path, quant="q4_0",
 reader = gguf.GGUFReader(path)
 print(dict(Counter(t.tensor_type.name for t in reader.tensors)))
 print({k: v.contents() for k, v in reader.fields.items() if k.startswith("general.")})
-print(f"model.safetensors (fp32): {ml.formats.human_bytes(ml.examples.minilm_path().stat().st_size)}"
-      f"   minilm-q4_0.gguf: {ml.formats.human_bytes(path.stat().st_size)}")
+print(f"model.safetensors (fp32): {ml.units.human_bytes(ml.examples.minilm_path().stat().st_size)}"
+      f"   minilm-q4_0.gguf: {ml.units.human_bytes(path.stat().st_size)}")
 
 # %% [markdown]
 # The `gguf` package's own dequantizer (numpy) and ours read the same bytes the same way.
@@ -304,7 +304,7 @@ with safe_open(path8, "pt") as f:  # the safetensors package's own view of the f
 info8 = ml.open_weights(path8).info(name)  # ours: one tensor again
 print(f"ml.open_weights: {name} {list(info8.shape)} {info8.quant}, "
       f"{info8.bits_per_weight:.3f} bits/weight; the file: "
-      f"{ml.formats.human_bytes(path8.stat().st_size)}")
+      f"{ml.units.human_bytes(path8.stat().st_size)}")
 
 # %% [markdown]
 # Loading back with `keep_quantized=True` gives `QuantLinear` layers holding the file's codes,

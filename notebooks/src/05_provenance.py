@@ -190,7 +190,7 @@ print(tuned.format, "|", f"{tuned.num_parameters:,} parameters",
       f"| {8 * tuned.nbytes / tuned.num_parameters:.2f} bits per weight",
       f"(the original: {8 * base.nbytes / base.num_parameters:.2f})")
 for kind, nbytes in tuned.bytes_by_type.items():
-    print(f"  {kind:8s} {ml.formats.human_bytes(nbytes)}")
+    print(f"  {kind:8s} {ml.units.human_bytes(nbytes)}")
 
 # %% [markdown]
 # ## 5 · A model card with its provenance

@@ -37,7 +37,7 @@ torch.manual_seed(0)
 work = Path(tempfile.mkdtemp())
 path = ml.examples.minilm_path()  # the real all-MiniLM-L6-v2 encoder (a BERT)
 wf = ml.open_weights(path)
-print(f"{len(wf)} tensors, {ml.formats.human_bytes(wf.nbytes)} of tensor data")
+print(f"{len(wf)} tensors, {ml.units.human_bytes(wf.nbytes)} of tensor data")
 
 # %% [markdown]
 # ## Plans: four strategies
