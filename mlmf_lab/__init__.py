@@ -14,6 +14,7 @@ import importlib
 from typing import Any
 
 from . import errors, units
+from .convert import convert  # binds ml.convert to the function, over the submodule
 from .errors import MLMFError
 from .formats import TensorInfo, WeightFile, load_state_dict, open_weights, save_state_dict
 from .loading import LoadReport, load_into
@@ -58,6 +59,7 @@ __all__ = [
     "MLMFError",
     "TensorInfo",
     "WeightFile",
+    "convert",
     "errors",
     "units",
     "load_into",

@@ -360,7 +360,7 @@ def test_dcp_written_by_torch_with_nested_and_non_tensor_entries(tmp_path: Path)
     state = {"model": {"w": torch.randn(3, 5), "b": torch.arange(4, dtype=torch.int32)},
              "bf": torch.randn(6).bfloat16(), "step": 7}
     dcp.save(state, checkpoint_id=tmp_path / "torch_ckpt", no_dist=True)
-    out = ml.convert.convert(tmp_path / "torch_ckpt", tmp_path / "x.safetensors")
+    out = ml.convert(tmp_path / "torch_ckpt", tmp_path / "x.safetensors")
     with ml.open_weights(out) as wf:
         assert sorted(wf) == ["bf", "model.b", "model.w"]
         assert torch.equal(wf.tensor("model.w"), state["model"]["w"])  # type: ignore[index]

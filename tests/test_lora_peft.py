@@ -10,15 +10,15 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import peft  # noqa: F401  (a dev dependency: missing fails, never skips)
 import pytest
 import torch
+import transformers  # noqa: F401
 from torch import nn
 
 import mlmf_lab as ml
 from mlmf_lab.errors import StateDictError, UnsupportedError
 
-pytest.importorskip("peft")
-pytest.importorskip("transformers")
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
 

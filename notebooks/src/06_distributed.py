@@ -223,9 +223,9 @@ for rep in reports:
 # `mlmf-lab convert model.safetensors ckpt.dcp` and back.
 
 # %%
-dcp_dir = ml.convert.convert(mm_path, work / "multimodal.dcp")
+dcp_dir = ml.convert(mm_path, work / "multimodal.dcp")
 print(sorted(p.name for p in dcp_dir.iterdir()))
-back = ml.convert.convert(dcp_dir, work / "from_dcp.safetensors")
+back = ml.convert(dcp_dir, work / "from_dcp.safetensors")
 original, restored = ml.load_state_dict(mm_path), ml.load_state_dict(back)
 print("metadata kept:", ml.open_weights(back).metadata["modalities"])
 print("round trip exact:", original.keys() == restored.keys()
