@@ -14,6 +14,7 @@ from mlmf_lab.errors import ConfigError, MLMFError, StateDictError
 from mlmf_lab.multimodal import attention as att
 from mlmf_lab.multimodal import fusion
 from mlmf_lab.multimodal.config import (
+    LATE_MODES,
     AudioPreprocessing,
     CrossModalAttentionConfig,
     FusionStrategy,
@@ -149,6 +150,36 @@ def test_all_masked_context_gives_zero_not_nan() -> None:
     assert torch.equal(out, torch.zeros_like(out))
 
 
+def naive_pool(w: torch.Tensor, qmask: torch.Tensor | None) -> torch.Tensor:
+    """Per sample: the mean over heads and real query tokens, scaled to sum to 1."""
+    b, _, nq, nk = w.shape
+    out = torch.zeros(b, nk)
+    for i in range(b):
+        rows = [w[i, :, j].mean(0) for j in range(nq) if qmask is None or qmask[i, j]]
+        if rows and float(sum(rows).sum()) > 0:
+            acc = sum(rows) / len(rows)
+            out[i] = acc / acc.sum()
+    return out
+
+
+def test_pool_attention_matches_a_loop_and_ignores_padding() -> None:
+    g = torch.Generator().manual_seed(2)
+    q, k = torch.randn(3, 2, 4, 8, generator=g), torch.randn(3, 2, 5, 8, generator=g)
+    kmask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 1], [0, 0, 0, 0, 0]]).bool()
+    w = att.attention_weights(q, k, kmask)  # sample 2 has no key: all its weights are 0
+    qmask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]]).bool()
+    for m in (None, qmask):
+        assert torch.allclose(att.pool_attention(w, m), naive_pool(w, m), atol=1e-6)
+    got = att.pool_attention(w, qmask)
+    assert torch.allclose(got[:2].sum(-1), torch.ones(2)) and torch.equal(got[2], torch.zeros(5))
+    assert (got[1, 2:4] == 0).all()  # masked keys get nothing
+    padded = w.clone()
+    padded[1, :, 2:] = 7.0  # what padding queries hold changes nothing
+    assert torch.equal(att.pool_attention(padded, qmask), got)
+    assert torch.equal(att.pool_attention(w, torch.zeros(3, 4, dtype=torch.bool)),
+                       torch.zeros(3, 5))
+
+
 # ---------------------------------------------------------------- fusion maths
 
 
@@ -199,6 +230,24 @@ def test_every_strategy_runs_and_missing_modality_is_masked(strategy: str, mode:
         assert (out_without.modality_weights[:, 2] == 0).all()
     only_text = model({"text": inputs["text"]})  # a single modality still works
     assert torch.isfinite(only_text.logits).all()
+
+
+def test_fusions_registry_builds_every_strategy(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert list(fusion.FUSIONS) == list(FusionStrategy)  # each strategy is implemented
+    assert tuple(fusion.LATE_FUSIONS) == LATE_MODES  # and each late mode the config accepts
+    built = {(s, m): type(MultiModalModel(tiny_config(s, m)).fusion).__name__
+             for s, m in STRATEGIES}
+    assert built == {("early", "mean"): "EarlyFusion", ("middle", "mean"): "MiddleFusion",
+                     ("late", "mean"): "MeanFusion", ("late", "weighted"): "WeightedFusion",
+                     ("late", "gate"): "GateFusion", ("attention", "mean"): "AttentionFusion"}
+    monkeypatch.delitem(fusion.FUSIONS, FusionStrategy.ATTENTION)
+    with pytest.raises(ConfigError, match="unknown fusion strategy 'attention'; supported: "
+                                          "early, middle, late$"):
+        MultiModalModel(tiny_config("attention"))
+    monkeypatch.delitem(fusion.LATE_FUSIONS, "gate")
+    with pytest.raises(ConfigError, match="unknown late fusion mode 'gate'; supported: "
+                                          "mean, weighted$"):
+        MultiModalModel(tiny_config("late", "gate"))
 
 
 def test_model_input_errors() -> None:

@@ -19,6 +19,7 @@ from mlmf_lab import events
 from mlmf_lab.errors import MLMFError
 from mlmf_lab.formats import FORMATS
 from mlmf_lab.provenance import hashing
+from mlmf_lab.provenance.card import model_card, save_model_card
 from mlmf_lab.provenance.lineage import Lineage, content_hash, file_tensor_hash, state_hash
 from mlmf_lab.provenance.tensorstats import stats_of, tensor_stats
 
@@ -174,13 +175,13 @@ def test_tensor_stats_against_torch(tmp_path, monkeypatch):
 
 def test_model_card_front_matter_read_by_huggingface_hub(tmp_path):
     desc = ml.describe(ml.examples.minilm_path(), hash=False)
-    card = ModelCard(desc.to_model_card(license="apache-2.0"))
+    card = ModelCard(model_card(desc, license="apache-2.0"))
     assert card.data.base_model == "nreimers/MiniLM-L6-H384-uncased"
     assert card.data.license == "apache-2.0"
     assert "BertModel" in card.data.tags
     assert "| architecture | `BertModel (bert)" in card.text
     with pytest.raises(MLMFError, match="supported: adapter, merge, quantized, finetune"):
-        desc.to_model_card(base_model_relation="distilled")
+        model_card(desc, base_model_relation="distilled")
 
 
 def test_model_card_relation_from_lineage(tmp_path):
@@ -196,15 +197,16 @@ def test_model_card_relation_from_lineage(tmp_path):
         ml.lora.merge(model)
         ml.lora.unload(model)
         ml.save_state_dict(model.state_dict(), tmp_path / "tuned.safetensors")
-    q = ml.describe(tmp_path / "q.safetensors").save_model_card(tmp_path, lineage=lin)
+    q = save_model_card(ml.describe(tmp_path / "q.safetensors"), tmp_path, lineage=lin)
     card = ModelCard.load(q)
     assert card.data.base_model == "base.safetensors"
     assert card.data.base_model_relation == "quantized"
     assert "2. quantize(scheme=int8)" in card.text
-    tuned = ModelCard(ml.describe(tmp_path / "tuned.safetensors").to_model_card(lineage=lin))
+    tuned_desc = ml.describe(tmp_path / "tuned.safetensors")
+    tuned = ModelCard(model_card(tuned_desc, lineage=lin))
     assert tuned.data.base_model_relation == "finetune"
-    explicit = ModelCard(ml.describe(tmp_path / "tuned.safetensors").to_model_card(
-        lineage=lin, base_model="org/base", base_model_relation="merge"))
+    explicit = ModelCard(model_card(tuned_desc, lineage=lin, base_model="org/base",
+                                    base_model_relation="merge"))
     assert (explicit.data.base_model, explicit.data.base_model_relation) == ("org/base", "merge")
 
 
@@ -234,6 +236,6 @@ def test_adapter_folder_is_described_and_carded_as_an_adapter(tmp_path):
     desc = ml.describe(folder)
     assert desc.is_adapter and desc.architecture == f"{peft_cfg['peft_type']} adapter"
     assert desc.num_parameters == 2 * 6 + 6 * 2  # lora_A (2, 6) and lora_B (6, 2)
-    card = ModelCard(desc.to_model_card(lineage=lin))
+    card = ModelCard(model_card(desc, lineage=lin))
     assert (card.data.base_model, card.data.base_model_relation) == ("base.safetensors",
                                                                      "adapter")

@@ -19,7 +19,8 @@ from mlmf_lab import events
 from mlmf_lab.cli import main as cli_main
 from mlmf_lab.convert import convert
 from mlmf_lab.errors import MLMFError
-from mlmf_lab.provenance.lineage import Lineage, active_lineages, read_prov
+from mlmf_lab.provenance.lineage import Lineage, active_lineages, export, query, read_prov
+from mlmf_lab.provenance.lineage.db import Database
 from mlmf_lab.runinfo import git_commit
 
 
@@ -206,6 +207,23 @@ def test_networkx_graph_agrees_with_queries(tmp_path):
     assert {"load", "merge", "convert"} <= {t.split("\n")[0] for t in texts}
 
 
+def test_queries_and_exports_are_functions_of_the_database(tmp_path):
+    """The database alone answers, through its own connection: no Lineage, no tracker."""
+    lin = Lineage(tmp_path / "lin.db")
+    _chain(tmp_path, lin)
+    out = lin.entity(tmp_path / "out")
+    db = Database(tmp_path / "lin.db")
+    assert query.history(db, out) == lin.history(tmp_path / "out")
+    assert query.related(db, out.id, up=True) == lin.ancestors(tmp_path / "out")
+    assert query.entities(db, "weights") == lin.entities("weights")
+    assert query.counts(db) == (len(lin.entities()), len(lin.activities()))
+    g, whole = export.to_networkx(db, out), lin.graph(focus=tmp_path / "out")
+    assert set(g.edges) == set(whole.edges) and dict(g.nodes(data="label")) == dict(
+        whole.nodes(data="label"))
+    assert [e.id for e in export.selection(db)[0]] == [e.id for e in lin.entities()]
+    db.close()
+
+
 def test_git_commit_matches_git(tmp_path):
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
@@ -264,7 +282,8 @@ def test_cli_prints_the_chain(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MLMF_LINEAGE", str(tmp_path / "lin.db"))
     assert cli_main(["lineage", str(tmp_path / "out"), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert [s["activity"] for s in doc["steps"]][-1] == "convert"
+    assert [s["name"] for s in doc["steps"]][-1] == "convert"
+    assert doc["target"]["path"] == str(tmp_path / "out") and doc["origins"][0]["sha256"]
 
 
 class NoBias(nn.Module):

@@ -1,4 +1,8 @@
-"""Background warm-up of a model cache: load a list of files in a thread, with progress."""
+"""Background warm-up of a model cache: load a list of files in a thread, with progress.
+
+``WarmUp`` knows nothing of the cache: it calls the ``load`` it is given (``ModelCache.warm``
+hands it ``get_or_load``) once per path and collects what fails.
+"""
 
 from __future__ import annotations
 
@@ -6,35 +10,37 @@ import itertools
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..progress import bar
-
-if TYPE_CHECKING:
-    from .memory import ModelCache
+from ..progress import Progress, bar
 
 
 class WarmUp:
-    """A background warm-up of a ``ModelCache``; see ``ModelCache.warm``."""
+    """``load(path)`` for every path in a background thread; see ``ModelCache.warm``.
+
+    Args:
+        load: called once per path; whatever it raises is kept in ``errors``.
+        paths: what to load, in order.
+        progress: True for a tqdm bar, False for none, or a function ``(done, total)``.
+    """
 
     _ids = itertools.count()
 
-    def __init__(self, cache: ModelCache, paths: list[Any],
-                 loader: Callable[[Any], Any] | None, progress: bool) -> None:
+    def __init__(self, load: Callable[[Any], Any], paths: list[Any],
+                 progress: Progress) -> None:
         self.paths = paths
         self.errors: dict[str, BaseException] = {}
         self.seconds = 0.0
-        self._thread = threading.Thread(target=self._run, args=(cache, loader, progress),
+        self._thread = threading.Thread(target=self._run, args=(load, progress),
                                         name=f"mlmf-warm-{next(self._ids)}", daemon=True)
         self._thread.start()
 
-    def _run(self, cache: ModelCache, loader: Callable[[Any], Any] | None,
-             progress: bool) -> None:
+    def _run(self, load: Callable[[Any], Any], progress: Progress) -> None:
 
         start = time.perf_counter()
-        for p in bar(self.paths, desc="warming cache", unit="model", hide=not progress):
+        for p in bar(self.paths, progress=progress, desc="warming cache", unit="model"):
             try:
-                cache.get_or_load(p, loader)
+                load(p)
             except Exception as e:  # collected for the caller; one bad file must not stop the rest
                 self.errors[str(p)] = e
         self.seconds = time.perf_counter() - start

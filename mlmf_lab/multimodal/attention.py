@@ -1,7 +1,8 @@
 """Cross-modal attention: one modality's tokens (queries) read another's (keys, values).
 
 ``attend`` is the maths on ``F.scaled_dot_product_attention``; ``attention_weights`` is
-the same softmax written out, used only when the per-head weights are wanted for a view.
+the same softmax written out, used only when the per-head weights are wanted for a view;
+``pool_attention`` turns those weights into one distribution over the keys per sample.
 ``CrossModalAttention`` is a thin module holding the projections.
 """
 
@@ -74,6 +75,34 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor,
     if key_mask is not None:
         w = w * key_mask.any(dim=-1).to(w.dtype)[:, None, None, None]
     return w
+
+
+def pool_attention(weights: torch.Tensor,
+                   query_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """How much of the queries' attention each key gets: one distribution per sample.
+
+    The mean over heads, then over the real query tokens (padding left out), renormalised
+    to sum to 1 over the keys: what a view draws over an image's patches.
+
+    Args:
+        weights: (B, H, Nq, Nk) attention probabilities, e.g. ``CrossAttentionMap.span``.
+        query_mask: (B, Nq) bool, True on real query tokens; None = every token.
+
+    Returns:
+        (B, Nk); a sample with no real query token, or no weight on any key (every key
+        masked), gets zeros.
+
+    Example:
+        >>> w = torch.tensor([[[[0.5, 0.5], [1.0, 0.0]]]])  # B=1, H=1, Nq=2, Nk=2
+        >>> pool_attention(w).tolist(), pool_attention(w, torch.tensor([[True, False]])).tolist()
+        ([[0.75, 0.25]], [[0.5, 0.5]])
+    """
+    w = weights.mean(dim=1)  # (B, Nq, Nk)
+    if query_mask is None:
+        query_mask = torch.ones(w.shape[:2], dtype=torch.bool, device=w.device)
+    qm = query_mask.to(w.dtype)
+    w = (w * qm[..., None]).sum(1) / qm.sum(1, keepdim=True).clamp_min(1.0)  # (B, Nk)
+    return w / w.sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
 
 
 class CrossModalAttention(nn.Module):

@@ -7,11 +7,12 @@ is what a saved model carries in its file metadata (``to_json`` / ``from_json``)
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from enum import Enum, StrEnum
 from typing import Any
 
 from ..errors import ConfigError
+from ..tables import fields_dict
 
 
 class Modality(StrEnum):
@@ -299,15 +300,16 @@ class MultiModalConfig:
                 return m
         raise ConfigError(f"no modality {name!r}; this model has: {', '.join(self.names)}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return _plain(asdict(self))
+    def as_dict(self) -> dict[str, Any]:
+        """JSON data (enums as their values, tuples as lists); ``from_dict`` reads it back."""
+        return fields_dict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
+        return json.dumps(self.as_dict(), sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MultiModalConfig:
-        """Rebuild from ``to_dict`` output; ConfigError on unknown or bad fields."""
+        """Rebuild from ``as_dict`` output; ConfigError on unknown or bad fields."""
         if not isinstance(data, dict):
             raise ConfigError(
                 f"a multi-modal config must be a JSON object, found {type(data).__name__}")
@@ -336,17 +338,6 @@ class MultiModalConfig:
         except json.JSONDecodeError as exc:
             raise ConfigError(f"the multi-modal config is not valid JSON: {exc}") from None
         return cls.from_dict(data)
-
-
-def _plain(value: Any) -> Any:
-    """Enums to their values, tuples to lists: a JSON-ready copy."""
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _tuples(prep: dict[str, Any]) -> dict[str, Any]:

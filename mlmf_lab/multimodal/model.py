@@ -9,7 +9,6 @@ attention and every combination, never a crash.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -17,34 +16,14 @@ import torch
 from torch import nn
 
 from ..errors import MLMFError
+from ..tables import Column, Table
 from .config import FusionStrategy, MultiModalConfig
-from .encoders import Encoder, build_encoder, masked_mean
-from .fusion import AttentionFusion, EarlyFusion, LateFusion, MiddleFusion, fuse_mean
+from .encoders import Encoder, build_encoder
+from .fusion import CrossAttentionMap, build_fusion
 from .preprocess.audio import AudioBatch
 from .preprocess.image import ImageBatch
 from .preprocess.text import TextBatch
 from .preprocess.video import VideoBatch
-
-
-class CrossAttentionMap(NamedTuple):
-    """Weights of one middle-fusion cross-attention block, for the views.
-
-    layer: encoder layer after which it runs. query: the modality whose tokens attend.
-    keys: (modality, start, stop) spans of the key axis. weights: (B, H, Nq, Nk).
-    """
-
-    layer: int
-    query: str
-    keys: tuple[tuple[str, int, int], ...]
-    weights: torch.Tensor
-
-    def span(self, name: str) -> torch.Tensor:
-        """The weights on one key modality's tokens: (B, H, Nq, N_name)."""
-        for key, start, stop in self.keys:
-            if key == name:
-                return self.weights[..., start:stop]
-        raise MLMFError(f"{self.query} did not attend to {name!r} here; keys: "
-                        f"{', '.join(k for k, _, _ in self.keys)}")
 
 
 class MultiModalOutput(NamedTuple):
@@ -90,20 +69,11 @@ class MultiModalModel(nn.Module):
         super().__init__()
         self.config = config
         d = config.attention.dim
-        names = config.names
         self.encoders = nn.ModuleDict({m.name: build_encoder(m, dropout)
                                        for m in config.modalities})
         self.proj = nn.ModuleDict({m.name: nn.Identity() if m.dim == d else nn.Linear(m.dim, d)
                                    for m in config.modalities})
-        self.early = self.middle = self.late = self.attn = None
-        if config.fusion is FusionStrategy.EARLY:
-            self.early = EarlyFusion(len(names), config.attention, config.fusion_layers)
-        elif config.fusion is FusionStrategy.MIDDLE:
-            self.middle = MiddleFusion(names, config.attention, config.middle_layers)
-        elif config.fusion is FusionStrategy.LATE:
-            self.late = LateFusion(config.late_mode, len(names), d)
-        else:
-            self.attn = AttentionFusion(d)
+        self.fusion = build_fusion(config)  # from the FUSIONS registry
         self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(),
                                   nn.Linear(d, config.num_classes))
 
@@ -136,39 +106,21 @@ class MultiModalModel(nn.Module):
         names = [n for n in self.config.names if n in given]
         index = [self.config.names.index(n) for n in names]
         cross: list[CrossAttentionMap] = []
-        weights = None
-        if self.middle is not None:
-            tokens, masks = self._middle(given, names, need_weights, cross)
-        else:
-            tokens, masks = {}, {}
-            for n in names:
-                t, m = self.encoder(n)(*given[n])
-                tokens[n], masks[n] = self.proj[n](t), m
-        b = next(iter(tokens.values())).shape[0]
+        tokens, masks = self._encode(given, names, need_weights, cross)
+        b = tokens[names[0]].shape[0]
         present = torch.zeros(b, len(self.config.names), dtype=torch.bool,
                               device=tokens[names[0]].device)
         for n, i in zip(names, index, strict=True):
             present[:, i] = masks[n].any(dim=1)
-        if self.early is not None:
-            fused = self.early([tokens[n] for n in names], [masks[n] for n in names], index)
-        else:
-            d = self.config.attention.dim
-            vectors = torch.zeros(b, len(self.config.names), d, device=present.device)
-            for n, i in zip(names, index, strict=True):
-                vectors[:, i] = masked_mean(tokens[n], masks[n])
-            if self.middle is not None:
-                fused = fuse_mean(vectors, present)
-            else:
-                fusion = self.late if self.late is not None else self.attn
-                assert fusion is not None
-                fused, weights = fusion(vectors, present)
+        fused, weights = self.fusion([tokens[n] for n in names], [masks[n] for n in names],
+                                     index, present)
         return MultiModalOutput(self.head(fused), fused, weights, cross, present)
 
-    def _middle(self, given: dict[str, tuple[torch.Tensor, Any]], names: list[str],
+    def _encode(self, given: dict[str, tuple[torch.Tensor, Any]], names: list[str],
                 need_weights: bool, cross: list[CrossAttentionMap]
                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Run the encoders layer by layer, exchanging tokens after the middle layers."""
-        assert self.middle is not None
+        """Run the encoders layer by layer (``Encoder.forward``'s steps), letting the fusion
+        exchange tokens after its ``exchange_layers``; project to the fusion width."""
         tokens, masks = {}, {}
         for n in names:
             tokens[n], masks[n] = self.encoder(n).embed(*given[n])
@@ -178,25 +130,9 @@ class MultiModalModel(nn.Module):
                 blocks = self.encoder(n).blocks
                 if layer < len(blocks):
                     tokens[n], _ = blocks[layer](tokens[n], masks[n])
-            if layer not in self.middle.layers or len(names) < 2:
-                continue
-            updated = {}
-            for n in names:
-                others = [o for o in names if o != n]
-                ctx = torch.cat([tokens[o] for o in others], dim=1)
-                ctx_mask = torch.cat([masks[o] for o in others], dim=1)
-                updated[n], w = self.middle.block(layer, n)(
-                    tokens[n], masks[n], ctx, ctx_mask, need_weights)
-                if w is not None:
-                    spans, start = [], 0
-                    for o in others:
-                        spans.append((o, start, start + tokens[o].shape[1]))
-                        start += tokens[o].shape[1]
-                    cross.append(CrossAttentionMap(layer, n, tuple(spans), w))
-            tokens = updated
-        out = {}
-        for n in names:
-            out[n] = self.proj[n](self.encoder(n).norm(tokens[n]))
+            if layer in self.fusion.exchange_layers and len(names) > 1:
+                tokens = self.fusion.exchange(layer, tokens, masks, need_weights, cross)
+        out = {n: self.proj[n](self.encoder(n).norm(tokens[n])) for n in names}
         return out, masks
 
     def encoder(self, name: str) -> Encoder:
@@ -208,18 +144,28 @@ class MultiModalModel(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td>{html.escape(m.name)}</td><td>{m.modality.value}</td>"
-            f"<td>{html.escape(m.encoder)}</td><td>{m.dim}</td><td>{m.layers}</td>"
-            f"<td>{sum(p.numel() for p in self.encoders[m.name].parameters()):,}</td></tr>"
-            for m in self.config.modalities)
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per input: its modality, encoder, width, depth and parameters."""
+        return [{"input": m.name, "modality": m.modality.value, "encoder": m.encoder,
+                 "dim": m.dim, "layers": m.layers,
+                 "parameters": sum(p.numel() for p in self.encoders[m.name].parameters())}
+                for m in self.config.modalities]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The config, the parameter count and the inputs' rows (no weights)."""
+        return {"config": self.config.as_dict(), "num_parameters": self.num_parameters(),
+                "inputs": self.rows()}
+
+    def table(self) -> Table:
         cfg = self.config
         layers = list(cfg.middle_layers)
         extra = {FusionStrategy.LATE: f" ({cfg.late_mode})",
                  FusionStrategy.MIDDLE: f" (cross-attention after layers {layers})",
                  FusionStrategy.EARLY: f" ({cfg.fusion_layers} shared layers)"}.get(cfg.fusion, "")
-        return (f"<b>MultiModalModel</b>: {cfg.fusion.value} fusion{html.escape(extra)}, "
-                f"{cfg.num_classes} classes, {self.num_parameters():,} parameters"
-                "<table><tr><th>input</th><th>modality</th><th>encoder</th><th>dim</th>"
-                f"<th>layers</th><th>parameters</th></tr>{rows}</table>")
+        return Table(["input", "modality", "encoder", "dim", "layers",
+                      Column("parameters", fmt=",")], self.rows(),
+                     title=f"MultiModalModel: {cfg.fusion.value} fusion{extra}, "
+                           f"{cfg.num_classes} classes, {self.num_parameters():,} parameters")
+
+    def _repr_html_(self) -> str:
+        return self.table().html()

@@ -4,14 +4,16 @@ caption's cross-attention lands on the image.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from ..progress import bar
+from ..errors import ConfigError
+from ..progress import Progress, bar, stage
+from ..tables import Column, Table, fields_dict, fields_row
+from .attention import pool_attention
 from .config import FusionStrategy
 from .demo import IMAGE_ONLY_BOUND, ShapesData, ShapesTask, demo_config, make_dataset
 from .model import MultiModalModel
@@ -23,8 +25,11 @@ LEARNING_RATES = {FusionStrategy.EARLY: 5e-3, FusionStrategy.MIDDLE: 3e-3,
 
 def train_classifier(model: MultiModalModel, data: ShapesData, steps: int = 300,
                      batch_size: int = 64, lr: float = 3e-3, seed: int = 0,
-                     progress: bool = False) -> list[float]:
-    """AdamW on cross-entropy over random mini-batches; returns the loss per step."""
+                     progress: Progress = False) -> list[float]:
+    """AdamW on cross-entropy over random mini-batches; returns the loss per step.
+
+    ``progress``: a bar, or a function told ``(steps done, steps)``.
+    """
 
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -32,7 +37,7 @@ def train_classifier(model: MultiModalModel, data: ShapesData, steps: int = 300,
                                                 pct_start=0.15)
     model.train()
     losses = []
-    for _ in bar(range(steps), hide=not progress, desc="train", leave=False):
+    for _ in bar(range(steps), progress=progress, desc="train", leave=False):
         idx = torch.randint(data.n, (batch_size,), generator=gen)
         loss = F.cross_entropy(model(data.inputs(idx)).logits, data.labels[idx])
         opt.zero_grad(set_to_none=True)
@@ -68,22 +73,30 @@ class AttentionMass(NamedTuple):
     def ratio(self) -> float:
         return self.target / self.uniform
 
+    def as_dict(self) -> dict[str, Any]:
+        return {**fields_dict(self), "ratio": self.ratio}
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{**fields_row(self), "ratio": self.ratio}]
+
 
 @torch.no_grad()
 def image_attention(model: MultiModalModel, data: ShapesData,
                     query: str = "caption", key: str = "image") -> torch.Tensor:
     """(N, patches): the ``query`` tokens' attention over the ``key`` patches at the last
-    cross-attention layer, averaged over heads and real query tokens, renormalised to 1."""
+    cross-attention layer, pooled over heads and real query tokens (``pool_attention``).
+
+    Raises:
+        ConfigError: the model has no cross-attention from ``query`` (not middle fusion).
+    """
     model.eval()
     out = model(data.inputs(), need_weights=True)
     maps = [m for m in out.cross if m.query == query]
     if not maps:
-        raise ValueError("no cross-attention maps: attention mass needs middle fusion")
-    w = maps[-1].span(key).mean(dim=1)  # (N, Nq, patches)
+        raise ConfigError(f"no cross-attention from {query!r}: attention over the {key!r} "
+                          f"needs a middle-fusion model, this one is {model.config.fusion.value}")
     qmask = data.inputs()[query]
-    qm = qmask[1] if isinstance(qmask, tuple) else torch.ones(w.shape[:2], dtype=torch.bool)
-    w = (w * qm[..., None]).sum(1) / qm.sum(1, keepdim=True)
-    return w / w.sum(-1, keepdim=True)
+    return pool_attention(maps[-1].span(key), qmask[1] if isinstance(qmask, tuple) else None)
 
 
 def attention_mass(model: MultiModalModel, data: ShapesData) -> AttentionMass:
@@ -106,49 +119,59 @@ class FusionResult(NamedTuple):
     accuracy_spoken: float  # the tone gives the colour
     final_loss: float
 
+    def as_dict(self) -> dict[str, Any]:
+        return fields_dict(self)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [fields_row(self)]
+
 
 class FusionReport(NamedTuple):
     """Accuracy per fusion strategy on held-out samples, and the trained models."""
 
-    rows: list[FusionResult]
+    results: list[FusionResult]
     chance: float
     image_only: float  # the best any image-only model can do
     models: dict[str, MultiModalModel]
     losses: dict[str, list[float]]
 
-    def table(self) -> str:
-        """Markdown table."""
-        lines = ["| fusion | accuracy | caption names colour | tone gives colour | final loss |",
-                 "|---|---|---|---|---|"]
-        lines += [f"| {r.strategy} | {r.accuracy:.3f} | {r.accuracy_named:.3f} | "
-                  f"{r.accuracy_spoken:.3f} | {r.final_loss:.3f} |" for r in self.rows]
-        lines.append(f"| (chance) | {self.chance:.3f} | | | |")
-        lines.append(f"| (best image-only) | {self.image_only:.3f} | | | |")
-        return "\n".join(lines)
+    def as_dict(self) -> dict[str, Any]:
+        """The results, the two baselines and the loss curves (not the models)."""
+        return fields_dict(self, exclude=("models",))
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per strategy, then the chance and best image-only accuracies."""
+        return [row for r in self.results for row in r.rows()] + [
+            {"strategy": "(chance)", "accuracy": self.chance},
+            {"strategy": "(best image-only)", "accuracy": self.image_only}]
+
+    def table(self) -> Table:
+        return Table([Column("strategy", "fusion"), Column("accuracy", fmt=".3f"),
+                      Column("accuracy_named", "caption names colour", ".3f"),
+                      Column("accuracy_spoken", "tone gives colour", ".3f"),
+                      Column("final_loss", "final loss", ".3f")], self.rows())
 
     def __repr__(self) -> str:  # the table, not every model and loss curve
-        return f"FusionReport ({len(self.models)} models trained)\n{self.table()}"
+        return f"FusionReport ({len(self.models)} models trained)\n{self.table().markdown()}"
 
     def _repr_html_(self) -> str:
-        body = "".join(
-            f"<tr><td>{html.escape(r.strategy)}</td><td>{r.accuracy:.3f}</td>"
-            f"<td>{r.accuracy_named:.3f}</td><td>{r.accuracy_spoken:.3f}</td>"
-            f"<td>{r.final_loss:.3f}</td></tr>" for r in self.rows)
-        return ("<table><tr><th>fusion</th><th>accuracy</th><th>caption names colour</th>"
-                f"<th>tone gives colour</th><th>final loss</th></tr>{body}"
-                f"<tr><td><i>chance</i></td><td>{self.chance:.3f}</td></tr>"
-                f"<tr><td><i>best image-only</i></td><td>{self.image_only:.3f}</td></tr></table>")
+        return self.table().html()
 
 
 def compare_fusions(strategies: Sequence[tuple[str, FusionStrategy, str]] | None = None,
                     n_train: int = 2048, n_test: int = 512, steps: int = 300,
-                    dim: int = 32, seed: int = 0, progress: bool = False,
+                    batch_size: int = 128, dim: int = 32, seed: int = 0,
+                    progress: Progress = False,
                     task: ShapesTask | None = None, threads: int = 1) -> FusionReport:
     """Train one small model per strategy on the same data; test on held-out samples.
 
     Args:
         strategies: (label, strategy, late mode); default: early, middle, late (mean,
             weighted, gate), attention.
+        n_train, n_test: samples to train on and to test on; steps, batch_size: AdamW steps
+            and samples per step (drawn with replacement).
+        progress: a bar per model, or a function told ``(steps done, steps)`` over all
+            the models.
     """
     task = task or ShapesTask()
     strategies = strategies or [
@@ -164,9 +187,10 @@ def compare_fusions(strategies: Sequence[tuple[str, FusionStrategy, str]] | None
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)  # tiny models: one thread is faster and reproducible
     try:
-        for label, strategy, mode in strategies:
+        for i, (label, strategy, mode) in enumerate(strategies):
             row, model, loss = _train_one(label, strategy, mode, task, tok.get_vocab_size(),
-                                          train, test, steps, dim, seed, progress)
+                                          train, test, steps, batch_size, dim, seed,
+                                          stage(progress, i * steps, len(strategies) * steps))
             rows.append(row)
             models[label], losses[label] = model, loss
     finally:
@@ -175,16 +199,16 @@ def compare_fusions(strategies: Sequence[tuple[str, FusionStrategy, str]] | None
 
 
 def _train_one(label: str, strategy: FusionStrategy, mode: str, task: ShapesTask, vocab: int,
-               train: ShapesData, test: ShapesData, steps: int, dim: int, seed: int,
-               progress: bool) -> tuple[FusionResult, MultiModalModel, list[float]]:
+               train: ShapesData, test: ShapesData, steps: int, batch_size: int, dim: int,
+               seed: int, progress: Progress) -> tuple[FusionResult, MultiModalModel, list[float]]:
     torch.manual_seed(seed)
     model = MultiModalModel(demo_config(strategy, task, vocab, dim, mode))
-    losses = train_classifier(model, train, steps, batch_size=128, lr=LEARNING_RATES[strategy],
-                              seed=seed, progress=progress)
+    losses = train_classifier(model, train, steps, batch_size=batch_size,
+                              lr=LEARNING_RATES[strategy], seed=seed, progress=progress)
     with torch.no_grad():
         pred = model(test.inputs()).logits.argmax(-1)
     ok = (pred == test.labels).float()
     row = FusionResult(label, float(ok.mean()), float(ok[~test.spoken].mean()),
-                       float(ok[test.spoken].mean()), sum(losses[-20:]) / 20)
+                       float(ok[test.spoken].mean()), sum(losses[-20:]) / len(losses[-20:]))
     return row, model, losses
 

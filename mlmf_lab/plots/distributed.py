@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from ..distributed.spans import byte_spans
+
 if TYPE_CHECKING:
     from ..distributed import ShardPlan
 
@@ -19,33 +21,22 @@ ROLE_COLORS = {
 
 def plot_shard_plan(plan: ShardPlan, bytes_read: Sequence[int] | None = None) -> Figure:
     """Left: the file's bytes in order (x) against ranks (y), coloured by how each piece is
-    split. Right: bytes per rank by role, the ideal ``total / N`` dashed, and the bytes each
-    rank actually read (black ticks) when ``bytes_read`` is given."""
+    split (``mlmf_lab.distributed.spans.byte_spans``, as in the view). Right: bytes per rank
+    by role, the ideal ``total / N`` dashed, and the bytes each rank actually read (black
+    ticks) when ``bytes_read`` is given."""
     fig = Figure(figsize=(10, 1.6 + 0.5 * plan.world_size))
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 1.4]})
     mib = 2**20
-    start, offsets = 0, {}
-    for info in sorted(plan.tensors, key=lambda i: (i.file, i.offset)):  # as laid out on disk
-        offsets[info.name] = start
-        start += info.nbytes
     bars: dict[tuple[int, str, bool], list[tuple[float, float]]] = {}
-    for p in plan.pieces:
-        info = plan.info(p.name)
-        x0 = offsets[p.name]
-        boxes: list[tuple[float, float]]
-        if p.dim is None:
-            boxes = [(x0, info.nbytes)]
-        else:  # the piece's spans as fractions of the tensor's extent
-            n = info.shape[p.dim]
-            boxes = [(x0 + info.nbytes * a / n, info.nbytes * (b - a) / n) for a, b in p.spans]
-        bars.setdefault((p.rank, p.role, p.primary), []).extend(
-            (x / mib, w / mib) for x, w in boxes)
+    for sp in byte_spans(plan):
+        bars.setdefault((sp.rank, sp.role, sp.primary), []).append(
+            (sp.start / mib, (sp.stop - sp.start) / mib))
     for (rank, role, primary), boxes in bars.items():  # one collection per rank and role
         left.broken_barh(boxes, (rank - 0.4, 0.8), facecolors=ROLE_COLORS.get(role, "#4c72b0"),
                          alpha=1.0 if primary else 0.45, linewidth=0)
     left.set_yticks(range(plan.world_size), [f"rank {r}" for r in range(plan.world_size)])
     left.invert_yaxis()
-    left.set_xlim(0, max(start, 1) / mib)
+    left.set_xlim(0, max(plan.total_bytes, 1) / mib)
     left.set_xlabel("position in the file (MiB of tensor data)")
     left.set_title(f"{plan.strategy!r} plan over {plan.world_size} ranks", fontsize=10)
     roles = sorted({p.role for p in plan.pieces}, key=list(ROLE_COLORS).index)

@@ -7,34 +7,14 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from ..provenance.lineage.layout import layout_graph
+
 ENTITY_COLORS = {
     "weights": "#8fb3de", "adapter": "#b7d7a8", "checkpoint": "#f6d28b", "folder": "#d9d9d9",
     "file": "#d9d9d9", "model": "#e8a3a3", "state_dict": "#f2c4c4", "tensor": "#f2c4c4",
     "object": "#eeeeee",
 }
 ACTIVITY_COLOR = "#ffffff"
-
-
-def _layers(g: Any) -> dict[str, tuple[int, int, int]]:
-    """node -> (layer, index in layer, layer size), layers from the sources onwards.
-
-    Within a layer, nodes sit in the mean order of their predecessors (the barycentre
-    heuristic), which keeps the branches of a lineage from crossing.
-    """
-    import networkx as nx
-
-    pos: dict[str, tuple[int, int, int]] = {}
-    for depth, layer in enumerate(nx.topological_generations(g)):
-
-        def key(n: str) -> tuple[float, str, str]:
-            preds = [pos[p][1] - (pos[p][2] - 1) / 2 for p in g.predecessors(n) if p in pos]
-            centre = sum(preds) / len(preds) if preds else 0.0
-            return (centre, str(g.nodes[n].get("label", "")), str(n))
-
-        ordered = sorted(layer, key=key)
-        for i, n in enumerate(ordered):
-            pos[n] = (depth, i, len(ordered))
-    return pos
 
 
 def _activity_text(data: dict[str, Any]) -> str:
@@ -54,11 +34,15 @@ def plot_lineage(source: Any, focus: Any = None, title: str | None = None,
         focus: a path, entity or live object: draw only it, its ancestors and descendants.
         title: figure title (default: "Lineage").
         orientation: ``"horizontal"`` (left to right), ``"vertical"`` (top to bottom), or
-            ``"auto"``: vertical for long chains, which would be too wide.
+            ``"auto"``: vertical for long chains, which would be too wide. The layout is
+            ``mlmf_lab.provenance.lineage.layout.layout_graph``, as in the interactive view.
         highlight: an entity to outline (default: ``focus``); needs an ``ml.Lineage``.
 
     Returns:
         A ``matplotlib.figure.Figure``.
+
+    Raises:
+        ConfigError: an unknown ``orientation``.
     """
     import networkx as nx
 
@@ -70,18 +54,14 @@ def plot_lineage(source: Any, focus: Any = None, title: str | None = None,
         marked = highlight if highlight is not None else focus
         if marked is not None:
             focus_id = source.entity(marked).id
-    pos = _layers(g) if g.number_of_nodes() else {}
-    n_layers = max((p[0] for p in pos.values()), default=0) + 1
-    tallest = max((p[2] for p in pos.values()), default=1)
-    if orientation not in ("auto", "horizontal", "vertical"):
-        raise ValueError(f"orientation must be auto, horizontal or vertical, not {orientation!r}")
-    vertical = orientation == "vertical" or (orientation == "auto" and n_layers > 6)
+    layout = layout_graph(g)
+    n_layers, tallest = max(layout.depth, 1), layout.width
+    vertical = layout.vertical(orientation)
+    xy = layout.positions(vertical)
     if vertical:
         fig = Figure(figsize=(max(5.0, 2.4 * tallest), max(2.4, 0.62 * n_layers + 1.0)))
-        xy = {n: (((s - 1) / 2.0 - i) * -1.0, -float(d)) for n, (d, i, s) in pos.items()}
     else:
         fig = Figure(figsize=(max(6.0, 1.75 * n_layers), max(2.4, 0.85 * tallest + 1.0)))
-        xy = {n: (float(d), (s - 1) / 2.0 - i) for n, (d, i, s) in pos.items()}
     ax = fig.add_subplot()
     for u, v, data in g.edges(data=True):
         dashed = data.get("relation") == "same content"

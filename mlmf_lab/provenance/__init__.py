@@ -5,12 +5,15 @@
 ...     ml.convert("model.safetensors", "model.gguf", quant="q8_0")
 >>> print(lin.history("model.gguf"))                   # doctest: +SKIP
 
-``describe`` and the model card live in ``mlmf_lab.provenance.describe``; the store, its
-queries and its PROV export in ``mlmf_lab.provenance.lineage``. This module gathers both.
+``describe`` lives in ``mlmf_lab.provenance.describe``; the model card, a function of a
+description (``model_card(desc)``), in ``mlmf_lab.provenance.card``; the store, its queries,
+its PROV export and its graph layout in ``mlmf_lab.provenance.lineage``. This module gathers
+them.
 """
 
 from __future__ import annotations
 
+from .card import model_card, save_model_card
 from .describe import ModelDescription, TensorStats, describe, tensor_stats
 from .lineage import (
     Activity,
@@ -37,7 +40,9 @@ __all__ = [
     "active_lineages",
     "content_hash",
     "describe",
+    "model_card",
     "read_prov",
+    "save_model_card",
     "state_hash",
     "tensor_stats",
 ]

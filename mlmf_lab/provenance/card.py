@@ -7,6 +7,7 @@ lineage store's history of the file, the file's own metadata.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import atomic
 from ..errors import MLMFError
-from ..units import human_bytes
+from ..tables import Column, Table
 
 if TYPE_CHECKING:
     from .describe import ModelDescription
@@ -75,6 +76,10 @@ def model_card(
 
     Raises:
         MLMFError: an unknown ``base_model_relation``.
+
+    Example:
+        >>> desc = ml.describe("model.safetensors")                       # doctest: +SKIP
+        >>> text = ml.provenance.model_card(desc, license="apache-2.0")   # doctest: +SKIP
     """
     history = None
     if lineage is not None and desc.format != "in-memory":
@@ -103,10 +108,10 @@ def model_card(
         "base_model_relation": base_model_relation if base_model else None,
         "tags": ["mlmf-lab", *([arch] if arch else []), *(tags or [])],
     }
-    body = [f"# {desc.name}", "", "| field | value |", "|---|---|"]
-    body += [f"| {k} | `{v}` |" for k, v in desc.rows()]
-    body += ["", "## Storage", "", "| type | bytes |", "|---|---|"]
-    body += [f"| {k} | {human_bytes(v)} |" for k, v in desc.bytes_by_type.items()]
+    storage = Table([Column("type"), Column("bytes", fmt="bytes")],
+                    [{"type": k, "bytes": v} for k, v in desc.bytes_by_type.items()])
+    body = [f"# {desc.name}", "", dataclasses.replace(desc.table(), title="").markdown(),
+            "", "## Storage", "", storage.markdown()]
     if desc.modalities_guessed:
         body += ["", "Modalities are a guess from tensor names; nothing in the files "
                  "declares them."]
@@ -120,7 +125,14 @@ def model_card(
 
 def save_model_card(desc: ModelDescription, path: str | os.PathLike[str],
                     **kwargs: Any) -> Path:
-    """Write ``model_card(desc, **kwargs)`` atomically (a folder gets ``README.md``)."""
+    """Write ``model_card(desc, **kwargs)`` atomically (a folder gets ``README.md``).
+
+    Returns:
+        The file written.
+
+    Raises:
+        MLMFError: the folder does not exist, or as ``model_card``.
+    """
     p = Path(path)
     if p.is_dir():
         p = p / "README.md"

@@ -9,7 +9,6 @@ tensor names, and it is marked as a guess.
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import re
@@ -23,9 +22,10 @@ from torch import nn
 from ..errors import MLMFError
 from ..formats import open_weights
 from ..formats.base import dtype_name
+from ..tables import Column, Table, fields_dict
 from ..units import human_bytes
 from .hashing import file_tensor_hash, state_hash, unique_tensors
-from .tensorstats import TensorStats, tensor_stats
+from .tensorstats import STATS_COLUMNS, TensorStats, tensor_stats
 
 _GUESS = {
     "text": re.compile(r"embed_tokens|word_embeddings|\bwte\b|token_embd|tok_embeddings|lm_head"),
@@ -85,8 +85,13 @@ class ModelDescription:
         return p.parent.name if p.name in ("model.safetensors", "adapter_model.safetensors") \
             else p.stem if self.format != "in-memory" else self.source.split()[0]
 
-    def rows(self) -> list[tuple[str, str]]:
-        """(field, value) pairs for tables and cards."""
+    def as_dict(self) -> dict[str, Any]:
+        """Everything described, as JSON data (the file's metadata and config included)."""
+        return {**fields_dict(self), "name": self.name,
+                "modalities_guessed": self.modalities_guessed}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """(field, value) rows in words, for the table and the model card."""
         arch = self.architecture or "not declared"
         if self.architecture_source:
             arch += f" (from {self.architecture_source})"
@@ -100,38 +105,22 @@ class ModelDescription:
             out.append(("base model (declared)", self.base_model))
         if self.content_hash:
             out.append(("content sha256", self.content_hash))
-        return out
+        return [{"field": k, "value": v} for k, v in out]
+
+    def table(self) -> Table:
+        return Table([Column("field"), Column("value", code=True)], self.rows(), title=self.name)
+
+    def stats_table(self, max_rows: int | None = None) -> Table:
+        """The per-tensor statistics (``stats=True``), one row per tensor."""
+        return Table(STATS_COLUMNS, [r for s in self.stats or () for r in s.rows()],
+                     max_rows=max_rows, noun="tensors")
 
     def __str__(self) -> str:
-        return "\n".join(f"{k}: {v}" for k, v in self.rows())
+        return self.table().text()
 
     def _repr_html_(self) -> str:
-        esc = html.escape
-        body = "".join(f"<tr><th style='text-align:left'>{esc(k)}</th>"
-                       f"<td style='text-align:left'><code>{esc(v)}</code></td></tr>"
-                       for k, v in self.rows())
-        stats = ""
-        if self.stats:
-            head = "".join(f"<th>{h}</th>" for h in ("tensor", "mean", "std", "min", "max",
-                                                     "zeros"))
-            rows = "".join(
-                f"<tr><td style='text-align:left'><code>{esc(s.name)}</code></td>"
-                f"<td>{s.mean:.4g}</td><td>{s.std:.4g}</td><td>{s.min:.4g}</td>"
-                f"<td>{s.max:.4g}</td><td>{s.zero_fraction:.1%}</td></tr>" for s in self.stats[:40])
-            stats = f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
-        return f"<div><b>{esc(self.name)}</b><table>{body}</table>{stats}</div>"
-
-    def to_model_card(self, **kwargs: Any) -> str:
-        """A Hugging Face model card (README.md text); see ``mlmf_lab.provenance.card.model_card``."""
-        from .card import model_card
-
-        return model_card(self, **kwargs)
-
-    def save_model_card(self, path: str | os.PathLike[str], **kwargs: Any) -> Path:
-        """Write the model card to ``path`` (a folder gets ``README.md``); returns the file."""
-        from .card import save_model_card
-
-        return save_model_card(self, path, **kwargs)
+        stats = self.stats_table(max_rows=40).html() if self.stats else ""
+        return self.table().html() + stats
 
 
 def read_json(p: Path) -> dict[str, Any] | None:
@@ -251,7 +240,8 @@ def describe(x: str | os.PathLike[str] | nn.Module, stats: bool = False,
         hash: compute the content hash (streams every byte once; skip for a quick look).
 
     Returns:
-        A ``ModelDescription`` (shows as a table in notebooks; ``.to_model_card()``).
+        A ``ModelDescription`` (shows as a table in notebooks; ``model_card(desc)`` in
+        ``mlmf_lab.provenance.card`` turns it into a Hugging Face model card).
 
     Raises:
         MLMFError: unreadable weights, or an invalid ``config.json`` beside them.

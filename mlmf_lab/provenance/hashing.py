@@ -27,6 +27,7 @@ import torch
 from ..errors import MLMFError
 from ..files import hash_file_into, walk_files
 from ..formats.base import alias_key, dtype_name
+from ..tables import fields_dict, fields_row
 
 CHUNK = 8 * 1024 * 1024
 # Formats whose WeightFile.spans locate the stored bytes of each tensor in its files.
@@ -41,6 +42,12 @@ class ContentHash(NamedTuple):
 
     def short(self) -> str:
         return self.sha256[:12]
+
+    def as_dict(self) -> dict[str, Any]:
+        return fields_dict(self)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [fields_row(self)]
 
 
 def record_line(name: str, kind: str, shape: Iterable[int], nbytes: int) -> bytes:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from ..errors import MLMFError
 from ..formats.base import dtype_name
-from ..progress import bar
+from ..progress import Progress, bar
+from ..tables import Column, fields_dict, fields_row
 
 CHUNK_ELEMENTS = 1 << 22  # 4 Mi values -> 16 MiB of float32 at a time
 
@@ -34,6 +35,18 @@ class TensorStats(NamedTuple):
     abs_max: float
     zero_fraction: float
     nonfinite: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON data; the figures of a tensor with no finite value are None."""
+        return fields_dict(self)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [fields_row(self)]
+
+
+STATS_COLUMNS = (Column("name", "tensor", code=True), Column("mean", fmt=".4g"),
+                 Column("std", fmt=".4g"), Column("min", fmt=".4g"), Column("max", fmt=".4g"),
+                 Column("zero_fraction", "zeros", ".1%"))
 
 
 def stats_of(name: str, t: torch.Tensor, dtype: str | None = None) -> TensorStats:
@@ -63,11 +76,12 @@ def stats_of(name: str, t: torch.Tensor, dtype: str | None = None) -> TensorStat
                        zeros / flat.numel() if flat.numel() else 0.0, bad)
 
 
-def _tensors(x: str | os.PathLike[str] | nn.Module, names: Sequence[str] | None
-             ) -> Iterator[tuple[str, torch.Tensor, str]]:
+def _tensors(x: str | os.PathLike[str] | nn.Module, names: Sequence[str] | None,
+             progress: Progress) -> Iterator[tuple[str, torch.Tensor, str]]:
     if isinstance(x, nn.Module):
         state = x.state_dict()
-        for name in names if names is not None else list(state):
+        for name in bar(names if names is not None else list(state), progress=progress,
+                        desc="tensor stats"):
             if name not in state:
                 raise MLMFError(f"the model has no tensor {name!r}")
             yield name, state[name], dtype_name(state[name].dtype)
@@ -75,19 +89,20 @@ def _tensors(x: str | os.PathLike[str] | nn.Module, names: Sequence[str] | None
     from ..formats import open_weights
 
     with open_weights(x) as wf:
-        for name in names if names is not None else list(wf):
+        for name in bar(names if names is not None else list(wf), progress=progress,
+                        desc="tensor stats"):
             info = wf.info(name)  # names the file when the tensor is missing
             yield name, wf.tensor(name), info.quant or info.dtype
 
 
 def tensor_stats(x: str | os.PathLike[str] | nn.Module, names: Sequence[str] | None = None,
-                 progress: bool = False) -> list[TensorStats]:
+                 progress: Progress = False) -> list[TensorStats]:
     """Statistics of the tensors of a weight file or model, one tensor in memory at a time.
 
     Args:
         x: a path ``ml.open_weights`` reads, or an ``nn.Module``.
         names: only these tensors (default: all, in file order).
-        progress: show a progress bar.
+        progress: a progress bar, or a function told ``(tensors done, tensors)``.
 
     Returns:
         One ``TensorStats`` per tensor.
@@ -95,6 +110,4 @@ def tensor_stats(x: str | os.PathLike[str] | nn.Module, names: Sequence[str] | N
     Raises:
         MLMFError: the file cannot be read, or a name is not in it.
     """
-    items = _tensors(x, names)
-    return [stats_of(name, t, kind) for name, t, kind in bar(items, hide=not progress,
-                                                               desc="tensor stats")]
+    return [stats_of(name, t, kind) for name, t, kind in _tensors(x, names, progress)]

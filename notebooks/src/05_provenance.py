@@ -195,13 +195,13 @@ for kind, nbytes in tuned.bytes_by_type.items():
 # %% [markdown]
 # ## 5 · A model card with its provenance
 #
-# `save_model_card` writes a Hugging Face style `README.md`: YAML front matter with
-# `base_model` and `base_model_relation` (here taken from the lineage: LoRA tuning makes it a
-# `finetune`), a description table, and the recorded history.
+# `ml.provenance.save_model_card` turns a description into a Hugging Face style `README.md`:
+# YAML front matter with `base_model` and `base_model_relation` (here taken from the lineage:
+# LoRA tuning makes it a `finetune`), a description table, and the recorded history.
 
 # %%
-card_path = tuned.save_model_card(work, lineage=lineage,
-                                  base_model="sentence-transformers/all-MiniLM-L6-v2")
+card_path = ml.provenance.save_model_card(tuned, work, lineage=lineage,
+                                          base_model="sentence-transformers/all-MiniLM-L6-v2")
 print("\n".join(card_path.read_text().splitlines()[:9]))
 
 # %% [markdown]

@@ -191,14 +191,14 @@ report
 # image-only model can reach; the others stay near or below that bound.
 
 # %%
-accuracy = {r.strategy: r.accuracy for r in report.rows}
+accuracy = {r.strategy: r.accuracy for r in report.results}
 print("every fusion beats chance:", all(a > report.chance for a in accuracy.values()))
 print("middle fusion is the most accurate:", max(accuracy, key=accuracy.get) == "middle")
 print("and beats the best image-only model:", accuracy["middle"] > report.image_only)
 
 # %%
-mplots.plot_fusion_accuracy([r.strategy for r in report.rows],
-                            [r.accuracy for r in report.rows], report.chance)
+mplots.plot_fusion_accuracy([r.strategy for r in report.results],
+                            [r.accuracy for r in report.results], report.chance)
 
 # %%
 mplots.plot_losses(report.losses)
@@ -256,7 +256,7 @@ print("lower without the tone, yet above chance:", 1 / 3 < without_tone < with_t
 path = mm.save_multimodal(middle, work / "middle.safetensors")
 with ml.open_weights(path) as wf:
     print(len(wf), "tensors;", "config keys:", sorted(
-        mm.MultiModalConfig.from_json(wf.metadata["mlmf.multimodal.config"]).to_dict()))
+        mm.MultiModalConfig.from_json(wf.metadata["mlmf.multimodal.config"]).as_dict()))
 back = mm.load_multimodal(path)
 same = torch.equal(back(test.inputs()).logits, middle(test.inputs()).logits)
 parts = mm.save_parts(middle, work / "parts")

@@ -1,4 +1,7 @@
-"""A lineage store as a networkx graph and as a W3C PROV document (through ``prov``).
+"""A lineage database as a networkx graph and as a W3C PROV document (through ``prov``).
+
+Functions over the store's ``Database``; ``Lineage.graph``/``to_prov`` resolve the focus and
+call them.
 
 The networkx graph follows the data: ``entity -> activity`` (used) and
 ``activity -> entity`` (generated), plus ``older copy -> newer copy`` for content
@@ -15,47 +18,44 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import MLMFError
+from . import query
 from .agent import agent_id
-from .query import related
 from .records import Activity, Entity
 
 if TYPE_CHECKING:
     import networkx as nx
     from prov.model import ProvDocument
 
-    from .store import Lineage
+    from .db import Database
 
 NAMESPACE = ("mlmf", "urn:mlmf-lab:")
 
 
-def selection(lin: Lineage, focus: Any = None) -> tuple[list[Entity], list[Activity],
-                                                         list[tuple[str, str, str]]]:
+def selection(db: Database, focus: Entity | None = None) -> tuple[
+        list[Entity], list[Activity], list[tuple[str, str, str]]]:
     """Entities, activities and (generated, used, kind) derivations, around ``focus`` if given.
 
     With a focus, the entities are the focus, its ancestors and its descendants, and the
     activities are those that generated one of them.
     """
     if focus is None:
-        ents = lin.entities()
-        acts = lin.activities()
+        ents = query.entities(db)
+        acts = query.activities(db)
     else:
-        target = lin.entity(focus)
-        ents = [target, *related(lin, target.id, True), *related(lin, target.id, False)]
+        ents = [focus, *query.related(db, focus.id, True), *query.related(db, focus.id, False)]
         keep = {e.id for e in ents}
-        acts = [a for a in lin.activities() if any(e.id in keep for e in a.generated)]
+        acts = [a for a in query.activities(db) if any(e.id in keep for e in a.generated)]
     keep = {e.id for e in ents}
-    rows = lin._db.query("SELECT generated, used, kind FROM derivations ORDER BY rowid")
-    ders = [(r["generated"], r["used"], r["kind"]) for r in rows
-            if r["generated"] in keep and r["used"] in keep]
+    ders = [d for d in query.derivations(db) if d[0] in keep and d[1] in keep]
     return ents, acts, ders
 
 
-def to_networkx(lin: Lineage, focus: Any = None) -> nx.DiGraph:
+def to_networkx(db: Database, focus: Entity | None = None) -> nx.DiGraph:
     """Nodes: entity and activity ids with ``node`` ("entity"/"activity"), ``kind``,
     ``label`` (with the short hash) and ``name`` (without); edges carry ``relation``."""
     import networkx as nx
 
-    ents, acts, ders = selection(lin, focus)
+    ents, acts, ders = selection(db, focus)
     g = nx.DiGraph()
     for e in ents:
         g.add_node(e.id, node="entity", kind=e.kind, label=e.short(), name=e.label,
@@ -84,11 +84,11 @@ def _value(v: Any) -> Any:
     return v if isinstance(v, (str, int, float, bool)) else json.dumps(v, sort_keys=True)
 
 
-def to_prov(lin: Lineage, focus: Any = None) -> ProvDocument:
+def to_prov(db: Database, focus: Entity | None = None) -> ProvDocument:
     """The store (or the part around ``focus``) as a ``prov.model.ProvDocument``."""
     from prov.model import ProvDocument
 
-    ents, acts, ders = selection(lin, focus)
+    ents, acts, ders = selection(db, focus)
     doc = ProvDocument()
     doc.add_namespace(*NAMESPACE)
     for e in ents:

@@ -1,4 +1,7 @@
-"""Questions asked of a lineage store: ancestors, descendants, histories and their differences.
+"""Questions asked of a lineage database: ancestors, descendants, histories and their differences.
+
+Every function takes the store's ``Database`` (``db.py``) and returns records; ``Lineage``
+resolves paths and live objects to entities, then calls these.
 
 Derivations point from a generated entity to what it was derived from, so ancestors
 are reached by walking ``generated -> used`` and descendants the other way. Alternate
@@ -7,25 +10,55 @@ links (the same content found at another path) count as derivations from the old
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
 
+from .db import Database, entity_from_row
 from .records import Activity, Entity, History, HistoryDiff
 
-if TYPE_CHECKING:
-    from .store import Lineage
+BATCH = 500  # ids per ``IN (...)``: well under SQLite's limit on bound parameters
 
 
-def walk(lin: Lineage, start: str, up: bool) -> dict[str, int]:
+def _batches(ids: list[str]) -> Iterator[tuple[list[str], str]]:
+    """``ids`` in slices, each with its ``?,?,...`` placeholder list."""
+    for i in range(0, len(ids), BATCH):
+        part = ids[i : i + BATCH]
+        yield part, ",".join("?" * len(part))
+
+
+def entities(db: Database, kind: str | None = None) -> list[Entity]:
+    """Every entity (of one ``kind``), oldest first."""
+    where, args = ("WHERE kind = ?", (kind,)) if kind else ("", ())
+    rows = db.query(f"SELECT * FROM entities {where} ORDER BY created, id", args)
+    return [entity_from_row(r) for r in rows]
+
+
+def activities(db: Database, name: str | None = None) -> list[Activity]:
+    """Every recorded activity (named ``name``), oldest first."""
+    return db.activities("WHERE a.name = ?", (name,)) if name else db.activities()
+
+
+def derivations(db: Database) -> list[tuple[str, str, str]]:
+    """Every (generated, used, kind) derivation, in the order they were recorded."""
+    rows = db.query("SELECT generated, used, kind FROM derivations ORDER BY rowid")
+    return [(r["generated"], r["used"], r["kind"]) for r in rows]
+
+
+def counts(db: Database) -> tuple[int, int]:
+    """(entities, activities) in the store."""
+    n_e = db.query("SELECT COUNT(*) AS n FROM entities")[0]["n"]
+    n_a = db.query("SELECT COUNT(*) AS n FROM activities")[0]["n"]
+    return int(n_e), int(n_a)
+
+
+def walk(db: Database, start: str, up: bool) -> dict[str, int]:
     """Entity id -> distance from ``start`` (excluded), following derivations up or down."""
     src, dst = ("generated", "used") if up else ("used", "generated")
     depth = {start: 0}
     frontier = [start]
     while frontier:
         nxt: list[str] = []
-        for i in range(0, len(frontier), 500):
-            part = frontier[i : i + 500]
-            marks = ",".join("?" * len(part))
-            rows = lin._db.query(
+        for part, marks in _batches(frontier):
+            rows = db.query(
                 f"SELECT {src} AS f, {dst} AS t FROM derivations WHERE {src} IN ({marks}) "
                 f"ORDER BY rowid", tuple(part))
             for r in rows:
@@ -37,46 +70,41 @@ def walk(lin: Lineage, start: str, up: bool) -> dict[str, int]:
     return depth
 
 
-def related(lin: Lineage, start: str, up: bool) -> list[Entity]:
-    depth = walk(lin, start, up)
-    ents = lin._db.entities(list(depth))
+def related(db: Database, start: str, up: bool) -> list[Entity]:
+    """Ancestors (``up``) or descendants of entity ``start``, nearest first."""
+    depth = walk(db, start, up)
+    ents = db.entities(list(depth))
     return sorted(ents.values(), key=lambda e: (depth[e.id], e.created, e.id))
 
 
-def generating(lin: Lineage, ids: list[str]) -> list[Activity]:
+def generating(db: Database, ids: list[str]) -> list[Activity]:
     """The activities that generated any of ``ids``, oldest first."""
     acts: set[str] = set()
-    for i in range(0, len(ids), 500):
-        part = ids[i : i + 500]
-        marks = ",".join("?" * len(part))
-        rows = lin._db.query(f"SELECT DISTINCT activity FROM usages WHERE role = 'generated' "
-                             f"AND entity IN ({marks})", tuple(part))
+    for part, marks in _batches(ids):
+        rows = db.query(f"SELECT DISTINCT activity FROM usages WHERE role = 'generated' "
+                        f"AND entity IN ({marks})", tuple(part))
         acts.update(r["activity"] for r in rows)
     out: list[Activity] = []
-    ordered = sorted(acts)
-    for i in range(0, len(ordered), 500):
-        part = ordered[i : i + 500]
-        marks = ",".join("?" * len(part))
-        out += lin._db.activities(f"WHERE a.id IN ({marks})", tuple(part))
+    for part, marks in _batches(sorted(acts)):
+        out += db.activities(f"WHERE a.id IN ({marks})", tuple(part))
     return sorted(out, key=lambda a: (a.started, a.id))
 
 
-def history(lin: Lineage, target: Entity) -> History:
+def history(db: Database, target: Entity) -> History:
     """Every activity behind ``target`` and the origins that nothing recorded generated."""
-    ancestors = related(lin, target.id, up=True)
+    ancestors = related(db, target.id, up=True)
     ids = [target.id] + [e.id for e in ancestors]
-    steps = generating(lin, ids)
+    steps = generating(db, ids)
     made = {e.id for a in steps for e in a.generated}
-    parents = {r["generated"] for i in range(0, len(ids), 500) for r in lin._db.query(
-        f"SELECT DISTINCT generated FROM derivations WHERE generated IN "
-        f"({','.join('?' * len(ids[i:i + 500]))})", tuple(ids[i:i + 500]))}
+    parents = {r["generated"] for part, marks in _batches(ids) for r in db.query(
+        f"SELECT DISTINCT generated FROM derivations WHERE generated IN ({marks})", tuple(part))}
     origins = tuple(e for e in [target, *ancestors] if e.id not in made and e.id not in parents)
     return History(target, tuple(steps), origins)
 
 
-def diff(lin: Lineage, a: Entity, b: Entity) -> HistoryDiff:
+def diff(db: Database, a: Entity, b: Entity) -> HistoryDiff:
     """Shared steps of two histories, then the steps only one of them has."""
-    ha, hb = history(lin, a).steps, history(lin, b).steps
+    ha, hb = history(db, a).steps, history(db, b).steps
     ia, ib = {x.id for x in ha}, {x.id for x in hb}
     return HistoryDiff(a, b, tuple(x for x in ha if x.id in ib),
                        tuple(x for x in ha if x.id not in ib),

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import html
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from ...tables import Column, Table, fields_dict, fields_row
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,12 @@ class Entity:
         """``label`` plus the first hex digits of the hash, e.g. ``base.safetensors@1a2b3c4d``."""
         return f"{self.label}@{self.sha256[:8]}" if self.sha256 and hashes else self.label
 
+    def as_dict(self) -> dict[str, Any]:
+        return fields_dict(self)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [fields_row(self)]
+
 
 @dataclass(frozen=True)
 class Activity:
@@ -74,15 +80,20 @@ class Activity:
         outs = ", ".join(e.short(hashes) for e in self.generated) or "nothing"
         return f"{self.name}({args}): {ins} -> {outs}"
 
+    def as_dict(self) -> dict[str, Any]:
+        """JSON data, the entities on either side in full."""
+        return fields_dict(self)
 
-def _table(rows: Sequence[tuple[str, ...]], header: tuple[str, ...]) -> str:
-    esc = html.escape
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td style='text-align:left'>{esc(c)}</td>" for c in r) + "</tr>"
-        for r in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    def rows(self) -> list[dict[str, Any]]:
+        """Its row in a history: name, parameters set, entities used and generated."""
+        return [{"activity": self.name,
+                 "params": {k: v for k, v in self.params.items() if v is not None},
+                 "used": [e.short() for e in self.used],
+                 "generated": [e.short() for e in self.generated]}]
+
+
+ACTIVITY_COLUMNS = (Column("activity"), Column("params", "parameters", lambda params: ", ".join(
+    f"{k}={v}" for k, v in params.items())), Column("used"), Column("generated"))
 
 
 @dataclass(frozen=True)
@@ -115,16 +126,21 @@ class History:
     def __len__(self) -> int:
         return len(self.steps)
 
-    def _repr_html_(self) -> str:
-        rows = [
-            (str(i), a.name, ", ".join(f"{k}={v}" for k, v in a.params.items() if v is not None),
-             ", ".join(e.short() for e in a.used), ", ".join(e.short() for e in a.generated))
-            for i, a in enumerate(self.steps, 1)
-        ]
+    def as_dict(self) -> dict[str, Any]:
+        return {"target": self.target.as_dict(), "steps": [a.as_dict() for a in self.steps],
+                "origins": [e.as_dict() for e in self.origins]}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per activity, numbered from the oldest (``Activity.rows``)."""
+        return [{"step": i, **row} for i, a in enumerate(self.steps, 1) for row in a.rows()]
+
+    def table(self) -> Table:
         origins = ", ".join(e.short() for e in self.origins) or "none recorded"
-        return (f"<div><b>How {html.escape(self.target.short())} was made</b>"
-                + _table(rows, ("#", "activity", "parameters", "used", "generated"))
-                + f"origins: {html.escape(origins)}</div>")
+        return Table([Column("step", "#"), *ACTIVITY_COLUMNS], self.rows(),
+                     title=f"How {self.target.short()} was made", notes=[f"origins: {origins}"])
+
+    def _repr_html_(self) -> str:
+        return self.table().html()
 
 
 @dataclass(frozen=True)
@@ -152,8 +168,18 @@ class HistoryDiff:
     def __str__(self) -> str:
         return self.text()
 
+    def as_dict(self) -> dict[str, Any]:
+        return fields_dict(self)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per activity: whose history holds it ("both" for the shared ones)."""
+        sides = [("both", self.common), (self.a.short(), self.only_a),
+                 (self.b.short(), self.only_b)]
+        return [{"history_of": side, "activity": x.describe()} for side, acts in sides
+                for x in acts]
+
+    def table(self) -> Table:
+        return Table([Column("history_of", "history of"), Column("activity")], self.rows())
+
     def _repr_html_(self) -> str:
-        rows = ([("both", x.describe()) for x in self.common]
-                + [(self.a.short(), x.describe()) for x in self.only_a]
-                + [(self.b.short(), x.describe()) for x in self.only_b])
-        return _table(rows, ("history of", "activity"))
+        return self.table().html()

@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from ... import events
 from ...errors import MLMFError
+from ...files import file_stamp
+from ...runinfo import run_info
 from ..hashing import ContentHash, content_hash
 from . import export, query
-from .agent import agent_id, current_agent
+from .agent import agent_id
 from .db import Database, entity_from_row
 from .records import Activity, Entity, History, HistoryDiff
 from .tracker import Item, Tracker, describe_item, is_path
@@ -41,13 +43,7 @@ def active_lineages() -> list[Lineage]:
 
 def _signature(p: Path) -> str:
     """What changes whenever the content may have: size, mtime and inode of every file."""
-    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
-    parts = []
-    for f in files:
-        st = f.stat()
-        parts.append(f"{f.relative_to(p) if p.is_dir() else ''}:{st.st_size}:"
-                     f"{st.st_mtime_ns}:{st.st_ino}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    return hashlib.sha256(repr(file_stamp(p)).encode()).hexdigest()
 
 
 def _jsonable(params: dict[str, Any]) -> str:
@@ -160,7 +156,7 @@ class Lineage:
                 for x in _dedupe(event.generated)]
         hashes = {id(it): self.file_hash(it.path) for it in used + made
                   if it.path is not None and it.exists}
-        agent = current_agent()
+        agent = run_info()
         act_id = uuid.uuid4().hex
         with self._db.write() as c:
             c.execute("INSERT OR IGNORE INTO agents VALUES (?, ?, ?, ?, ?)",
@@ -253,27 +249,24 @@ class Lineage:
 
     def entities(self, kind: str | None = None) -> list[Entity]:
         """Every entity (of one ``kind``), oldest first."""
-        where, args = ("WHERE kind = ?", (kind,)) if kind else ("", ())
-        rows = self._db.query(f"SELECT * FROM entities {where} ORDER BY created, id", args)
-        return [entity_from_row(r) for r in rows]
+        return query.entities(self._db, kind)
 
     def activities(self, name: str | None = None) -> list[Activity]:
         """Every recorded activity (named ``name``), oldest first."""
-        return self._db.activities("WHERE a.name = ?", (name,)) if name else \
-            self._db.activities()
+        return query.activities(self._db, name)
 
     # -- questions -------------------------------------------------------------------------
     def ancestors(self, x: Any) -> list[Entity]:
         """Everything ``x`` was derived from, nearest first."""
-        return query.related(self, self.entity(x).id, up=True)
+        return query.related(self._db, self.entity(x).id, up=True)
 
     def descendants(self, x: Any) -> list[Entity]:
         """Everything derived from ``x``, nearest first."""
-        return query.related(self, self.entity(x).id, up=False)
+        return query.related(self._db, self.entity(x).id, up=False)
 
     def history(self, x: Any) -> History:
         """How ``x`` was made: the chain of activities, oldest first (``print`` it)."""
-        return query.history(self, self.entity(x))
+        return query.history(self._db, self.entity(x))
 
     def origins(self, x: Any) -> list[Entity]:
         """Where ``x`` comes from: its ancestors that no recorded activity generated."""
@@ -281,15 +274,18 @@ class Lineage:
 
     def diff(self, a: Any, b: Any) -> HistoryDiff:
         """The shared part of two histories and what only one of them has."""
-        return query.diff(self, self.entity(a), self.entity(b))
+        return query.diff(self._db, self.entity(a), self.entity(b))
+
+    def _focus(self, focus: Any) -> Entity | None:
+        return None if focus is None else self.entity(focus)
 
     def graph(self, focus: Any = None) -> nx.DiGraph:
         """A networkx graph (data-flow direction), the whole store or around ``focus``."""
-        return export.to_networkx(self, focus)
+        return export.to_networkx(self._db, self._focus(focus))
 
     def to_prov(self, focus: Any = None) -> ProvDocument:
         """A W3C PROV document (``prov.model.ProvDocument``) of the store or around ``focus``."""
-        return export.to_prov(self, focus)
+        return export.to_prov(self._db, self._focus(focus))
 
     def export_prov(self, path: str | os.PathLike[str], focus: Any = None,
                     fmt: str = "json") -> Path:
@@ -297,8 +293,7 @@ class Lineage:
         return export.write_prov(self.to_prov(focus), path, fmt)
 
     def __repr__(self) -> str:
-        n_e = self._db.query("SELECT COUNT(*) AS n FROM entities")[0]["n"]
-        n_a = self._db.query("SELECT COUNT(*) AS n FROM activities")[0]["n"]
+        n_e, n_a = query.counts(self._db)
         state = "active" if self.active else "inactive"
         return f"<Lineage {os.fspath(self.path)!r} ({state}): {n_e} entities, {n_a} activities>"
 
