@@ -9,13 +9,15 @@ draws it.
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
+
+from .formats.base import no_such_tensor
+from .tables import Column, Table, fields_dict, fields_row
 
 STATUSES = ("changed", "same", "added", "removed", "reshaped")
 
@@ -26,6 +28,13 @@ class TensorChange(NamedTuple):
     rel_change: float  # ||b - a|| / ||a||; inf when a is all zeros and b is not
     cosine: float  # <a, b> / (||a|| ||b||); 1.0 when both are zero, nan when only one is
     max_abs: float  # max |b - a|
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON data; NaN and inf are None."""
+        return fields_dict(self)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [fields_row(self)]
 
 
 def tensor_change(a: torch.Tensor, b: torch.Tensor) -> TensorChange:
@@ -77,6 +86,14 @@ class TensorDiff:
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}; got {self.status!r}")
 
+    def as_dict(self) -> dict[str, Any]:
+        """JSON data; a change that was not computed (NaN) is None."""
+        return fields_dict(self)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Its row in the diff's table (the same keys as ``as_dict``)."""
+        return [fields_row(self)]
+
 
 @dataclass(frozen=True)
 class CheckpointDiff:
@@ -84,28 +101,30 @@ class CheckpointDiff:
 
     a: str
     b: str
-    rows: tuple[TensorDiff, ...]
+    tensors: tuple[TensorDiff, ...]
 
     def by_status(self, status: str) -> list[TensorDiff]:
         """The rows with this status (one of ``STATUSES``)."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}; got {status!r}")
-        return [r for r in self.rows if r.status == status]
+        return [r for r in self.tensors if r.status == status]
 
     def __getitem__(self, name: str) -> TensorDiff:
-        for r in self.rows:
+        """The row of tensor ``name``; an ``MLMFError`` naming the closest names if absent."""
+        for r in self.tensors:
             if r.name == name:
                 return r
-        raise KeyError(name)
+        raise no_such_tensor(name, [r.name for r in self.tensors],
+                             f"the diff {self.a} -> {self.b}")
 
     def counts(self) -> dict[str, int]:
         """How many tensors have each status."""
-        return {s: sum(r.status == s for r in self.rows) for s in STATUSES}
+        return {s: sum(r.status == s for r in self.tensors) for s in STATUSES}
 
     def summary(self) -> str:
         """One line: the counts and the most changed tensor."""
         parts = [f"{n} {s}" for s, n in self.counts().items() if n]
-        compared = [r for r in self.rows if r.status in ("changed", "same")]
+        compared = [r for r in self.tensors if r.status in ("changed", "same")]
         if compared:
             top = max(compared, key=lambda r: r.rel_change)
             parts.append(f"largest relative change {top.rel_change:.3g} in {top.name}")
@@ -114,35 +133,26 @@ class CheckpointDiff:
     def __repr__(self) -> str:
         return f"<CheckpointDiff {self.summary()}>"
 
-    def _repr_html_(self, max_rows: int = 60) -> str:
-        esc = html.escape
+    def as_dict(self) -> dict[str, Any]:
+        """JSON data: the labels, the counts per status and every tensor's row."""
+        return {"a": self.a, "b": self.b, "counts": self.counts(),
+                "tensors": [t.as_dict() for t in self.tensors]}
 
-        def num(v: float, spec: str) -> str:
-            return "" if math.isnan(v) else format(v, spec)
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per tensor (``TensorDiff.rows``)."""
+        return [row for t in self.tensors for row in t.rows()]
 
-        def shape(s: tuple[int, ...] | None) -> str:
-            return "" if s is None else esc(str(list(s)))
+    def table(self, max_rows: int | None = None) -> Table:
+        """The tensors as a table under the one-line summary."""
+        return Table(
+            [Column("name", "tensor", code=True), Column("status"),
+             Column("shape_a", "shape a", "shape"), Column("shape_b", "shape b", "shape"),
+             Column("rel_change", "relative change", ".3e"), Column("cosine", fmt=".6f"),
+             Column("max_abs", "max |Δ|", ".3e")],
+            self.rows(), title=self.summary(), max_rows=max_rows, noun="tensors")
 
-        colors = {"added": "#2a7", "removed": "#c44", "reshaped": "#d80", "same": "#888"}
-        body = []
-        for r in self.rows[:max_rows]:
-            color = colors.get(r.status, "inherit")
-            shapes = shape(r.shape_a) if r.shape_a == r.shape_b else (
-                f"{shape(r.shape_a) or '–'} → {shape(r.shape_b) or '–'}")
-            body.append(
-                f"<tr><td style='text-align:left'><code>{esc(r.name)}</code></td>"
-                f"<td style='color:{color}'>{r.status}</td><td>{shapes}</td>"
-                f"<td>{num(r.rel_change, '.3e')}</td><td>{num(r.cosine, '.6f')}</td>"
-                f"<td>{num(r.max_abs, '.3e')}</td></tr>"
-            )
-        if len(self.rows) > max_rows:
-            body.append(f"<tr><td colspan=6>… {len(self.rows) - max_rows} more tensors</td></tr>")
-        return (
-            f"<div><b>{esc(self.a)} → {esc(self.b)}</b>: {esc(self.summary().split(': ', 1)[1])}"
-            "<table><thead><tr><th>tensor</th><th>status</th><th>shape</th>"
-            "<th>relative change</th><th>cosine</th><th>max |Δ|</th></tr></thead>"
-            f"<tbody>{''.join(body)}</tbody></table></div>"
-        )
+    def _repr_html_(self) -> str:
+        return self.table(max_rows=60).html()
 
 
 def diff_state_dicts(

@@ -21,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "mlmf_lab"
 # Root modules every layer may import; they import nothing above them.
-BOTTOM = {"errors", "events", "progress", "units", "atomic", "files", "runinfo"}
+BOTTOM = {"errors", "events", "progress", "units", "atomic", "files", "runinfo", "tables"}
 # The quantization codec: block formats and their kernels, below formats/ in the layers.
 CODEC = {"base", "bits", "blocks_k", "blocks_k_quant", "blocks_legacy", "chunks", "ggml", "intx",
          "native"}

@@ -227,6 +227,47 @@ def test_unknown_file_and_missing_path(tmp_path: Path) -> None:
 
 
 def test_missing_tensor_name(tmp_path: Path) -> None:
-    ml.save_state_dict({"a": torch.ones(2)}, tmp_path / "x.safetensors")
-    with pytest.raises(MLMFError, match="no tensor named 'b'"):
+    ml.save_state_dict({"a": torch.ones(2), "c": torch.ones(1)}, tmp_path / "x.safetensors")
+    with pytest.raises(MLMFError, match=r"x.safetensors: no tensor named 'b'; the file has 2 "
+                                        r"tensors \(first: 'a', 'c'\)"):
         ml.open_weights(tmp_path / "x.safetensors").tensor("b")
+    ml.save_state_dict({"fc.weight": torch.ones(2), "fc.bias": torch.ones(1)},
+                       tmp_path / "fc.safetensors")
+    with pytest.raises(MLMFError, match=r"fc.safetensors: no tensor named 'fc.weigth'; the "
+                                        r"file has 2 tensors \(closest: 'fc.weight'"):
+        ml.open_weights(tmp_path / "fc.safetensors").info("fc.weigth")
+
+
+def _write_each_format(folder: Path) -> dict[str, Path]:
+    sd = {"a": torch.ones(2, 32), "b": torch.zeros(3)}
+    paths = {"safetensors": folder / "x.safetensors", "gguf": folder / "x.gguf",
+             "safetensors-sharded": folder / "sharded", "dcp": folder / "x.dcp"}
+    for path in paths.values():
+        ml.save_state_dict(sd, path)
+    torch.save(sd, folder / "x.pt")
+    paths["pytorch"] = folder / "x.pt"
+    return paths
+
+
+def test_reading_a_closed_file_names_it(tmp_path: Path) -> None:
+    """Every format: after close() a read is an MLMFError naming the file (it said KeyError
+    for pickles, AttributeError for a safetensors slice)."""
+    paths = _write_each_format(tmp_path)
+    assert set(paths) == {f.name for f in ml.formats.FORMATS}  # every registered format
+    for name, path in paths.items():
+        wf = ml.open_weights(path)
+        assert wf.format == {"safetensors-sharded": "safetensors"}.get(name, name)
+        wf.close()
+        assert wf.info("a").shape == (2, 32)  # the header records stay
+        with pytest.raises(MLMFError, match="cannot read tensor 'a': the file was closed") as e:
+            wf.tensor("a")
+        assert str(path.name) in str(e.value), name
+        with pytest.raises(MLMFError, match="was closed"):
+            wf.state_dict()
+    for path, file in ((paths["safetensors"], "x.safetensors"),
+                       (paths["safetensors-sharded"], "sharded/model.safetensors")):
+        with ml.open_weights(path) as wf:
+            pass  # the end of the block closes it
+        with pytest.raises(MLMFError, match=f"{file}: cannot read tensor 'b': the file was "
+                                            "closed"):
+            wf.get_slice("b")  # type: ignore[attr-defined]

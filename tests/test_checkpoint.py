@@ -320,7 +320,8 @@ def test_list_html_and_rows(tmp_path):
         cm.save({"w": torch.ones(1)}, step, metrics={"val_loss": loss, "acc": 1 - loss})
     records = cm.list()
     html = records._repr_html_()
-    assert "3 checkpoints" in html and "<td>2 ★</td>" in html and "val_loss ★" in html
+    assert "3 checkpoints" in html and "val_loss ★" in html
+    assert html.count("★</td>") == 1 and "<tr><td>2</td><td style='text-align:left'>★" in html
     assert html.count("<tr") == 4
     rows = records.rows()
     assert [r["step"] for r in rows] == [1, 2, 3] and [r["best"] for r in rows] == [0, 1, 0]

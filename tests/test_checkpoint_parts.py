@@ -1,4 +1,4 @@
-"""The pieces under the manager: the safetensors writer, state splitting, RNG, diff."""
+"""The pieces under the manager: the hashing safetensors writer, state splitting, RNG, diff."""
 
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 import mlmf_lab as ml
-from mlmf_lab.checkpoint.files import read_part, write_part, write_safetensors
+from mlmf_lab.checkpoint.files import read_part, write_part
 from mlmf_lab.checkpoint.state import capture_rng, join_state, restore_rng, split_state
 from mlmf_lab.compare import diff_state_dicts, tensor_change
 from mlmf_lab.errors import FormatError, MLMFError
 from mlmf_lab.files import sha256_file
+from mlmf_lab.formats.safetensors import write_safetensors
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -90,9 +91,9 @@ def test_writer_refuses_bad_tensors_and_existing_files(tmp_path):
 
 
 def test_writer_hashes_big_files_while_writing(tmp_path, monkeypatch):
-    import mlmf_lab.checkpoint.files as cio
+    import mlmf_lab.formats.write as W
 
-    monkeypatch.setattr(cio, "CHUNK", 1024)  # force the threaded, chunked path
+    monkeypatch.setattr(W, "CHUNK", 1024)  # force the threaded, chunked path
     t = torch.randn(10_000)
     path = tmp_path / "big.safetensors"
     assert write_safetensors({"t": t}, path) == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -226,7 +227,7 @@ def test_diff_lists_added_removed_reshaped(tmp_path):
     b = {"same": torch.ones(3), "moved": torch.tensor([3.0, 5.0]), "grow": torch.ones(2, 3),
          "new": torch.zeros(4)}
     d = diff_state_dicts(a, b, ("old", "new"))
-    assert [(r.name, r.status) for r in d.rows] == [
+    assert [(r.name, r.status) for r in d.tensors] == [
         ("same", "same"), ("moved", "changed"), ("gone", "removed"), ("grow", "reshaped"),
         ("new", "added")]
     assert d["moved"].rel_change == pytest.approx(0.2) and d["moved"].max_abs == 1.0
@@ -234,12 +235,13 @@ def test_diff_lists_added_removed_reshaped(tmp_path):
     assert d.counts() == {"changed": 1, "same": 1, "added": 1, "removed": 1, "reshaped": 1}
     assert "largest relative change 0.2 in moved" in d.summary()
     page = d._repr_html_()
-    assert page.count("<tr>") == 6 and "[2, 2] → [2, 3]" in page and "removed" in page
+    assert page.count("<tr>") == 6 and "removed" in page
+    assert "2×2</td><td style='text-align:left'>2×3" in page  # grow: shape a, shape b
     cm = ml.CheckpointManager(tmp_path)
     cm.save(a, 1)
     cm.save(b, 2)
     on_disk = cm.diff(1, 2)
-    assert [(r.name, r.status) for r in on_disk.rows] == [(r.name, r.status) for r in d.rows]
+    assert [(r.name, r.status) for r in on_disk.tensors] == [(r.name, r.status) for r in d.tensors]
     assert on_disk.a == "step 1" and on_disk.b == "step 2"
     assert cm.diff(1, nn.Linear(1, 1)).counts()["added"] == 2
 
@@ -261,3 +263,12 @@ def test_plot_checkpoint_figures(tmp_path):
     assert list(lines[0].get_ydata()) == [0.9, 0.5, 0.7]
     fig.savefig(tmp_path / "d.png")
     fig2.savefig(tmp_path / "m.png")
+
+
+def test_a_diff_asked_for_a_tensor_it_lacks_names_the_closest():
+    d = diff_state_dicts({"fc.weight": torch.ones(2), "fc.bias": torch.ones(1)},
+                         {"fc.weight": torch.zeros(2)}, ("old", "new"))
+    assert d["fc.bias"].status == "removed"
+    with pytest.raises(MLMFError, match=r"^no tensor named 'fc.weigth'; the diff old -> new "
+                                        r"has 2 tensors \(closest: 'fc.weight'"):
+        d["fc.weigth"]

@@ -1,13 +1,11 @@
-"""Sharding plans, counted reads, DCP conversion: single-process checks.
+"""Sharding plans and counted reads: single-process checks.
 
 Also holds the tiny-model builders the multi-rank tests import.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import pickle
 from pathlib import Path
 
 import pytest
@@ -16,10 +14,9 @@ from safetensors import safe_open
 from torch import nn
 
 import mlmf_lab as ml
-from mlmf_lab.cli import main
 from mlmf_lab.distributed import plans as P
 from mlmf_lab.distributed.load import place
-from mlmf_lab.errors import ConfigError, FormatError, MLMFError, UnsafeFileError
+from mlmf_lab.errors import ConfigError, FormatError, MLMFError
 
 D = ml.distributed
 
@@ -164,6 +161,14 @@ def test_plan_reads_no_tensor_data(llama: Path) -> None:
     before = _rchar()
     D.plan(llama, "tensor", world_size=4)
     assert _rchar() - before < 64 * 1024 < os.path.getsize(llama) / 4  # headers only
+
+
+def test_asking_a_plan_for_a_tensor_it_lacks_names_the_closest(llama: Path) -> None:
+    plan = D.plan(llama, "layers", world_size=2)
+    assert plan.info("model.norm.weight").shape == (64,)
+    with pytest.raises(MLMFError, match=r"llama.safetensors: no tensor named 'model.norm.weigth'; "
+                                        r"the plan has 147 tensors \(closest: 'model.norm.weight'"):
+        plan.info("model.norm.weigth")
 
 
 def _rchar() -> int:
@@ -338,48 +343,3 @@ def test_plan_figure(llama: Path) -> None:
     assert len(left.collections) == len({(p.rank, p.role, p.primary) for p in plan.pieces})
     assert [t.get_text() for t in left.get_yticklabels()] == [f"rank {r}" for r in range(4)]
     assert "imbalance" in right.get_title()
-
-
-# -- DCP interop -----------------------------------------------------------------------------
-def test_dcp_round_trip_through_the_cli(llama: Path, tmp_path: Path) -> None:
-    out = tmp_path / "ckpt.dcp"
-    back = tmp_path / "back.safetensors"
-    assert main(["convert", str(llama), str(out)]) == 0
-    assert main(["convert", str(out), str(back)]) == 0
-    assert D.is_dcp(out) and (out / ".metadata").is_file()
-    ref = ml.load_state_dict(llama)
-    with ml.open_weights(back) as wf:
-        assert wf.metadata["model_type"] == "llama"
-        got = {k: wf.tensor(k) for k in wf}
-    assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)
-
-
-def test_dcp_written_by_torch_with_nested_and_non_tensor_entries(tmp_path: Path) -> None:
-    import torch.distributed.checkpoint as dcp
-
-    state = {"model": {"w": torch.randn(3, 5), "b": torch.arange(4, dtype=torch.int32)},
-             "bf": torch.randn(6).bfloat16(), "step": 7}
-    dcp.save(state, checkpoint_id=tmp_path / "torch_ckpt", no_dist=True)
-    out = ml.convert(tmp_path / "torch_ckpt", tmp_path / "x.safetensors")
-    with ml.open_weights(out) as wf:
-        assert sorted(wf) == ["bf", "model.b", "model.w"]
-        assert torch.equal(wf.tensor("model.w"), state["model"]["w"])  # type: ignore[index]
-        assert wf.tensor("bf").dtype == torch.bfloat16
-        assert wf.metadata["dcp_skipped"] == ["step"]
-
-
-def test_hostile_dcp_metadata_is_refused(tmp_path: Path) -> None:
-    folder = tmp_path / "evil.dcp"
-    folder.mkdir()
-    (folder / ".metadata").write_bytes(pickle.dumps(os.system))  # would run code if trusted
-    with pytest.raises(UnsafeFileError, match="posix.system|only DCP's own records"):
-        D.load_dcp(folder)
-    (folder / ".metadata").write_bytes(b"not a pickle")
-    with pytest.raises(FormatError, match="DCP metadata is not readable"):
-        D.load_dcp(folder)
-
-
-def test_dcp_metadata_side_file_is_plain_json(llama: Path, tmp_path: Path) -> None:
-    D.save_dcp({"w": torch.ones(2)}, tmp_path / "m.dcp", {"model_type": "llama", "n": 3})
-    assert json.loads((tmp_path / "m.dcp" / "mlmf_metadata.json").read_text())["n"] == 3
-

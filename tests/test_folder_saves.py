@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import mlmf_lab as ml
-from mlmf_lab import distributed as D
 from mlmf_lab.errors import MLMFError
 from mlmf_lab.provenance.hashing import content_hash
 
@@ -76,23 +75,24 @@ def test_a_folder_opens_transformers_names_first(tmp_path: Path) -> None:
 
 
 def test_dcp_replaces_a_dcp_folder_but_never_empties_another(tmp_path: Path) -> None:
-    D.save_dcp({"w": torch.ones(2)}, tmp_path / "m.dcp")
-    D.save_dcp({"v": torch.zeros(3)}, tmp_path / "m.dcp")  # a DCP folder: replaced
-    assert sorted(D.load_dcp(tmp_path / "m.dcp")[0]) == ["v"]
+    ml.save_state_dict({"w": torch.ones(2)}, tmp_path / "m.dcp")
+    sums = ml.save_state_dict({"v": torch.zeros(3)}, tmp_path / "m.dcp")  # replaced
+    assert sorted(ml.load_state_dict(tmp_path / "m.dcp")) == ["v"]
+    assert ".metadata" in sums and all(len(h) == 64 for h in sums.values())
     other = tmp_path / "notes.dcp"
     other.mkdir()
     (other / "mine.txt").write_text("keep me")
     with pytest.raises(MLMFError, match="holds files that are not a DCP checkpoint's "
                                         r"\(mine.txt\)"):
-        D.save_dcp({"w": torch.ones(2)}, other)
+        ml.save_state_dict({"w": torch.ones(2)}, other)
     assert [p.name for p in other.iterdir()] == ["mine.txt"]
     (tmp_path / "m.dcp" / "notes.txt").write_text("mine")  # a DCP folder with a user's file
     with pytest.raises(MLMFError, match=r"\(notes.txt\)"):
-        D.save_dcp({"w": torch.ones(2)}, tmp_path / "m.dcp")
-    assert sorted(D.load_dcp(tmp_path / "m.dcp")[0]) == ["v"]
+        ml.save_state_dict({"w": torch.ones(2)}, tmp_path / "m.dcp")
+    assert sorted(ml.load_state_dict(tmp_path / "m.dcp")) == ["v"]
     (tmp_path / "empty.dcp").mkdir()
-    D.save_dcp({"w": torch.ones(2)}, tmp_path / "empty.dcp")  # an empty folder is fine
-    assert D.is_dcp(tmp_path / "empty.dcp")
+    ml.save_state_dict({"w": torch.ones(2)}, tmp_path / "empty.dcp")  # an empty folder is fine
+    assert ml.open_weights(tmp_path / "empty.dcp").format == "dcp"
 
 
 def test_odd_entries_are_kept_without_opening_them(tmp_path: Path) -> None:
@@ -117,9 +117,11 @@ def test_a_symlinked_folder_is_written_through(tmp_path: Path) -> None:
         ml.save_state_dict({"w": torch.ones(4)}, tmp_path / "plain")  # no suffix: a folder
     with pytest.raises(MLMFError, match="cannot create the folder"):
         ml.save_state_dict({"w": torch.ones(4)}, tmp_path / "plain" / "sub" / "out")
+    (tmp_path / "plain.dcp").write_text("a file, not a folder")
     with pytest.raises(MLMFError, match="exists and is not a folder"):
-        D.save_dcp({"w": torch.ones(4)}, tmp_path / "plain")
+        ml.save_state_dict({"w": torch.ones(4)}, tmp_path / "plain.dcp")
     assert (tmp_path / "plain").read_text() == "a file, not a folder"
+    assert (tmp_path / "plain.dcp").read_text() == "a file, not a folder"
 
 
 def test_a_private_folder_stays_private(tmp_path: Path) -> None:

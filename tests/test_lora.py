@@ -70,7 +70,7 @@ def test_target_errors_say_what_exists() -> None:
     with pytest.raises(ConfigError, match=r"matched no module; .* end in: q_proj, v_proj, up"):
         ml.lora.inject(model, rank=2, alpha=4, targets=["k_proj"])
     with pytest.raises(UnsupportedError,
-                       match=r"'0.norm' is a LayerNorm.*supported: .*nn.Linear, Conv1D"):
+                       match=r"'0.norm' is a LayerNorm.*supported: .*Conv1D.*, nn.Linear"):
         ml.lora.inject(model, rank=2, alpha=4, targets=["norm", "q_proj"])
     assert ml.lora.lora_layers(model) == {}  # nothing wrapped when one target is bad
     with pytest.raises(ConfigError, match="positive integer"):
@@ -92,7 +92,7 @@ def test_merge_unmerge_cycles_restore_the_base_exactly() -> None:
         assert len(report.modules) == 6 and report.max_store_error == 0.0
         with torch.no_grad():
             torch.testing.assert_close(model(X), out, atol=1e-5, rtol=0)
-        assert ml.lora.summary(model).rows[0].merged
+        assert ml.lora.summary(model).entries[0].merged
         ml.lora.unmerge(model)
     after = {k.replace(".base_layer", ""): v for k, v in model.state_dict().items()
              if ".lora_" not in k}
@@ -171,7 +171,7 @@ def test_summary_table_unload_and_delete() -> None:
     ml.lora.inject(model, rank=2, alpha=4, targets=["q_proj"], name="a")
     nonzero(model)
     s = ml.lora.summary(model)
-    row = s.rows[0]
+    row = s.entries[0]
     layer = ml.lora.lora_layers(model)[row.module]
     assert row.delta_norm == pytest.approx(float(torch.linalg.norm(layer.delta("a"))), rel=1e-5)
     assert (row.rank, row.params, row.weight) == (2, 2 * 16 + 16 * 2, 1.0)
@@ -238,3 +238,33 @@ def test_gradients_match_the_formula(x_requires_grad: bool) -> None:
     torch.testing.assert_close(B.grad, B2.grad)
     if x_requires_grad:
         torch.testing.assert_close(x.grad, x2.grad)
+
+
+class ScaledLinear(nn.Linear):
+    """A Linear subclass that a user's own base kind handles."""
+
+
+def test_base_kinds_are_tried_by_priority_whatever_the_registration_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mlmf_lab.lora import layer
+
+    builtin = list(layer.BASE_KINDS)
+    assert [k.name for k in builtin] == [
+        "ml.quant.QuantLinear", "Conv1D (transformers, weight (in, out))", "nn.Linear"]
+    dense = next(k for k in builtin if k.name == "nn.Linear")
+    mine = dense._replace(name="ScaledLinear", matches=lambda m: isinstance(m, ScaledLinear),
+                          priority=5)
+    module = ScaledLinear(4, 4)
+    for first_mine in (True, False):
+        monkeypatch.setattr(layer, "BASE_KINDS", [])
+        for kind in ([mine, *builtin] if first_mine else [*builtin, mine]):
+            layer.register_base_kind(kind)
+        assert layer.base_kind(module).name == "ScaledLinear"
+        assert layer.base_kind(nn.Linear(4, 4)).name == "nn.Linear"
+    layer.register_base_kind(mine._replace(priority=-1))  # below nn.Linear: it never wins
+    assert layer.base_kind(module).name == "nn.Linear"
+    assert [k.name for k in layer.BASE_KINDS][-1] == "ScaledLinear"
+    with pytest.raises(UnsupportedError, match="'x' is a LayerNorm, which LoRA cannot wrap; "
+                                               "supported: ml.quant.QuantLinear, Conv1D"):
+        layer.base_kind(nn.LayerNorm(4), "x")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -165,7 +166,8 @@ def test_unsupported_target_and_bad_tensors(tmp_path: Path) -> None:
         ml.save_state_dict({"a": torch.ones(1)}, tmp_path / "x.npz")
     with pytest.raises(MLMFError, match="expected a dict of name -> torch.Tensor"):
         ml.save_state_dict({"a": [1, 2]}, tmp_path / "x.safetensors")  # type: ignore[dict-item]
-    with pytest.raises(MLMFError, match="not like 500MB"):
+    with pytest.raises(MLMFError, match="max_shard_size must be a positive byte count or "
+                                        "like '500MB'"):
         ml.save_state_dict({"a": torch.ones(1)}, tmp_path / "d", max_shard_size="lots")
 
 
@@ -214,3 +216,39 @@ def test_saving_over_a_file_keeps_its_permissions(tmp_path: Path) -> None:
     ml.save_state_dict({"w": torch.zeros(4)}, path)
     assert path.stat().st_mode & 0o777 == 0o600
     assert torch.equal(ml.load_state_dict(path)["w"], torch.zeros(4))
+
+
+def test_every_writer_returns_the_sha256_of_each_file_it_wrote(tmp_path: Path) -> None:
+    sd = {f"w{i}": torch.full((16, 16), float(i)) for i in range(3)}
+    for target in ("x.safetensors", "x.gguf"):
+        assert ml.save_state_dict(sd, tmp_path / target) == {
+            target: hashlib.sha256((tmp_path / target).read_bytes()).hexdigest()}
+    folder = tmp_path / "sharded"
+    sums = ml.save_state_dict(sd, folder, max_shard_size="1KB", quant="int8")
+    assert sorted(sums) == sorted(p.name for p in folder.iterdir())  # the shards and the index
+    assert sums == {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in sums}
+
+
+def test_detection_order_is_the_priority_not_the_import_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlmf_lab.formats import registry
+
+    order = [f.name for f in registry.FORMATS]
+    assert order == ["gguf", "dcp", "safetensors", "safetensors-sharded", "pytorch"]
+    for shuffled in (registry.FORMATS[::-1], registry.FORMATS[2:] + registry.FORMATS[:2]):
+        monkeypatch.setattr(registry, "FORMATS", [])
+        for fmt in shuffled:
+            registry.register_format(fmt)
+        assert [f.name for f in registry.FORMATS] == order
+    # A GGUF file of 123 tensors: its tensor count puts "{" where safetensors' JSON starts.
+    ml.save_state_dict({f"t{i}": torch.ones(1) for i in range(123)}, tmp_path / "x.gguf")
+    assert (tmp_path / "x.gguf").read_bytes()[8:9] == b"{"
+    assert ml.formats.detect(tmp_path / "x.gguf").name == "gguf"
+    anything = registry.Format("anything", lambda path, head: True, registry.FORMATS[0].open,
+                               priority=-1)
+    registry.register_format(anything)
+    assert registry.FORMATS[-1] is anything
+    assert ml.open_weights(tmp_path / "x.gguf").format == "gguf"
+    registry.register_format(anything._replace(priority=99))  # replaced, by name
+    assert registry.FORMATS[0].priority == 99 and len(registry.FORMATS) == len(order) + 1

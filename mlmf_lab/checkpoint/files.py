@@ -1,186 +1,35 @@
-"""Checkpoint files: safetensors written straight from memory, hashed while written.
+"""Checkpoint files: weights and state through the formats' hashing writers, and manifests.
 
-``write_safetensors`` lays out the safetensors format itself (8-byte header
-length, JSON header padded to 8 bytes, tensor bytes in order of falling
-alignment) and writes each tensor's bytes from its own memory through a
-``memoryview``: no serialized copy of the model is ever built, so a save runs at
-the speed of the disk. The sha256 of the file is computed from the same memory
-in a second thread while the first one writes, so checksumming costs no extra
-wall time when the disk is the bottleneck. The files are readable by the
-``safetensors`` package (a test reads them back with it).
-
-``MANIFEST`` lists every file of a checkpoint with its size and sha256;
-``verify_manifest`` checks them and names the first file that differs.
+Weights are written in the Hugging Face layout by ``formats.sharded.write_sharded`` and
+optimizer/scheduler/RNG tensors by ``formats.safetensors.write_safetensors``: straight from
+the tensors' memory, each file's sha256 computed while it is written. ``MANIFEST`` lists
+every file of a checkpoint with its size and sha256; ``verify_manifest`` checks them and
+names the first file that differs.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
-import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .. import atomic
 from ..errors import ChecksumError, FormatError, MLMFError
-from ..files import sha256_file
+from ..files import CHUNK, sha256_file
 from ..formats import load_state_dict
-from ..formats.base import TORCH_TO_ST
-from ..formats.metadata import encode_metadata
-from ..formats.safetensors import dedupe_shared
-from ..formats.sharded import INDEX_NAME, nbytes, plan_shards
-from ..progress import bar
-from ..units import parse_size
+from ..formats.safetensors import write_safetensors
+from ..formats.sharded import INDEX_NAME
+from ..formats.write import write_json
 from .state import join_state, split_state
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "mlmf-checkpoint-manifest"
-CHUNK = 32 * 2**20  # write/hash granularity: big enough for throughput, small enough to overlap
-PROGRESS_MIN_BYTES = 256 * 2**20  # show a progress bar only for saves at least this big
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def _as_bytes(name: str, t: torch.Tensor, path: Path) -> memoryview:
-    """The tensor's bytes in row-major order, without a copy when it is contiguous on CPU."""
-    if t.dtype not in TORCH_TO_ST:
-        raise MLMFError(
-            f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store", path
-        )
-    t = t.detach()
-    if t.device.type != "cpu":
-        t = t.to("cpu")
-    flat = t.contiguous().reshape(-1).view(torch.uint8)
-    return memoryview(flat.numpy().data)  # the array keeps the tensor's storage alive
-
-
-def safetensors_layout(
-    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, Any] | None = None
-) -> tuple[bytes, list[memoryview]]:
-    """The file's prefix (length + header) and the tensor byte views, in file order."""
-    kept, aliases = dedupe_shared(tensors)
-    # Falling element size keeps every tensor aligned to its dtype, as safetensors does.
-    order = sorted(kept, key=lambda n: (-kept[n].element_size(), n))
-    entries: dict[str, Any] = {}
-    views: list[memoryview] = []
-    offset = 0
-    for name in order:
-        t = kept[name]
-        view = _as_bytes(name, t, path) if t.numel() else memoryview(b"")
-        entries[name] = {"dtype": TORCH_TO_ST[t.dtype], "shape": list(t.shape),
-                         "data_offsets": [offset, offset + view.nbytes]}
-        offset += view.nbytes
-        if view.nbytes:
-            views.append(view)
-    # The header lists tensors in the caller's order (readers that keep JSON order, like
-    # ml.open_weights, give back the model's order); the data section is in alignment order.
-    header: dict[str, Any] = {"__metadata__": encode_metadata(metadata, aliases)}
-    header.update((name, entries[name]) for name in kept)
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)
-    return struct.pack("<Q", len(raw)) + raw, views
-
-
-def _chunks(views: list[memoryview]) -> Iterator[memoryview]:
-    for v in views:
-        flat = v.cast("B")
-        for i in range(0, flat.nbytes, CHUNK):
-            yield flat[i : i + CHUNK]
-
-
-def _sha256(views: list[memoryview]) -> str:
-    h = hashlib.sha256()
-    for chunk in _chunks(views):
-        h.update(chunk)  # releases the GIL: runs beside the writing thread
-    return h.hexdigest()
-
-
-def write_views(views: list[memoryview], path: Path, label: str = "") -> str:
-    """Write the byte views to a new file, fsync it, and return its sha256 (hashed meanwhile)."""
-    total = sum(v.nbytes for v in views)
-    if total <= CHUNK:  # small: a hashing thread would cost more than it saves
-        digest = _sha256(views)
-        _write_and_sync(views, path, total, label)
-        return digest
-    with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(_sha256, views)
-        _write_and_sync(views, path, total, label)
-        return pending.result()
-
-
-def _write_and_sync(views: list[memoryview], path: Path, total: int, label: str) -> None:
-    shown = bar(total=total, unit="B", unit_scale=True, unit_divisor=1024, leave=False,
-                desc=label or path.name, hide=total < PROGRESS_MIN_BYTES)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        for chunk in _chunks(views):
-            done = 0
-            while done < chunk.nbytes:
-                done += os.write(fd, chunk[done:])
-            shown.update(chunk.nbytes)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-        shown.close()
-
-
-def write_safetensors(
-    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, Any] | None = None
-) -> str:
-    """Write one safetensors file from the tensors' memory; returns its sha256.
-
-    Args:
-        tensors: name -> tensor; tensors sharing storage are written once (listed as tied).
-        path: a new file (an existing one is an error: checkpoints never overwrite in place).
-        metadata: JSON-able values for the header's ``__metadata__``.
-
-    Returns:
-        The hex sha256 of the file's bytes.
-
-    Raises:
-        MLMFError: a dtype safetensors cannot store, or a tensor on the meta device.
-    """
-    prefix, views = safetensors_layout(tensors, path, metadata)
-    return write_views([memoryview(prefix), *views], path)
-
-
-def write_json(obj: Any, path: Path) -> str:
-    """Write ``obj`` as JSON (standard: no NaN) to a new file, fsync it; returns its sha256."""
-    data = (json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
-    return write_views([memoryview(data)], path)
-
-
-def write_weights(
-    tensors: dict[str, torch.Tensor], folder: Path, max_shard_size: int | str,
-    metadata: dict[str, Any] | None = None,
-) -> dict[str, str]:
-    """Write model weights in the Hugging Face layout; returns file name -> sha256.
-
-    One ``model.safetensors`` when they fit in ``max_shard_size``, else numbered
-    shards and ``model.safetensors.index.json``, as ``transformers`` writes them.
-    """
-    kept, aliases = dedupe_shared(tensors)
-    sizes = nbytes(kept)
-    groups = plan_shards(sizes, parse_size(max_shard_size, "max_shard_size"))
-    n = len(groups)
-    sums: dict[str, str] = {}
-    weight_map: dict[str, str] = {}
-    for k, names in enumerate(groups, 1):
-        shard = "model.safetensors" if n == 1 else f"model-{k:05d}-of-{n:05d}.safetensors"
-        part = {name: kept[name] for name in names}
-        part.update({a: kept[t] for a, t in aliases.items() if t in part})
-        sums[shard] = write_safetensors(part, folder / shard, metadata)
-        weight_map.update(dict.fromkeys(names, shard))
-    if n > 1:
-        index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
-        sums[INDEX_NAME] = write_json(index, folder / INDEX_NAME)
-    return sums
 
 
 def write_manifest(folder: Path, sums: dict[str, str]) -> None:
@@ -255,7 +104,8 @@ def write_part(folder: Path, part: str, state: Any, sums: dict[str, str]) -> Non
     """Store a nested state as ``part.json`` (+ ``part.safetensors``); records the sha256s."""
     skeleton, tensors = split_state(state)
     if tensors:
-        sums[f"{part}.safetensors"] = write_safetensors(tensors, folder / f"{part}.safetensors")
+        sums[f"{part}.safetensors"] = write_safetensors(tensors, folder / f"{part}.safetensors",
+                                                        progress=True)
     sums[f"{part}.json"] = write_json(skeleton, folder / f"{part}.json")
 
 

@@ -23,6 +23,7 @@ process) writes to a root at a time.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
@@ -40,6 +41,9 @@ from .. import atomic, events
 from ..compare import CheckpointDiff, diff_state_dicts
 from ..errors import ConfigError, MLMFError, StateDictError
 from ..formats import load_state_dict
+from ..formats.safetensors import write_safetensors
+from ..formats.sharded import write_sharded
+from ..formats.write import write_json
 from ..loading import compare_keys
 from ..runinfo import git_commit, versions
 from ..units import parse_size
@@ -49,11 +53,8 @@ from .files import (
     remove_dir,
     verify_manifest,
     weights_file,
-    write_json,
     write_manifest,
     write_part,
-    write_safetensors,
-    write_weights,
 )
 from .record import (
     CheckpointList,
@@ -137,7 +138,8 @@ class CheckpointManager:
                              params={"step": step, "root": os.fspath(self.root)}) as act:
             # a hidden folder beside ``final``, fsynced and swapped in whole on success
             with atomic.replacing_dir(final) as tmp:
-                sums = write_weights(state, tmp, self.max_shard_size, {"step": step})
+                sums = write_sharded(state, tmp, {"step": step}, self.max_shard_size,
+                                     progress=True)
                 if optimizer is not None:
                     write_part(tmp, "optimizer", optimizer.state_dict(), sums)
                 if scheduler is not None:
@@ -313,6 +315,14 @@ class CheckpointManager:
     def __repr__(self) -> str:
         return (f"<CheckpointManager {os.fspath(self.root)!r}: keep_last={self.keep_last}, "
                 f"keep_best={self.keep_best} by {self.metric} ({self.mode})>")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The retention settings and the checkpoints kept (``CheckpointList.as_dict``)."""
+        return {"root": os.fspath(self.root), "keep_last": self.keep_last,
+                "keep_best": self.keep_best, "mode": self.mode, **self.list().as_dict()}
+
+    def rows(self) -> builtins.list[dict[str, Any]]:  # the method list shadows the type
+        return self.list().rows()
 
     def _repr_html_(self) -> str:
         return self.list()._repr_html_()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import html
 import json
 import os
 import re
@@ -14,7 +13,7 @@ from typing import Any
 
 from ..errors import ChecksumError, FormatError
 from ..files import sha256_file
-from ..units import human_bytes
+from ..tables import Column, Table, cell, fields_dict
 from .files import read_manifest
 from .state import join_state
 
@@ -72,6 +71,14 @@ class CheckpointRecord:
     def has(self, part: str) -> bool:
         """Whether the checkpoint holds ``part`` ("optimizer", "scheduler" or "rng")."""
         return f"{part}.json" in self.files
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record as JSON data, with its folder's ``name``."""
+        return {**fields_dict(self), "name": self.name}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Its row in a checkpoint table (``CheckpointList.rows``)."""
+        return CheckpointList([self]).rows()
 
     def _repr_html_(self) -> str:
         return CheckpointList([self])._repr_html_()
@@ -136,38 +143,31 @@ class CheckpointList(tuple[CheckpointRecord, ...]):
             for r in self
         ]
 
-    def _repr_html_(self) -> str:
-        esc = html.escape
+    def as_dict(self) -> dict[str, Any]:
+        """The checkpoints as JSON data, and which one is best by which metric."""
+        return {"best_step": self.best_step, "metric": self.metric,
+                "checkpoints": [r.as_dict() for r in self]}
+
+    def table(self) -> Table:
+        """One row per checkpoint, a column per metric, the best one starred."""
         keys: list[str] = []
         for r in self:
             keys.extend(k for k in r.metrics if k not in keys)
-        head = "".join(f"<th>{esc(k)}{' ★' if k == self.metric else ''}</th>" for k in keys)
-        body = []
-        for r in self:
-            best = r.step == self.best_step
-            cells = "".join(f"<td>{esc(_fmt(r.metrics.get(k)))}</td>" for k in keys)
-            style = " style='font-weight:bold'" if best else ""
-            body.append(
-                f"<tr{style}><td>{r.step}{' ★' if best else ''}</td>"
-                f"<td>{r.datetime.strftime('%Y-%m-%d %H:%M:%S')}</td>{cells}"
-                f"<td>{human_bytes(r.size)}</td><td><code>{esc(r.name)}</code></td></tr>"
-            )
-        where = esc(os.fspath(self[0].path.parent)) if self else ""
-        marked = ""
+        title = f"{len(self)} checkpoint{'s' if len(self) != 1 else ''}"
+        if self:
+            title += f" in {os.fspath(self[0].path.parent)}"
         if self.metric and self.best_step is not None:
-            marked = f" (★ best by {esc(self.metric)})"
-        return (
-            f"<div>{len(self)} checkpoint{'s' if len(self) != 1 else ''}"
-            f"{f' in <code>{where}</code>' if where else ''}"
-            f"{marked}"
-            f"<table><thead><tr><th>step</th><th>saved (UTC)</th>{head}<th>size</th>"
-            f"<th>folder</th></tr></thead><tbody>{''.join(body)}</tbody></table></div>"
-        )
+            title += f" (★ best by {self.metric})"
+        return Table(
+            [Column("step"), Column("best", "", lambda best: "★" if best else ""),
+             Column("time", "saved (UTC)", lambda iso: iso[:19].replace("T", " ")),
+             *[Column(k, f"{k} ★" if k == self.metric else k, _metric) for k in keys],
+             Column("size", fmt="bytes"), Column("folder", code=True)],
+            self.rows(), title=title)
+
+    def _repr_html_(self) -> str:
+        return self.table().html()
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return str(v)
+def _metric(v: Any) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else cell(v)

@@ -6,14 +6,14 @@
 >>> full = ml.distributed.gather_state_dict(shard)     # on rank 0      # doctest: +SKIP
 
 Modules: ``plans`` (ShardPlan, layers/replicate), ``rules`` (tensor parallel rule tables),
-``modality`` (modality -> ranks), ``read`` (counted byte-range reads), ``load``
-(load_shard, broadcast mode, gather), ``tp`` (tensor-parallel forward), ``runtime``
-(setup, fail-fast checks), ``launcher`` (local N-rank runs), ``dcp`` (DCP conversion).
+``modality`` (modality -> ranks), ``read`` (counted byte-range reads), ``spans`` (a plan's
+byte ranges, for the figure and the view), ``load`` (load_shard, broadcast mode, gather),
+``tp`` (tensor-parallel forward), ``runtime`` (setup, fail-fast checks), ``launcher`` (local
+N-rank runs). DCP folders are a weight format (``ml.open_weights``, ``ml.save_state_dict``).
 """
 
 from __future__ import annotations
 
-from ..formats.dcp import is_dcp, load_dcp, save_dcp
 from . import modality, rules  # noqa: F401  (each registers its strategy)
 from .launcher import RankResult, launch
 from .load import MODES, Shard, gather_state_dict, load_shard
@@ -22,10 +22,12 @@ from .plans import STRATEGIES, Piece, ShardPlan, local_shape, plan, register_str
 from .read import RangeReader
 from .rules import ARCH_RULES, Rule
 from .runtime import DEFAULT_TIMEOUT, setup, teardown, world
+from .spans import ByteSpan, byte_spans
 from .tp import TensorParallelStack, tp_linear_stack
 
 __all__ = [
     "ARCH_RULES",
+    "ByteSpan",
     "DEFAULT_TIMEOUT",
     "MODES",
     "STRATEGIES",
@@ -36,16 +38,14 @@ __all__ = [
     "Shard",
     "ShardPlan",
     "TensorParallelStack",
+    "byte_spans",
     "declared_modalities",
     "gather_state_dict",
-    "is_dcp",
     "launch",
-    "load_dcp",
     "load_shard",
     "local_shape",
     "plan",
     "register_strategy",
-    "save_dcp",
     "setup",
     "teardown",
     "tp_linear_stack",

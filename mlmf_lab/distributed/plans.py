@@ -8,7 +8,6 @@ sizes) and the file's metadata, never tensor data.
 
 from __future__ import annotations
 
-import html
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -17,6 +16,8 @@ from typing import Any, NamedTuple
 
 from ..errors import ConfigError
 from ..formats import TensorInfo, open_weights
+from ..formats.base import no_such_tensor
+from ..tables import Column, Table, fields_dict, fields_row
 from ..units import human_bytes
 
 Span = tuple[int, int]
@@ -43,6 +44,12 @@ class Piece(NamedTuple):
     nbytes: int
     role: str
     primary: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return fields_dict(self)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [fields_row(self)]
 
 
 def local_shape(info: TensorInfo, piece: Piece) -> tuple[int, ...]:
@@ -114,7 +121,11 @@ class ShardPlan:
 
     # -- queries ------------------------------------------------------------------------
     def info(self, name: str) -> TensorInfo:
-        return self._by_name[name]
+        """The header record of tensor ``name``; an ``MLMFError`` naming the closest names."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise no_such_tensor(name, list(self._by_name), "the plan", self.source) from None
 
     def for_rank(self, rank: int) -> list[Piece]:
         """The pieces ``rank`` loads, in file order."""
@@ -164,37 +175,29 @@ class ShardPlan:
             for r in range(self.world_size)
         ]
 
-    def table(self) -> str:
-        """A plain-text table: one line per rank."""
-        head = (f"ShardPlan {self.strategy!r} x{self.world_size} of "
-                f"{os.path.basename(self.source)} ({human_bytes(self.total_bytes)}, "
-                f"imbalance {self.imbalance:.3f})")
-        lines = [head, f"{'rank':>4}  {'tensors':>7}  {'bytes':>10}  {'share':>6}  holds"]
-        for row in self.rows():
-            lines.append(f"{row['rank']:>4}  {row['tensors']:>7}  {human_bytes(row['bytes']):>10}"
-                         f"  {row['share']:>6.1%}  {row['holds']}")
-        if self.detail:
-            lines.append(self.detail)
-        return "\n".join(lines)
+    def as_dict(self) -> dict[str, Any]:
+        """The plan as JSON data: totals, every tensor's header record and every piece."""
+        return {**fields_dict(self, exclude=("tensors", "pieces")),
+                "total_bytes": self.total_bytes, "imbalance": self.imbalance,
+                "bytes_per_rank": self.bytes_per_rank(),
+                "tensors": [i.as_dict() for i in self.tensors],
+                "pieces": [p.as_dict() for p in self.pieces]}
+
+    def table(self) -> Table:
+        """One line per rank: tensors, bytes, share of the file, what it holds."""
+        return Table(
+            [Column("rank"), Column("tensors"), Column("bytes", fmt="bytes"),
+             Column("share", fmt=".1%"), Column("holds")],
+            self.rows(), title=f"ShardPlan {self.strategy!r} x{self.world_size} of "
+            f"{os.path.basename(self.source)} ({len(self.tensors)} tensors, "
+            f"{human_bytes(self.total_bytes)}, imbalance {self.imbalance:.3f})",
+            notes=[self.detail])
 
     def __str__(self) -> str:
-        return self.table()
+        return self.table().text()
 
     def _repr_html_(self) -> str:
-        esc = html.escape
-        body = "".join(
-            f"<tr><td>{r['rank']}</td><td>{r['tensors']}</td><td>{human_bytes(r['bytes'])}</td>"
-            f"<td>{r['share']:.1%}</td><td style='text-align:left'>{esc(r['holds'])}</td></tr>"
-            for r in self.rows()
-        )
-        return (
-            f"<div><b>ShardPlan</b> <code>{esc(self.strategy)}</code> × {self.world_size} of "
-            f"<code>{esc(os.path.basename(self.source))}</code> · {len(self.tensors)} tensors · "
-            f"{human_bytes(self.total_bytes)} · imbalance {self.imbalance:.3f}"
-            "<table><thead><tr><th>rank</th><th>tensors</th><th>bytes</th><th>share</th>"
-            f"<th>holds</th></tr></thead><tbody>{body}</tbody></table>"
-            f"<small>{esc(self.detail)}</small></div>"
-        )
+        return self.table().html()
 
 
 # -- grouping tensors into layers ---------------------------------------------------------

@@ -1,12 +1,11 @@
-"""Weight-file formats: one module per format, registered by content detection.
+"""Weight-file formats: one module per format, each registering itself.
 
-Order matters only for detection: the first detector that accepts a file wins.
+Which format a file opens as is decided by content, detectors tried by their explicit
+``priority`` (``registry.register_format``), so the order of the imports below does not
+matter; the writer follows the target's suffix.
 """
 
-# Detection order: the strict structural checks first, the loosest (pickle) last.
-from . import gguf  # noqa: F401, I001  (magic bytes first: a GGUF header can look like safetensors)
-from . import safetensors, sharded  # noqa: F401, I001  (each registers itself)
-from . import pickle  # noqa: F401, E402
+from . import dcp, gguf, pickle, safetensors, sharded  # noqa: F401  (each registers itself)
 from .base import TensorInfo, WeightFile
 from .registry import (
     FORMATS,

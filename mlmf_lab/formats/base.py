@@ -8,7 +8,7 @@ table) lives here so that each format reads the same.
 
 from __future__ import annotations
 
-import html
+import difflib
 import math
 import os
 from collections.abc import Iterator
@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import FormatError, MLMFError, UnsupportedError
+from ..tables import Column, Table, fields_dict, plain
 from ..units import human_bytes
 
 # safetensors dtype codes <-> torch dtypes (the codes the safetensors header uses).
@@ -51,6 +52,20 @@ def alias_key(t: torch.Tensor) -> tuple[Any, ...]:
     """
     return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(),
             t.dtype)
+
+
+def no_such_tensor(name: str, names: list[str], holder: str,
+                   path: str | os.PathLike[str] | None = None) -> MLMFError:
+    """The error for a tensor name that is not there: it names the closest ones that are.
+
+    >>> no_such_tensor("fc.weigth", ["fc.weight", "fc.bias"], "the file").message
+    "no tensor named 'fc.weigth'; the file has 2 tensors (closest: 'fc.weight')"
+    """
+    close = difflib.get_close_matches(str(name), names, n=3)
+    shown = (f"closest: {', '.join(map(repr, close))}" if close
+             else f"first: {', '.join(map(repr, names[:5])) or 'none'}")
+    return MLMFError(f"no tensor named {name!r}; {holder} has {len(names)} tensors ({shown})",
+                     path)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -106,6 +121,16 @@ class TensorInfo:
     def bits_per_weight(self) -> float:
         return 8.0 * self.nbytes / self.numel if self.numel else 0.0
 
+    def as_dict(self) -> dict[str, Any]:
+        """The header record as JSON data, with ``numel`` and ``bits_per_weight``."""
+        return {**fields_dict(self), "numel": self.numel, "bits_per_weight": self.bits_per_weight}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Its row in a file's tensor table: name, shape, storage type, bits/weight, bytes."""
+        return [{"name": self.name, "shape": self.shape, "type": self.quant or self.dtype,
+                 "bits_per_weight": self.bits_per_weight, "nbytes": self.nbytes,
+                 "file": os.path.basename(self.file)}]
+
 
 @dataclass
 class WeightFile:
@@ -117,6 +142,8 @@ class WeightFile:
     path: Path
     metadata: dict[str, Any] = field(default_factory=dict)
     _infos: dict[str, TensorInfo] = field(default_factory=dict, repr=False)
+    # tied names the file stores once: alias -> the stored name
+    aliases: dict[str, str] = field(default_factory=dict, repr=False)
 
     format: ClassVar[str] = "?"
 
@@ -126,6 +153,11 @@ class WeightFile:
 
     def close(self) -> None:
         """Release the file handles and memory maps (tensors already returned stay valid)."""
+
+    def closed_error(self, name: str) -> MLMFError:
+        """The error for reading tensor ``name`` after ``close()``."""
+        return MLMFError(f"cannot read tensor {name!r}: the file was closed (close(), or the "
+                         "end of its with block); open it again with ml.open_weights", self.path)
 
     # -- shared behaviour ----------------------------------------------------------------
     def __iter__(self) -> Iterator[str]:
@@ -148,11 +180,7 @@ class WeightFile:
         try:
             return self._infos[name]
         except KeyError:
-            raise MLMFError(
-                f"no tensor named {name!r}; the file has {len(self)} tensors"
-                f" (first: {', '.join(list(self._infos)[:5]) or 'none'})",
-                self.path,
-            ) from None
+            raise no_such_tensor(name, list(self._infos), "the file", self.path) from None
 
     def tensor(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Tensor ``name``, backed by the memory map; a copy only when ``dtype`` casts it."""
@@ -162,6 +190,14 @@ class WeightFile:
     def raw(self, name: str) -> Any:
         """The tensor as stored; for unquantized formats this equals ``tensor(name)``."""
         return self.tensor(name)
+
+    def state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """Every tensor, tied names included (sharing their target's tensor)."""
+        out = {name: self.tensor(name, dtype=dtype) for name in self}
+        for alias, target in self.aliases.items():
+            if target in out and alias not in out:
+                out[alias] = out[target]
+        return out
 
     def spans(self, name: str) -> list[tuple[str, int, int]]:
         """Where the bytes of ``name`` lie: ``(file, offset, nbytes)`` per stored part.
@@ -200,29 +236,33 @@ class WeightFile:
             out[key] = out.get(key, 0) + i.nbytes
         return out
 
-    def summary(self) -> dict[str, Any]:
-        """Plain-data summary (what ``mlmf-lab inspect --json`` prints)."""
+    def as_dict(self) -> dict[str, Any]:
+        """The file as JSON data (what ``mlmf-lab inspect --json`` prints)."""
         return {
             "path": os.fspath(self.path),
             "format": self.format,
-            "metadata": self.metadata,
-            "tensors": [
-                {
-                    "name": i.name,
-                    "shape": list(i.shape),
-                    "dtype": i.dtype,
-                    "quant": i.quant,
-                    "bits_per_weight": round(i.bits_per_weight, 4),
-                    "nbytes": i.nbytes,
-                    "file": os.path.basename(i.file),
-                }
-                for i in self._infos.values()
-            ],
+            "metadata": plain(self.metadata),
+            "tensors": [i.as_dict() for i in self._infos.values()],
             "num_tensors": len(self),
             "num_parameters": self.num_parameters,
             "nbytes": self.nbytes,
             "bytes_by_type": self.bytes_by_type(),
         }
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per tensor, in file order (``TensorInfo.rows``)."""
+        return [row for i in self._infos.values() for row in i.rows()]
+
+    def table(self, max_rows: int | None = None) -> Table:
+        """The tensor table, titled with the format and path, totals below."""
+        types = ", ".join(f"{k} {human_bytes(v)}" for k, v in self.bytes_by_type().items())
+        total = (f"total: {len(self)} tensors, {self.num_parameters:,} parameters, "
+                 f"{human_bytes(self.nbytes)} ({types}); {len(self.metadata)} metadata keys")
+        return Table(
+            [Column("name", code=True), Column("shape", fmt="shape"), Column("type"),
+             Column("bits_per_weight", "bits/w", fmt=".4g"), Column("nbytes", "bytes", "bytes")],
+            self.rows(), title=f"{self.format} {os.fspath(self.path)}", notes=[total],
+            max_rows=max_rows, noun="tensors")
 
     def __repr__(self) -> str:
         return (
@@ -230,27 +270,8 @@ class WeightFile:
             f"{len(self)} tensors, {self.num_parameters:,} parameters, {human_bytes(self.nbytes)}>"
         )
 
-    def _repr_html_(self, max_rows: int = 60) -> str:
-        esc = html.escape
-        rows = []
-        for i in list(self._infos.values())[:max_rows]:
-            kind = esc(i.quant or i.dtype)
-            rows.append(
-                f"<tr><td style='text-align:left'><code>{esc(i.name)}</code></td>"
-                f"<td>{esc(str(list(i.shape)))}</td><td>{kind}</td>"
-                f"<td>{human_bytes(i.nbytes)}</td></tr>"
-            )
-        more = len(self) - max_rows
-        if more > 0:
-            rows.append(f"<tr><td colspan=4>… {more} more tensors</td></tr>")
-        totals = ", ".join(f"{esc(k)}: {human_bytes(v)}" for k, v in self.bytes_by_type().items())
-        return (
-            f"<div><b>{esc(self.format)}</b> <code>{esc(os.fspath(self.path))}</code><br>"
-            f"{len(self)} tensors · {self.num_parameters:,} parameters · "
-            f"{human_bytes(self.nbytes)} ({totals}) · {len(self.metadata)} metadata keys"
-            "<table><thead><tr><th>name</th><th>shape</th><th>dtype</th><th>bytes</th></tr>"
-            f"</thead><tbody>{''.join(rows)}</tbody></table></div>"
-        )
+    def _repr_html_(self) -> str:
+        return self.table(max_rows=60).html()
 
 
 def torch_dtype(code: str, path: str | os.PathLike[str] | None = None) -> torch.dtype:

@@ -34,7 +34,7 @@ passed in is not carried over), and safetensors' ``format: pt`` marker is droppe
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ import torch
 
 from .. import atomic
 from ..errors import MLMFError, UnsupportedError
+from ..files import sha256_file
 from ..progress import bar
 from ..quant.base import QTensor
 from ..quant.ggml import BLOCK_TYPES, BY_ID, block_type, dequantize_tensor, quantizable
@@ -53,6 +54,7 @@ from .gguf_meta import decode_metadata, encode_metadata
 from .gguf_reader import read_header_with_gguf
 from .metadata import QUANTIZATION_VERSION_KEY
 from .registry import Format, Writer, register_format, register_writer
+from .write import dedupe_shared
 
 # ggml types stored as plain tensors: type name -> torch dtype
 NATIVE: dict[str, torch.dtype] = {
@@ -139,8 +141,7 @@ class GGUFFile(WeightFile):
             infos[e.name] = TensorInfo(
                 e.name, shape, dtype_name(dtype), e.nbytes, os.fspath(path), start, quant
             )
-        super().__init__(path=path, metadata=meta, _infos=infos)
-        self.aliases = aliases
+        super().__init__(path=path, metadata=meta, _infos=infos, aliases=aliases)
         self.reader = reader
         self.version = header.version
         self.alignment = header.alignment
@@ -149,7 +150,7 @@ class GGUFFile(WeightFile):
 
     def _array(self, name: str) -> np.ndarray[Any, Any]:
         if self._closed:
-            raise MLMFError("the file is closed", self.path)
+            raise self.closed_error(name)
         return self._arrays[name]
 
     def _read(self, info: TensorInfo) -> torch.Tensor:
@@ -228,11 +229,15 @@ def write_gguf(
     path: Path,
     metadata: dict[str, Any] | None = None,
     quant: str | None = None,
-) -> None:
-    """Write a GGUF file atomically (see the module docstring for the rules)."""
-    from gguf import GGMLQuantizationType, GGUFWriter
+    keep: Collection[str] = (),
+) -> str:
+    """Write a GGUF file atomically (see the module docstring for the rules); its sha256.
 
-    from .safetensors import dedupe_shared
+    ``gguf.GGUFWriter`` writes the file, so its sha256 is read back from it (from the page
+    cache) before it replaces ``path``. Tensors named in ``keep`` are written as they are,
+    whatever ``quant`` says (llama.cpp keeps norms and position embeddings in F32).
+    """
+    from gguf import GGMLQuantizationType, GGUFWriter
 
     kept, aliases = dedupe_shared(tensors)
     # this writer's own markers: safetensors' "format: pt" is not GGUF's, and the
@@ -242,9 +247,9 @@ def write_gguf(
     entries = encode_metadata(given, aliases, path)
     arch = next((e.value for e in entries if e.key == "general.architecture"), "unknown")
     planned = {
-        name: _plan(name, t, quant, path)
-        for name, t in bar(kept.items(), desc="quantizing", leave=False,
-                           hide=quant is None or len(kept) < 8)
+        name: _plan(name, t, None if name in keep else quant, path)
+        for name, t in bar(kept.items(), progress=quant is not None, min_total=8,
+                           desc="quantizing", leave=False)
     }
     with atomic.replacing(path) as tmp:
         writer = GGUFWriter(tmp, arch=str(arch))
@@ -268,6 +273,7 @@ def write_gguf(
             raise MLMFError(f"could not write GGUF: {e}", path) from None
         finally:
             writer.close()
+        return sha256_file(tmp)
 
 
 def _save(
@@ -276,17 +282,18 @@ def _save(
     metadata: dict[str, Any] | None = None,
     max_shard_size: int | str | None = None,
     quant: str | None = None,
-) -> None:
+) -> dict[str, str]:
     if max_shard_size is not None:
         raise MLMFError(
             "GGUF files are written whole; max_shard_size applies to folder targets "
             "(the HF safetensors layout). Drop max_shard_size or save to a folder.",
             path,
         )
-    write_gguf(tensors, path, metadata, quant)
+    return {path.name: write_gguf(tensors, path, metadata, quant)}
 
 
-register_format(Format("gguf", _detect, GGUFFile, readers=tuple(READERS)))
+# magic bytes, checked first: a GGUF header can look like the start of other formats
+register_format(Format("gguf", _detect, GGUFFile, priority=40, readers=tuple(READERS)))
 register_writer(Writer("gguf", ".gguf", _save, tuple(quantizable())))
 
 __all__ = ["GGUFFile", "NATIVE", "READERS", "write_gguf"]

@@ -5,7 +5,8 @@ Writing picks the GGUF type from the value, following what llama.cpp expects for
 common keys: non-negative ``int`` -> ``uint32`` (``int64``/``uint64`` when larger, ``int32``
 when negative); lists of ints -> ``int32`` arrays (wider when needed); ``float`` ->
 ``float32`` when that is exact (values read from GGUF always are), else ``float64``;
-``bool``, ``str`` and lists of ``str`` as themselves. Anything else JSON-able (dicts,
+``bool``, ``str`` and lists of ``str`` as themselves; a ``gguf.GGUFValue`` (what
+``GGUFWriter``'s ``add_*`` helpers record) keeps its own type. Anything else JSON-able (dicts,
 nested or mixed lists, empty lists, ``None``) is stored as a JSON string and its key is
 listed under ``mlmf.json``, so it comes back as it went in. Tied weights written once are
 listed under ``mlmf.tied`` (JSON object alias -> stored name), as for safetensors.
@@ -19,6 +20,7 @@ import struct
 from typing import Any, NamedTuple
 
 from gguf import GGUFValueType
+from gguf.gguf_writer import GGUFValue
 
 from ..errors import FormatError, MLMFError
 from .metadata import JSON_KEYS, RESERVED, TIED_KEY
@@ -64,6 +66,8 @@ def _plain(value: Any) -> Any:
 
 def _typed(key: str, value: Any) -> Entry | None:
     """The GGUF typing of ``value``, or None when it must go through JSON."""
+    if isinstance(value, GGUFValue):  # typed already (GGUFWriter's add_* helpers)
+        return Entry(key, value.value, value.type, value.sub_type)
     if isinstance(value, bool):
         return Entry(key, value, GGUFValueType.BOOL)
     if isinstance(value, int):

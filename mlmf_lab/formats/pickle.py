@@ -18,6 +18,7 @@ import torch
 from ..errors import FormatError, UnsafeFileError
 from .base import TensorInfo, WeightFile, dtype_name
 from .registry import Format, register_format
+from .write import tensor_nbytes
 
 _PICKLE_PROTOCOL_BYTE = b"\x80"
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -57,13 +58,13 @@ class PickleFile(WeightFile):
             raise FormatError(
                 f"expected a dict of name -> tensor, found {type(obj).__name__}", path
             )
-        self._tensors: dict[str, torch.Tensor] = obj
+        self._tensors: dict[str, torch.Tensor] | None = obj
         infos = {
             k: TensorInfo(
                 k,
                 tuple(v.shape),
                 dtype_name(v.dtype),
-                v.numel() * v.element_size(),
+                tensor_nbytes(v),
                 os.fspath(path),
             )
             for k, v in obj.items()
@@ -71,10 +72,12 @@ class PickleFile(WeightFile):
         super().__init__(path=path, metadata={}, _infos=infos)
 
     def _read(self, info: TensorInfo) -> torch.Tensor:
+        if self._tensors is None:
+            raise self.closed_error(info.name)
         return self._tensors[info.name]
 
     def close(self) -> None:
-        self._tensors = {}
+        self._tensors = None  # the loaded tensors go with it, unless the caller holds them
 
 
 def _detect(path: Path, head: bytes) -> bool:
@@ -84,4 +87,5 @@ def _detect(path: Path, head: bytes) -> bool:
     )
 
 
-register_format(Format("pytorch", _detect, PickleFile))
+# the loosest check (two bytes), tried last
+register_format(Format("pytorch", _detect, PickleFile, priority=0))

@@ -1,9 +1,15 @@
-"""safetensors files: strict header validation, then lazy memory-mapped tensors.
+"""safetensors files: strict header validation, then lazy memory-mapped tensors; the writer.
 
 The header (8-byte little-endian length + JSON) is validated here so that every
 problem gets a message naming the file; tensor data is read through the
 ``safetensors`` package's ``safe_open`` (memory-mapped, no copy on CPU). ``int8``/``int4``
 weights are stored as their parts and read back as one tensor (``safetensors_quant``).
+
+The one safetensors writer of the lab (``save_state_dict``, sharded folders and checkpoints
+all use it) lays the format out itself (``encode_safetensors``: header padded to 8 bytes,
+tensor bytes by falling alignment, as the safetensors package writes them) and writes each
+tensor from its own memory, hashing the file as it goes (``write.write_views``). The
+safetensors package reads the files back (the tests check it).
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ from safetensors import SafetensorError, safe_open
 
 from .. import atomic
 from ..errors import FormatError, MLMFError
+from ..progress import Progress
 from ..quant.base import QTensor, dequantize
-from .base import ST_DTYPES, TensorInfo, WeightFile, alias_key, dtype_name, torch_dtype
+from .base import TORCH_TO_ST, TensorInfo, WeightFile, dtype_name, torch_dtype
 from .metadata import QUANT_KEY, QUANTIZATION_VERSION_KEY, decode_metadata, encode_metadata
 from .registry import Format, Writer, register_format, register_writer
 from .safetensors_quant import SCHEMES, QuantEntry, assemble, quantize_parts, read_entries
+from .write import dedupe_shared, tensor_view, write_views
 
 MAX_HEADER = 100 * 1024 * 1024  # the safetensors package's own limit
 
@@ -116,8 +124,7 @@ class SafetensorsFile(WeightFile):
         self._quant: dict[str, QuantEntry] = {}
         if QUANT_KEY in raw_meta:
             infos, self._quant = read_entries(raw_meta[QUANT_KEY], infos, path)
-        super().__init__(path=path, metadata=meta, _infos=infos)
-        self.aliases = aliases
+        super().__init__(path=path, metadata=meta, _infos=infos, aliases=aliases)
         # stored keys of the int8/int4 scales and zeros, read with their weights
         self.parts = {p.key for e in self._quant.values() for p in e.params.values()}
         try:
@@ -125,16 +132,18 @@ class SafetensorsFile(WeightFile):
         except (SafetensorError, OSError) as e:
             raise FormatError(f"safetensors refused the file: {e}", path) from None
 
-    def _get(self, key: str) -> torch.Tensor:
+    def _open(self, name: str) -> Any:
+        """The ``safe_open`` handle, for reading tensor ``name``; an error once closed."""
         if self._handle is None:
-            raise MLMFError("the file is closed", self.path)
-        return self._handle.get_tensor(key)
+            raise self.closed_error(name)
+        return self._handle
 
     def _read(self, info: TensorInfo) -> torch.Tensor:
+        handle = self._open(info.name)
         entry = self._quant.get(info.name)
         if entry is None:
-            return self._get(info.name)
-        return dequantize(assemble(entry, self._get), dtype=info.torch_dtype)
+            return handle.get_tensor(info.name)
+        return dequantize(assemble(entry, handle.get_tensor), dtype=info.torch_dtype)
 
     def spans(self, name: str) -> list[tuple[str, int, int]]:
         entry = self._quant.get(name)
@@ -145,8 +154,9 @@ class SafetensorsFile(WeightFile):
     def raw(self, name: str) -> QTensor | torch.Tensor:
         """An ``int8``/``int4`` tensor as its ``QTensor`` (no dequantization); others as stored."""
         self.info(name)
+        handle = self._open(name)
         entry = self._quant.get(name)
-        return self._get(name) if entry is None else assemble(entry, self._get)
+        return handle.get_tensor(name) if entry is None else assemble(entry, handle.get_tensor)
 
     def get_slice(self, name: str) -> Any:
         """A lazy slice object: ``get_slice(name)[a:b]`` reads only those rows."""
@@ -154,7 +164,7 @@ class SafetensorsFile(WeightFile):
         if quant:
             raise MLMFError(f"tensor {name!r} is stored as {quant}; read it whole with "
                             "tensor() or raw()", self.path)
-        return self._handle.get_slice(name)
+        return self._open(name).get_slice(name)
 
     def close(self) -> None:
         self._handle = None
@@ -168,55 +178,37 @@ def _detect(path: Path, head: bytes) -> bool:
     return head[8:9] == b"{" or (n > 0 and head[8:9] in (b" ", b"\n"))
 
 
-def dedupe_shared(
-    tensors: dict[str, torch.Tensor],
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Drop tensors that alias another's storage (tied weights); returns (kept, alias->kept)."""
-    kept: dict[str, torch.Tensor] = {}
-    seen: dict[tuple[Any, ...], str] = {}
-    aliases: dict[str, str] = {}
-    for name, t in tensors.items():
-        if t.device.type == "meta":
-            raise MLMFError(f"tensor {name!r} is on the meta device and has no data")
-        key = alias_key(t)
-        if t.numel() and key in seen:
-            aliases[name] = seen[key]
-            continue
-        seen[key] = name
-        kept[name] = t
-    # Distinct views into one storage (a fused weight split in parts) are written as copies:
-    # safetensors refuses tensors that share memory unless they are the same tensor.
-    owners: dict[int, int] = {}
-    for t in kept.values():
-        ptr = t.untyped_storage().data_ptr()
-        owners[ptr] = owners.get(ptr, 0) + 1
-    for name, t in kept.items():
-        if t.numel() and owners[t.untyped_storage().data_ptr()] > 1:
-            kept[name] = t.clone()
-    return kept, aliases
-
-
 def check_dtypes(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse a dtype safetensors has no code for, naming the tensor and the file."""
     for name, t in tensors.items():
-        if t.dtype not in ST_DTYPES.values():
+        if t.dtype not in TORCH_TO_ST:
             raise MLMFError(
-                f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store", path
+                f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store; "
+                f"supported: {', '.join(dtype_name(d) for d in TORCH_TO_ST)}", path
             )
 
 
-def write_file(
+def encode_safetensors(
     tensors: dict[str, torch.Tensor],
     path: Path,
     metadata: dict[str, Any] | None = None,
     quant: str | None = None,
-) -> int:
-    """Write one safetensors file atomically; returns the bytes of tensor data written.
+) -> list[memoryview]:
+    """A safetensors file's bytes as views: the header, then each tensor's own memory.
 
-    With ``quant`` (``"int8"`` or ``"int4"``), weights are stored quantized
-    (``safetensors_quant``).
+    Tied tensors are stored once and listed under ``mlmf.tied``; with ``quant`` (``"int8"``
+    or ``"int4"``) weights are stored as their parts (``safetensors_quant``). Data is laid
+    out by falling element size, so every tensor is aligned to its dtype (as safetensors
+    does); the header lists tensors in the caller's order, so readers that keep JSON order
+    (``ml.open_weights``) give back the model's order.
+
+    Args:
+        path: the file the bytes are for; only named in error messages.
+
+    Raises:
+        MLMFError: a dtype safetensors cannot store, a tensor on the meta device, bad
+            metadata, or a tensor ``quant`` cannot hold (inf/nan).
     """
-    from safetensors.torch import save_file
-
     kept, aliases = dedupe_shared(tensors)
     check_dtypes(kept, path)
     # GGUF's block-layout version says nothing about the tensors written here
@@ -224,23 +216,73 @@ def write_file(
     header_meta = encode_metadata(given, aliases)
     if quant is not None:
         kept, header_meta[QUANT_KEY] = quantize_parts(kept, quant, path, aliases)
-    cpu = {k: v.detach().to("cpu").contiguous() for k, v in kept.items()}
-    with atomic.replacing(path) as tmp:
-        save_file(cpu, os.fspath(tmp), metadata=header_meta)
-    return sum(t.numel() * t.element_size() for t in cpu.values())
+    entries: dict[str, Any] = {}
+    views: list[memoryview] = []
+    offset = 0
+    for name in sorted(kept, key=lambda n: (-kept[n].element_size(), n)):
+        t = kept[name]
+        view = tensor_view(t)
+        entries[name] = {"dtype": TORCH_TO_ST[t.dtype], "shape": list(t.shape),
+                         "data_offsets": [offset, offset + view.nbytes]}
+        offset += view.nbytes
+        if view.nbytes:
+            views.append(view)
+    header: dict[str, Any] = {"__metadata__": header_meta}
+    header.update((name, entries[name]) for name in kept)
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
+    return [memoryview(struct.pack("<Q", len(raw)) + raw), *views]
 
 
-def _save(
+def write_safetensors(
+    tensors: dict[str, torch.Tensor],
+    path: Path,
+    metadata: dict[str, Any] | None = None,
+    quant: str | None = None,
+    progress: Progress = False,
+) -> str:
+    """Write one safetensors file as a new file; returns its sha256, hashed while written.
+
+    For a folder written as a whole (a checkpoint, a sharded save) where the folder is
+    what gets replaced atomically; ``save_safetensors`` replaces a single file.
+
+    Args:
+        tensors: name -> tensor; tensors sharing storage are written once (listed as tied).
+        path: a new file (an existing one is an error).
+        metadata: JSON-able values for the header's ``__metadata__``.
+        quant: ``"int8"`` or ``"int4"`` to store the weights quantized.
+        progress: a progress bar for files of at least 256 MiB, or a function told
+            ``(bytes written, total)``.
+
+    Returns:
+        The hex sha256 of the file's bytes.
+
+    Raises:
+        MLMFError: see ``encode_safetensors``. FileExistsError: ``path`` exists.
+    """
+    views = encode_safetensors(tensors, path, metadata, quant)
+    return write_views(views, path, progress=progress)
+
+
+def save_safetensors(
     tensors: dict[str, torch.Tensor],
     path: Path,
     metadata: dict[str, Any] | None = None,
     max_shard_size: int | str | None = None,
     quant: str | None = None,
-) -> None:
+) -> dict[str, str]:
+    """``save_state_dict`` for ``.safetensors``: replace ``path`` atomically.
+
+    Returns:
+        ``{file name: sha256}``.
+    """
     if max_shard_size is not None:
         raise MLMFError("max_shard_size needs a folder target (the HF sharded layout)", path)
-    write_file(tensors, path, metadata, quant)
+    views = encode_safetensors(tensors, path, metadata, quant)
+    with atomic.replacing(path) as tmp:
+        digest = write_views(views, tmp, label=path.name)
+    return {path.name: digest}
 
 
-register_format(Format("safetensors", _detect, SafetensorsFile))
-register_writer(Writer("safetensors", ".safetensors", _save, SCHEMES))
+register_format(Format("safetensors", _detect, SafetensorsFile, priority=20))
+register_writer(Writer("safetensors", ".safetensors", save_safetensors, SCHEMES))

@@ -148,7 +148,7 @@ def quantize_parts(
     out: dict[str, torch.Tensor] = {}
     listed: dict[str, dict[str, Any]] = {}
     todo = {n for n, parts in stored_parts(tensors, quant, path, taken).items() if len(parts) > 1}
-    for name, t in bar(tensors.items(), desc="quantizing", leave=False, hide=len(todo) < 8):
+    for name, t in bar(tensors.items(), progress=len(todo) >= 8, desc="quantizing", leave=False):
         if name not in todo:
             out[name] = t
             continue

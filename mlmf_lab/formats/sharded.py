@@ -15,6 +15,7 @@ import re
 import shutil
 import stat
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,18 @@ import torch
 
 from .. import atomic
 from ..errors import MLMFError, ShardError, UnsafeFileError
+from ..progress import Progress
 from ..units import parse_size
 from .base import TensorInfo, WeightFile
 from .registry import Format, Writer, register_format, register_writer
-from .safetensors import SafetensorsFile, check_dtypes, dedupe_shared, write_file
+from .safetensors import SafetensorsFile, check_dtypes, encode_safetensors
 from .safetensors_quant import SCHEMES, check_finite, part_nbytes, stored_parts
+from .write import dedupe_shared, json_bytes, tensor_nbytes, write_views
 
 INDEX_NAME = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD = 5 * 1000**3  # transformers' default, "5GB"
+
+
 def safe_member(folder: Path, name: Any, index: Path) -> Path:
     """``folder/name`` if ``name`` is a plain file name that stays inside ``folder``."""
     if not isinstance(name, str) or not name:
@@ -86,12 +91,12 @@ class ShardedFile(WeightFile):
             raise ShardError(f"shards hold tensors the index omits: {unlisted[:5]}", index)
         meta = dict(doc.get("metadata") or {})
         meta.update(next(iter(shards.values())).metadata)
-        super().__init__(path=index, metadata=meta, _infos=infos)
+        aliases: dict[str, str] = {}
+        for sf in shards.values():
+            aliases.update(sf.aliases)
+        super().__init__(path=index, metadata=meta, _infos=infos, aliases=aliases)
         self.shards = shards
         self._where = where
-        self.aliases: dict[str, str] = {}
-        for sf in shards.values():
-            self.aliases.update(sf.aliases)
 
     def _read(self, info: TensorInfo) -> torch.Tensor:
         return self.shards[self._where[info.name]].tensor(info.name)
@@ -124,10 +129,6 @@ def _has_weight_map(path: Path) -> bool:
         return False
 
 
-def nbytes(tensors: dict[str, torch.Tensor]) -> dict[str, int]:
-    return {name: t.numel() * t.element_size() for name, t in tensors.items()}
-
-
 def plan_shards(sizes: dict[str, int], max_bytes: int) -> list[list[str]]:
     """Greedy in-order packing, as transformers: a new shard when the next tensor overflows."""
     shards: list[list[str]] = [[]]
@@ -141,57 +142,117 @@ def plan_shards(sizes: dict[str, int], max_bytes: int) -> list[list[str]]:
     return shards
 
 
+def shard_files(
+    tensors: dict[str, torch.Tensor],
+    folder: Path,
+    metadata: dict[str, Any] | None = None,
+    max_shard_size: int | str | None = None,
+    quant: str | None = None,
+) -> Iterator[tuple[str, list[memoryview]]]:
+    """The files of the HF layout for ``tensors``: (file name, its bytes as views) each.
+
+    One ``model.safetensors`` when everything fits in ``max_shard_size`` (default 5GB, as
+    transformers), else numbered shards and ``model.safetensors.index.json``. Tied names
+    travel with their target, so each shard's metadata records its own.
+
+    Everything is checked before this returns (dtypes, tied names, the names of quantized
+    parts, inf/nan), so a refusal comes before any file is written; a shard is encoded only
+    when the iteration reaches it, so one shard's quantized copy is held at a time.
+
+    Raises:
+        MLMFError: naming ``folder`` (and the tensor).
+    """
+    limit = parse_size(max_shard_size if max_shard_size is not None else DEFAULT_MAX_SHARD,
+                       "max_shard_size")
+    kept, aliases = dedupe_shared(tensors)
+    check_dtypes(kept, folder)
+    if quant is None:
+        keys = {name: [name] for name in kept}
+        sizes = {name: tensor_nbytes(t) for name, t in kept.items()}
+    else:
+        layout = stored_parts(kept, quant, folder, aliases)
+        check_finite(kept, layout, quant, folder)
+        keys = {name: [p.key for p in parts] for name, parts in layout.items()}
+        sizes = {n: sum(map(part_nbytes, parts)) for n, parts in layout.items()}
+    groups = plan_shards(sizes, limit)
+
+    def files() -> Iterator[tuple[str, list[memoryview]]]:
+        n = len(groups)
+        weight_map: dict[str, str] = {}
+        for k, names in enumerate(groups, 1):
+            shard = "model.safetensors" if n == 1 else f"model-{k:05d}-of-{n:05d}.safetensors"
+            part = {name: kept[name] for name in names}
+            part.update({a: kept[t] for a, t in aliases.items() if t in part})
+            yield shard, encode_safetensors(part, folder / shard, metadata, quant)
+            weight_map.update(dict.fromkeys((key for n in names for key in keys[n]), shard))
+        if n > 1:
+            index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
+            yield INDEX_NAME, [memoryview(json_bytes(index, indent=2))]
+
+    return files()
+
+
+def write_sharded(
+    tensors: dict[str, torch.Tensor],
+    folder: Path,
+    metadata: dict[str, Any] | None = None,
+    max_shard_size: int | str | None = None,
+    quant: str | None = None,
+    progress: Progress = False,
+) -> dict[str, str]:
+    """Write the HF layout (``shard_files``) as new files into the existing ``folder``.
+
+    ``progress`` as for ``write_views``, file by file.
+
+    For a folder written as a whole and swapped in atomically by the caller (a checkpoint);
+    ``save_sharded`` saves into a folder that may exist.
+
+    Returns:
+        ``{file name: sha256}``, hashed while written.
+    """
+    return {name: write_views(views, folder / name, progress=progress)
+            for name, views in shard_files(tensors, folder, metadata, max_shard_size, quant)}
+
+
 def save_sharded(
     tensors: dict[str, torch.Tensor],
     folder: Path,
     metadata: dict[str, Any] | None = None,
     max_shard_size: int | str | None = None,
     quant: str | None = None,
-) -> None:
-    """Write the HF layout into ``folder`` atomically (one file needs no index, as HF).
+    extra: dict[str, bytes] | None = None,
+) -> dict[str, str]:
+    """``save_state_dict`` for a folder: the HF layout, replacing the folder atomically.
 
     An existing folder keeps its other files (``config.json``, tokenizer, ...); its old
-    ``model*.safetensors`` files and index are replaced, as transformers does.
+    ``model*.safetensors`` files and index are replaced, as transformers does. ``extra``
+    (file name -> bytes: a ``config.json``, tokenizer files) is written in the same atomic
+    step and replaces the folder's files of those names.
 
     With ``quant`` (``"int8"`` or ``"int4"``) each shard stores its weights quantized, as a
     single file does (``safetensors_quant``); a weight's scale (and zero) stay in its shard,
     shards are sized by what they store, and the index lists every stored name, as
     compressed-tensors checkpoints do.
+
+    Returns:
+        ``{file name: sha256}`` of the weight files and index written.
     """
-    limit = parse_size(max_shard_size if max_shard_size is not None else DEFAULT_MAX_SHARD,
-                       "max_shard_size")
-    kept, aliases = dedupe_shared(tensors)
-    check_dtypes(kept, folder)  # every refusal comes before anything is written
-    if quant is None:
-        keys = {name: [name] for name in kept}
-        groups = plan_shards(nbytes(kept), limit)
-    else:
-        layout = stored_parts(kept, quant, folder, aliases)
-        check_finite(kept, layout, quant, folder)
-        keys = {name: [p.key for p in parts] for name, parts in layout.items()}
-        groups = plan_shards({n: sum(map(part_nbytes, p)) for n, p in layout.items()}, limit)
+    files = shard_files(tensors, folder, metadata, max_shard_size, quant)
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise MLMFError(f"cannot create the folder ({e.strerror or e})", folder.parent) from None
     with atomic.replacing_dir(folder) as tmp:
-        n = len(groups)
-        weight_map: dict[str, str] = {}
-        total = 0
-        for k, names in enumerate(groups, 1):
-            shard = "model.safetensors" if n == 1 else f"model-{k:05d}-of-{n:05d}.safetensors"
-            part = {name: kept[name] for name in names}
-            # Tied names travel with their target so the shard's metadata records them.
-            part.update({a: kept[t] for a, t in aliases.items() if t in part})
-            total += write_file(part, tmp / shard, metadata, quant)
-            weight_map.update(dict.fromkeys((key for n in names for key in keys[n]), shard))
-        if n > 1:
-            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-            (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        sums = {name: write_views(views, tmp / name, label=name) for name, views in files}
+        for name, data in (extra or {}).items():
+            if Path(name).name != name or name in (".", ".."):
+                raise MLMFError(f"extra file {name!r} is not a plain file name", folder)
+            sums[name] = write_views([memoryview(data)], tmp / name)
         _keep_mode(folder, tmp)
         _carry_over(folder, tmp)
         if quant is not None:
             _warn_plain_config(tmp / "config.json", quant, folder)
+    return sums
 
 
 def _warn_plain_config(config: Path, quant: str, folder: Path) -> None:
@@ -228,7 +289,8 @@ def _carry_over(old: Path, new: Path) -> None:
     if not old.is_dir():
         return
     for child in old.iterdir():
-        if child.name == INDEX_NAME or WEIGHT_FILE.fullmatch(child.name):
+        if child.name == INDEX_NAME or WEIGHT_FILE.fullmatch(child.name) or \
+                (new / child.name).exists():  # written anew
             continue
         try:
             if child.is_dir() and not child.is_symlink():
@@ -250,5 +312,5 @@ def _link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> N
         shutil.copy2(src, dst, follow_symlinks=False)
 
 
-register_format(Format("safetensors-sharded", _detect, ShardedFile))
-register_writer(Writer("safetensors-sharded", "", save_sharded, SCHEMES))
+register_format(Format("safetensors-sharded", _detect, ShardedFile, priority=20))
+register_writer(Writer("safetensors-sharded", "", save_sharded, SCHEMES, folder=True))

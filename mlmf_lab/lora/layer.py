@@ -5,7 +5,8 @@
 weight by a new tensor and keeps the original object, so unmerging is bit-exact.
 
 A base kind says how to read a layer's weight as float32 and how to store a merged
-one back; the first kind whose ``matches`` accepts a module wins (``BASE_KINDS``).
+one back; kinds are tried by falling ``priority`` and the first whose ``matches`` accepts a
+module wins (``BASE_KINDS``), whatever order they were registered in.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ class BaseKind(NamedTuple):
     ``read`` returns the weight as float32 in the layer's own layout; ``encode`` turns a
     float32 merged weight into what the layer stores and returns it with the max abs error
     that storing introduced; ``snapshot``/``assign`` get and set that stored object.
+
+    ``priority``: kinds are tried from the highest (ties by name). The built-in dense kinds
+    are 0; a kind for a subclass of ``nn.Linear`` needs more to be tried before them.
     """
 
     name: str
@@ -39,6 +43,7 @@ class BaseKind(NamedTuple):
     encode: Callable[[nn.Module, torch.Tensor], tuple[Any, float]]
     snapshot: Callable[[nn.Module], Any]
     assign: Callable[[nn.Module, Any], None]
+    priority: int
 
 
 def _weight(module: nn.Module) -> torch.Tensor:
@@ -82,18 +87,21 @@ def _is_conv1d(module: nn.Module) -> bool:
             and isinstance(weight, torch.Tensor) and weight.dim() == 2)
 
 
-BASE_KINDS: list[BaseKind] = [
-    BaseKind("nn.Linear", lambda m: isinstance(m, nn.Linear), _linear_features, False,
-             _dense_read, _dense_encode, _dense_snapshot, _dense_assign),
-    BaseKind("Conv1D (transformers, weight (in, out))", _is_conv1d, _conv1d_features, True,
-             _dense_read, _dense_encode, _dense_snapshot, _dense_assign),
-]
+BASE_KINDS: list[BaseKind] = []  # in the order they are tried (register_base_kind)
 
 
 def register_base_kind(kind: BaseKind) -> None:
-    """Add a layer family LoRA can wrap; it is tried before the built-in kinds."""
-    BASE_KINDS[:] = [k for k in BASE_KINDS if k.name != kind.name]
-    BASE_KINDS.insert(0, kind)
+    """Add (or replace, by name) a layer family LoRA can wrap, tried by its ``priority``."""
+    BASE_KINDS[:] = sorted([k for k in BASE_KINDS if k.name != kind.name] + [kind],
+                           key=lambda k: (-k.priority, k.name))
+
+
+register_base_kind(BaseKind("nn.Linear", lambda m: isinstance(m, nn.Linear), _linear_features,
+                            False, _dense_read, _dense_encode, _dense_snapshot, _dense_assign,
+                            priority=0))
+register_base_kind(BaseKind("Conv1D (transformers, weight (in, out))", _is_conv1d,
+                            _conv1d_features, True, _dense_read, _dense_encode,
+                            _dense_snapshot, _dense_assign, priority=0))
 
 
 def base_kind(module: nn.Module, path: str = "") -> BaseKind:

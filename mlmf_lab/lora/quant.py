@@ -44,6 +44,6 @@ def _assign(module: nn.Module, value: Any) -> None:
 QUANT_LINEAR = BaseKind(
     "ml.quant.QuantLinear", lambda m: isinstance(m, QuantLinear),
     lambda m: (_layer(m).in_features, _layer(m).out_features), False,
-    _read, _encode, _snapshot, _assign,
+    _read, _encode, _snapshot, _assign, priority=10,  # before the dense kinds
 )
 register_base_kind(QUANT_LINEAR)

@@ -10,8 +10,6 @@ the layer's scheme).
 from __future__ import annotations
 
 import fnmatch
-import html
-import os
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ from torch import nn
 from .. import events
 from ..errors import MLMFError
 from ..progress import bar
+from ..tables import Column, Table, fields_dict, fields_row
 from ..units import human_bytes
 from .base import QTensor, get_scheme, quantize
 from .kernels import LinearKernel, build_kernel
@@ -166,6 +165,12 @@ class LayerChange:
     def bits_per_weight(self) -> float:
         return 8.0 * self.bytes_after / (self.shape[0] * self.shape[1])
 
+    def as_dict(self) -> dict[str, Any]:
+        return {**fields_dict(self), "bits_per_weight": self.bits_per_weight}
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{**fields_row(self), "bits_per_weight": self.bits_per_weight}]
+
 
 @dataclass(frozen=True)
 class QuantizeSummary:
@@ -193,18 +198,24 @@ class QuantizeSummary:
                 f"{len(self.skipped)} skipped, {human_bytes(self.bytes_before)} -> "
                 f"{human_bytes(self.bytes_after)}, {self.ratio:.1f}x smaller)")
 
+    def as_dict(self) -> dict[str, Any]:
+        return {**fields_dict(self), "bytes_before": self.bytes_before,
+                "bytes_after": self.bytes_after, "ratio": self.ratio}
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [row for c in self.layers for row in c.rows()]
+
+    def table(self) -> Table:
+        return Table(
+            [Column("name", "layer", code=True), Column("shape", fmt="shape"), Column("kernel"),
+             Column("bits_per_weight", "bits/weight", ".2f"),
+             Column("bytes_before", "before", "bytes"), Column("bytes_after", "after", "bytes")],
+            self.rows(), title=f"quantized to {self.scheme}: {len(self.layers)} linears, "
+            f"{human_bytes(self.bytes_before)} → {human_bytes(self.bytes_after)} "
+            f"({self.ratio:.1f}× smaller); skipped: {', '.join(self.skipped) or 'none'}")
+
     def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td style='text-align:left'><code>{html.escape(c.name)}</code></td>"
-            f"<td>{list(c.shape)}</td><td>{c.kernel}</td><td>{c.bits_per_weight:.2f}</td>"
-            f"<td>{human_bytes(c.bytes_before)}</td><td>{human_bytes(c.bytes_after)}</td></tr>"
-            for c in self.layers)
-        skipped = ", ".join(f"<code>{html.escape(s)}</code>" for s in self.skipped) or "none"
-        return (f"<div><b>quantized to {html.escape(self.scheme)}</b>: {len(self.layers)} linears,"
-                f" {human_bytes(self.bytes_before)} → {human_bytes(self.bytes_after)} "
-                f"({self.ratio:.1f}× smaller); skipped: {skipped}"
-                "<table><thead><tr><th>layer</th><th>shape</th><th>kernel</th><th>bits/weight</th>"
-                f"<th>before</th><th>after</th></tr></thead><tbody>{rows}</tbody></table></div>")
+        return self.table().html()
 
 
 def _skipped(name: str, patterns: tuple[str, ...]) -> bool:
@@ -245,7 +256,7 @@ def quantize_model(
         targets = [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]
         changes, skipped = [], []
         small = sum(m.weight.numel() for _, m in targets) < PROGRESS_MIN_WEIGHTS
-        for name, layer in bar(targets, desc=f"quantize {scheme}", leave=False, hide=small):
+        for name, layer in bar(targets, progress=not small, desc=f"quantize {scheme}", leave=False):
             if _skipped(name, patterns):
                 skipped.append(name)
                 continue
@@ -262,59 +273,3 @@ def quantize_model(
                                        before, new.weight_nbytes))
         act.generated.append(model)
     return QuantizeSummary(scheme.lower(), dict(options), tuple(changes), tuple(skipped))
-
-
-def quantized_state(
-    model: nn.Module, path: str | os.PathLike[str]
-) -> dict[str, torch.Tensor | QTensor]:
-    """The state of a weight file with its quantized linear weights left quantized.
-
-    Every quantized tensor ``<layer>.weight`` whose ``<layer>`` is an ``nn.Linear`` of the
-    same shape is swapped (in ``model``, in place) for a ``QuantLinear`` holding the file's
-    ``QTensor``; the state maps that name to the ``QTensor``. Every other tensor is read as
-    ``WeightFile.tensor`` does. ``ml.load_into(..., keep_quantized=True)`` loads the rest.
-
-    Args:
-        model: the model to fill (on the meta device or not).
-        path: a weight file (GGUF files, and safetensors files saved with int8/int4, hold
-            quantized tensors).
-
-    Returns:
-        Name -> tensor, or ``QTensor`` for the weights kept quantized.
-    """
-    from ..formats.registry import open_weights  # the formats import quant: not at the top
-
-    wf = open_weights(path)
-    state: dict[str, torch.Tensor | QTensor] = {}
-    for name in wf:
-        raw = wf.raw(name) if wf.info(name).quant else None
-        if isinstance(raw, QTensor) and _swap_in_quantized(model, name, raw):
-            state[name] = raw
-        else:
-            state[name] = wf.tensor(name)
-    for alias, target in getattr(wf, "aliases", {}).items():
-        if target in state and alias not in state:
-            kept = state[target]  # a float tensor is shared as it is
-            if isinstance(kept, QTensor) and not _swap_in_quantized(model, alias, kept):
-                kept = wf.tensor(target)  # tied to a non-linear (an embedding): floats
-            state[alias] = kept
-    return state
-
-
-def _swap_in_quantized(model: nn.Module, name: str, qt: QTensor) -> bool:
-    """Replace the ``nn.Linear`` owning weight ``name`` by a ``QuantLinear`` holding ``qt``,
-    if there is one of ``qt``'s shape; whether it did."""
-    prefix, _, leaf = name.rpartition(".")
-    layer = _linear_at(model, prefix) if leaf == "weight" else None
-    if layer is None or tuple(qt.shape) != tuple(layer.weight.shape):
-        return False
-    model.set_submodule(prefix, QuantLinear(qt, layer.bias))
-    return True
-
-
-def _linear_at(model: nn.Module, name: str) -> nn.Linear | None:
-    try:
-        module = model.get_submodule(name)
-    except AttributeError:
-        return None
-    return module if type(module) is nn.Linear else None

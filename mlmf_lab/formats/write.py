@@ -1,0 +1,147 @@
+"""What every writer shares: tied weights stored once, bytes written and hashed in one pass.
+
+``write_views`` writes a file from byte views of memory that already exists (a tensor's
+storage, a header) and computes its sha256 from the same memory in a second thread while
+the first one writes: no serialized copy of the model is built, and checksumming costs no
+extra wall time when the disk is the bottleneck. The safetensors and sharded writers lay
+out their files as such views (``safetensors.encode_safetensors``, ``sharded.shard_files``),
+so every file they write comes back with its sha256, which checkpoints list in their
+manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import MLMFError
+from ..files import CHUNK  # write/hash granularity: big enough for throughput, small to overlap
+from ..progress import Progress, bar
+from .base import alias_key
+
+PROGRESS_MIN_BYTES = 256 * 2**20  # with progress=True, a bar only for files at least this big
+
+
+def tensor_nbytes(t: torch.Tensor) -> int:
+    """Bytes of the tensor's elements (not of the storage it views)."""
+    return t.numel() * t.element_size()
+
+
+def dedupe_shared(
+    tensors: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Drop the names whose tensor is another name's tensor (tied weights).
+
+    Returns:
+        (kept: name -> tensor, each stored once; aliases: dropped name -> the kept name).
+        Distinct views into one storage (a fused weight split in parts) are all kept.
+
+    Raises:
+        MLMFError: a tensor on the meta device (it has no data to write).
+    """
+    kept: dict[str, torch.Tensor] = {}
+    seen: dict[tuple[Any, ...], str] = {}
+    aliases: dict[str, str] = {}
+    for name, t in tensors.items():
+        if t.device.type == "meta":
+            raise MLMFError(f"tensor {name!r} is on the meta device and has no data")
+        key = alias_key(t)
+        if t.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        kept[name] = t
+    return kept, aliases
+
+
+def tensor_view(t: torch.Tensor) -> memoryview:
+    """The tensor's bytes in row-major order, without a copy when it is contiguous on CPU."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.to("cpu")
+    if not t.numel():
+        return memoryview(b"")
+    flat = t.contiguous().reshape(-1).view(torch.uint8)
+    return memoryview(flat.numpy().data)  # the array keeps the tensor's storage alive
+
+
+def _chunks(views: list[memoryview]) -> Iterator[memoryview]:
+    for v in views:
+        flat = v.cast("B")
+        for i in range(0, flat.nbytes, CHUNK):
+            yield flat[i : i + CHUNK]
+
+
+def _sha256(views: list[memoryview]) -> str:
+    h = hashlib.sha256()
+    for chunk in _chunks(views):
+        h.update(chunk)  # releases the GIL: runs beside the writing thread
+    return h.hexdigest()
+
+
+def write_views(
+    views: list[memoryview], path: Path, label: str = "", progress: Progress = False
+) -> str:
+    """Write the byte views to a new file, fsync it, and return its sha256 (hashed meanwhile).
+
+    Args:
+        views: the file's bytes, in order.
+        path: a new file (an existing one is an error: callers replace files atomically
+            through a temporary name, never in place).
+        label: what a progress bar calls the file (default: its name).
+        progress: a progress bar for files of at least 256 MiB, or a function told
+            ``(bytes written, total)``.
+
+    Raises:
+        FileExistsError: ``path`` exists.
+    """
+    total = sum(v.nbytes for v in views)
+    if total <= CHUNK:  # small: a hashing thread would cost more than it saves
+        digest = _sha256(views)
+        _write_and_sync(views, path, total, label, progress)
+        return digest
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(_sha256, views)
+        _write_and_sync(views, path, total, label, progress)
+        return pending.result()
+
+
+def _write_and_sync(
+    views: list[memoryview], path: Path, total: int, label: str, progress: Progress
+) -> None:
+    shown = bar(total=total, unit="B", unit_scale=True, unit_divisor=1024, leave=False,
+                desc=label or path.name, progress=progress, min_total=PROGRESS_MIN_BYTES)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # less the umask
+    try:
+        for chunk in _chunks(views):
+            done = 0
+            while done < chunk.nbytes:
+                done += os.write(fd, chunk[done:])
+            shown.update(chunk.nbytes)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        shown.close()
+
+
+def json_bytes(obj: Any, indent: int = 1) -> bytes:
+    """``obj`` as standard JSON (no NaN), keys sorted, ending in a newline."""
+    return (json.dumps(obj, indent=indent, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
+def write_json(obj: Any, path: Path) -> str:
+    """Write ``obj`` as JSON (``json_bytes``) to a new file, fsync it; returns its sha256."""
+    return write_views([memoryview(json_bytes(obj))], path)
+
+
+__all__ = [
+    "PROGRESS_MIN_BYTES", "dedupe_shared", "json_bytes", "tensor_nbytes", "tensor_view",
+    "write_json", "write_views",
+]
