@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import html
 import math
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -15,14 +15,16 @@ import torch.distributed as dist
 from .. import events
 from ..errors import ConfigError, FormatError
 from ..formats import TensorInfo, WeightFile, open_weights
-from ..progress import bar
+from ..formats.base import dtype_name
+from ..progress import Progress, bar
+from ..tables import Column, Table, fields_dict, plain
 from ..units import human_bytes
 from .plans import Piece, ShardPlan, local_shape
 from .read import RangeReader, read_piece
 from .runtime import checked, require_group, world
 
 MODES = ("direct", "mmap", "broadcast")
-PROGRESS_BYTES = 256 * 2**20  # show a progress bar for shards larger than this
+PROGRESS_BYTES = 256 * 2**20  # with progress=True, a bar only for shards at least this big
 
 
 @dataclass(frozen=True)
@@ -65,23 +67,35 @@ class Shard(Mapping[str, torch.Tensor]):
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+        return sum(t.nbytes for t in self.tensors.values())
 
     def __repr__(self) -> str:
         return (f"<Shard rank {self.rank}/{self.world_size} {self.plan.strategy}: {len(self)} "
                 f"tensors, {human_bytes(self.nbytes)}, read {human_bytes(self.bytes_read)}>")
 
+    def as_dict(self) -> dict[str, Any]:
+        """What was loaded and what it cost, as JSON data (tensor rows, never their data)."""
+        return {**fields_dict(self, exclude=("plan", "tensors")), "strategy": self.plan.strategy,
+                "source": self.plan.source, "nbytes": self.nbytes,
+                "tensors": [plain(r) for r in self.rows()]}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per tensor held: name, shape, dtype, bytes, role in the plan."""
+        return [{"name": n, "shape": tuple(t.shape), "dtype": dtype_name(t.dtype),
+                 "nbytes": t.nbytes, "role": self.piece(n).role}
+                for n, t in self.tensors.items()]
+
+    def table(self, max_rows: int | None = None) -> Table:
+        return Table(
+            [Column("name", code=True), Column("shape", fmt="shape"), Column("dtype"),
+             Column("nbytes", "bytes", "bytes"), Column("role")],
+            self.rows(), title=f"Shard rank {self.rank} of {self.world_size} · "
+            f"{self.plan.strategy} · {len(self)} tensors · {human_bytes(self.nbytes)} held · "
+            f"{human_bytes(self.bytes_read)} read · {human_bytes(self.bytes_received)} received",
+            max_rows=max_rows, noun="tensors")
+
     def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td style='text-align:left'><code>{html.escape(n)}</code></td>"
-            f"<td>{list(t.shape)}</td><td>{html.escape(self.piece(n).role)}</td></tr>"
-            for n, t in list(self.tensors.items())[:40]
-        )
-        return (f"<div><b>Shard</b> rank {self.rank} of {self.world_size} · "
-                f"{html.escape(self.plan.strategy)} · {len(self)} tensors · "
-                f"{human_bytes(self.nbytes)} held · {human_bytes(self.bytes_read)} read · "
-                f"{human_bytes(self.bytes_received)} received<table><thead><tr><th>name</th>"
-                f"<th>shape</th><th>role</th></tr></thead><tbody>{rows}</tbody></table></div>")
+        return self.table(max_rows=40).html()
 
 
 def piece_nbytes(info: TensorInfo, piece: Piece) -> int:
@@ -100,12 +114,12 @@ def check_against_plan(wf: WeightFile, plan: ShardPlan, pieces: Sequence[Piece])
                 f"({got.nbytes} bytes); recompute the plan from this file", wf.path)
 
 
-def _read_all(wf: WeightFile, reader: RangeReader, pieces: Sequence[Piece], progress: bool,
+def _read_all(wf: WeightFile, reader: RangeReader, pieces: Sequence[Piece], progress: Progress,
               into: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Read ``pieces`` into fresh tensors, or into the views ``into`` (a packed buffer)."""
     out: dict[str, torch.Tensor] = {}
-    with bar(total=sum(p.nbytes for p in pieces), unit="B", unit_scale=True,
-             hide=not progress, desc=f"rank {pieces[0].rank if pieces else 0}") as shown:
+    with bar(total=sum(p.nbytes for p in pieces), progress=progress, min_total=PROGRESS_BYTES,
+             unit="B", unit_scale=True, desc=f"rank {pieces[0].rank if pieces else 0}") as shown:
         for p in pieces:
             out[p.name] = read_piece(reader, wf, p, None if into is None else into[p.name])
             shown.update(p.nbytes)
@@ -150,7 +164,7 @@ def load_shard(
     rank: int | None = None,
     world_size: int | None = None,
     mode: str = "direct",
-    progress: bool | None = None,
+    progress: Progress = True,
 ) -> Shard:
     """Load this rank's part of ``path`` as ``plan`` says, reading only those bytes.
 
@@ -167,7 +181,8 @@ def load_shard(
             (read when first touched, shared between ranks through the page cache), the
             others are read as in ``direct``; ``broadcast``: rank 0 reads and sends each
             rank its part (needs a process group).
-        progress: show a progress bar; default: for shards over 256 MiB.
+        progress: a progress bar for shards of at least 256 MiB, or a function told
+            ``(bytes read, bytes)``.
 
     Returns:
         The ``Shard``: a mapping name -> tensor, plus ``bytes_read`` and timings.
@@ -187,7 +202,6 @@ def load_shard(
     if n != plan.world_size:
         raise ConfigError(f"the plan is for {plan.world_size} ranks, this run has {n}", path)
     pieces = plan.for_rank(r)
-    show = progress if progress is not None else sum(p.nbytes for p in pieces) > PROGRESS_BYTES
     start = time.perf_counter()
     with events.activity("load", used=[os.fspath(path)],
                          params={"strategy": plan.strategy, "rank": r, "world_size": n,
@@ -195,23 +209,23 @@ def load_shard(
         if mode != "broadcast" or n == 1:
             mapped = mode == "mmap"
             tensors, nread = checked("reading", path,
-                                     lambda: _direct(path, plan, pieces, show, mapped))
+                                     lambda: _direct(path, plan, pieces, progress, mapped))
             received = 0
         else:
             require_group(n, "broadcast mode")
-            tensors, nread, received = _broadcast(path, plan, r, show)
+            tensors, nread, received = _broadcast(path, plan, r, progress)
     return Shard(r, n, plan, tensors, nread, received, time.perf_counter() - start, mode)
 
 
 def _direct(path: str | os.PathLike[str], plan: ShardPlan, pieces: Sequence[Piece],
-            progress: bool, mapped: bool = False) -> tuple[dict[str, torch.Tensor], int]:
+            progress: Progress, mapped: bool = False) -> tuple[dict[str, torch.Tensor], int]:
     with open_weights(path) as wf, RangeReader(mapped) as reader:
         check_against_plan(wf, plan, pieces)
         return _read_all(wf, reader, pieces, progress), reader.bytes_read
 
 
 def _broadcast(path: str | os.PathLike[str], plan: ShardPlan, rank: int,
-               progress: bool) -> tuple[dict[str, torch.Tensor], int, int]:
+               progress: Progress) -> tuple[dict[str, torch.Tensor], int, int]:
     def validate() -> None:
         if rank == 0:
             with open_weights(path) as wf:

@@ -18,7 +18,6 @@ import torch
 from ..errors import FormatError, UnsafeFileError
 from .base import TensorInfo, WeightFile, dtype_name
 from .registry import Format, register_format
-from .write import tensor_nbytes
 
 _PICKLE_PROTOCOL_BYTE = b"\x80"
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -64,7 +63,7 @@ class PickleFile(WeightFile):
                 k,
                 tuple(v.shape),
                 dtype_name(v.dtype),
-                tensor_nbytes(v),
+                v.nbytes,
                 os.fspath(path),
             )
             for k, v in obj.items()

@@ -29,7 +29,7 @@ from .base import TensorInfo, WeightFile
 from .registry import Format, Writer, register_format, register_writer
 from .safetensors import SafetensorsFile, check_dtypes, encode_safetensors
 from .safetensors_quant import SCHEMES, check_finite, part_nbytes, stored_parts
-from .write import dedupe_shared, json_bytes, tensor_nbytes, write_views
+from .write import dedupe_shared, json_bytes, write_views
 
 INDEX_NAME = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD = 5 * 1000**3  # transformers' default, "5GB"
@@ -168,7 +168,7 @@ def shard_files(
     check_dtypes(kept, folder)
     if quant is None:
         keys = {name: [name] for name in kept}
-        sizes = {name: tensor_nbytes(t) for name, t in kept.items()}
+        sizes = {name: t.nbytes for name, t in kept.items()}
     else:
         layout = stored_parts(kept, quant, folder, aliases)
         check_finite(kept, layout, quant, folder)

@@ -29,11 +29,6 @@ from .base import alias_key
 PROGRESS_MIN_BYTES = 256 * 2**20  # with progress=True, a bar only for files at least this big
 
 
-def tensor_nbytes(t: torch.Tensor) -> int:
-    """Bytes of the tensor's elements (not of the storage it views)."""
-    return t.numel() * t.element_size()
-
-
 def dedupe_shared(
     tensors: dict[str, torch.Tensor],
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -142,6 +137,6 @@ def write_json(obj: Any, path: Path) -> str:
 
 
 __all__ = [
-    "PROGRESS_MIN_BYTES", "dedupe_shared", "json_bytes", "tensor_nbytes", "tensor_view",
+    "PROGRESS_MIN_BYTES", "dedupe_shared", "json_bytes", "tensor_view",
     "write_json", "write_views",
 ]

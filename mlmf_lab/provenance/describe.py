@@ -213,7 +213,7 @@ def _describe_module(model: nn.Module, stats: bool, hash_: bool) -> ModelDescrip
     by_type: dict[str, int] = {}
     for t in state.values():
         key = dtype_name(t.dtype)
-        by_type[key] = by_type.get(key, 0) + t.numel() * t.element_size()
+        by_type[key] = by_type.get(key, 0) + t.nbytes
     cfg = getattr(model, "config", None)
     archs = getattr(cfg, "architectures", None)
     mtype = getattr(cfg, "model_type", None)

@@ -138,7 +138,7 @@ def state_hash(tensors: Mapping[str, torch.Tensor]) -> ContentHash:
         t = kept[name]
         if t.device.type == "meta":
             raise MLMFError(f"tensor {name!r} is on the meta device and has no data to hash")
-        nbytes = t.numel() * t.element_size()
+        nbytes = t.nbytes
         h.update(record_line(name, dtype_name(t.dtype), t.shape, nbytes))
         h.update(tensor_bytes(t))
     return ContentHash(h.hexdigest(), "tensors")

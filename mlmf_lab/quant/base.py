@@ -98,8 +98,8 @@ class QTensor:
     @property
     def nbytes(self) -> int:
         """Bytes held: data plus every parameter tensor."""
-        return self.data.numel() * self.data.element_size() + sum(
-            p.numel() * p.element_size() for p in self.params.values()
+        return self.data.nbytes + sum(
+            p.nbytes for p in self.params.values()
         )
 
     @property

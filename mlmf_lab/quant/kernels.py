@@ -269,7 +269,7 @@ class Int4Packed:
     @property
     def nbytes(self) -> int:
         extra = self.d if self.scale_zero is None else self.scale_zero
-        return self.packed.numel() + extra.numel() * extra.element_size()
+        return self.packed.numel() + extra.nbytes
 
 
 # -- any scheme: dequantize into a shared buffer ------------------------------------------------

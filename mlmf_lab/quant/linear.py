@@ -268,7 +268,7 @@ def quantize_model(
                                 f"leave it in float with skip=[{name!r}]") from None
             new = QuantLinear(qt, layer.bias, kernel=kernel)
             model.set_submodule(name, new)
-            before = layer.weight.numel() * layer.weight.element_size()
+            before = layer.weight.nbytes
             changes.append(LayerChange(name, (new.out_features, new.in_features), new.kernel,
                                        before, new.weight_nbytes))
         act.generated.append(model)
