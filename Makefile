@@ -12,11 +12,11 @@ TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
 	OMP_NUM_THREADS=2 TOKENIZERS_PARALLELISM=false TMPDIR=/tmp
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
 
-.PHONY: install lab test lint bench clean
+.PHONY: install lab test test-browser lint bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	# The constraint file pins the CPU build of torch; never install without it.
@@ -30,9 +30,16 @@ lab: install
 	$(BIN)/jupyter lab notebooks/00_welcome.ipynb --ip=127.0.0.1 --no-browser \
 		$(if $(filter 0,$(shell id -u)),--allow-root,)
 
+# tests/test_views_browser.py drives Debian's chromium (apt-get install -y chromium; .ci/run
+# installs it) against a JupyterLab it starts on 127.0.0.1; screenshots land in $(SCRATCH).
 test: install
 	@rm -rf $(SCRATCH) && mkdir -p $(SCRATCH)
-	$(TEST_ENV) $(BIN)/python -m pytest tests notebooks $(NBVAL) $(PYTEST_ARGS)
+	$(TEST_ENV) MLMF_SCRATCH=$(SCRATCH) $(BIN)/python -m pytest tests notebooks $(NBVAL) $(PYTEST_ARGS)
+
+# only the views in a real browser (JupyterLab + chromium)
+test-browser: install
+	@mkdir -p $(SCRATCH)
+	$(TEST_ENV) MLMF_SCRATCH=$(SCRATCH) $(BIN)/python -m pytest tests/test_views_browser.py -v
 
 lint: install
 	$(BIN)/ruff check mlmf_lab tests benchmarks

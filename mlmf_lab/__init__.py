@@ -32,6 +32,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "checkpoint": ("mlmf_lab.checkpoint", None),
     "cache": ("mlmf_lab.cache", None),
     "provenance": ("mlmf_lab.provenance", None),
+    "views": ("mlmf_lab.views", None),
     "CheckpointManager": ("mlmf_lab.checkpoint", "CheckpointManager"),
     "ModelCache": ("mlmf_lab.cache", "ModelCache"),
     "Lineage": ("mlmf_lab.provenance", "Lineage"),

@@ -20,6 +20,7 @@ happens outside the lock, and two threads asking for the same missing key load i
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import OrderedDict, deque
@@ -28,12 +29,15 @@ from typing import Any
 
 from ..errors import CacheError, ConfigError
 from ..files import Stamp, file_stamp
+from ..progress import Progress
+from ..tables import Table
 from ..units import human_bytes, parse_size
 from .disk import DiskCache, derive_key
 from .entry import Entry, Pending, does_not_fit
 from .footprint import Footprint, available_bytes, measure
 from .keys import Ident, candidates, identify
-from .stats import EVICTION_REASONS, CacheEvent, CacheStats, entries_html
+from .stats import EVICTION_REASONS, CacheEvent, CacheStats, entries_table, entry_row
+from .subscribers import Subscribers
 from .warmup import WarmUp
 
 
@@ -92,6 +96,7 @@ class ModelCache:
                                       "puts"), 0)
         self._evictions = dict.fromkeys(EVICTION_REASONS, 0)
         self._abspaths: dict[str, str] = {}
+        self._subscribers = Subscribers()
         self._load_seconds = self._saved_seconds = 0.0
 
     # -- keys ---------------------------------------------------------------------------
@@ -252,7 +257,10 @@ class ModelCache:
     def _log(self, event: str, label: str, nbytes: int, reason: str = "",
              now: float | None = None) -> None:
         now = self._clock() if now is None else now
-        self._events.append((now - self._t0, event, label, nbytes, self._held, reason))
+        record = (now - self._t0, event, label, nbytes, self._held, reason)
+        self._events.append(record)
+        if self._subscribers:
+            self._subscribers.publish(CacheEvent._make(record))
 
     # -- eviction by policy ---------------------------------------------------------------
     def expire(self) -> int:
@@ -288,12 +296,16 @@ class ModelCache:
 
     # -- explicit control ---------------------------------------------------------------
     def _entry(self, path_or_key: Any) -> tuple[Ident, Entry]:
-        """The entry under a path (by its absolute path) or a key; CacheError when absent."""
+        """The entry under a path (by its absolute path), a key, or its label as ``rows()``
+        lists it (what a view sends back); CacheError when absent."""
         for ident in candidates(path_or_key):
             try:
                 return ident, self._entries[ident]
             except (KeyError, TypeError):
                 continue
+        for ident, entry in self._entries.items():
+            if entry.label == path_or_key:
+                return ident, entry
         cached = ", ".join(e.label for e in self._entries.values()) or "nothing"
         raise CacheError(f"{path_or_key!r} is not in the cache; cached: {cached}")
 
@@ -333,17 +345,28 @@ class ModelCache:
 
     # -- warm-up ------------------------------------------------------------------------
     def warm(self, paths: Iterable[Any], loader: Callable[[Any], Any] | None = None, *,
-             progress: bool = True) -> WarmUp:
-        """Load ``paths`` into the cache in a background thread (with a tqdm progress bar).
+             progress: Progress = True) -> WarmUp:
+        """Load ``paths`` into the cache in a background thread.
 
         Errors do not stop the warm-up; they are collected in ``WarmUp.errors``.
+        ``progress``: a tqdm bar, none, or a function told ``(paths tried, paths)`` from
+        the warm-up's thread.
 
         Returns:
             A ``WarmUp`` handle: ``.wait()`` blocks until every path was tried.
         """
-        return WarmUp(self, list(paths), loader, progress)
+        return WarmUp(functools.partial(self.get_or_load, loader=loader), list(paths),
+                      progress)
 
     # -- views --------------------------------------------------------------------------
+    def subscribe(self, callback: Callable[[CacheEvent], None]) -> Callable[[], None]:
+        """Tell ``callback`` every event as it is logged; returns the unsubscribe function.
+
+        The callback runs in the thread that caused the event, under the cache's lock: keep
+        it short (see ``mlmf_lab.cache.subscribers``).
+        """
+        return self._subscribers.add(callback)
+
     def stats(self) -> CacheStats:
         """A consistent snapshot of every counter and the event log."""
         with self._lock:
@@ -388,10 +411,22 @@ class ModelCache:
         return (f"ModelCache({len(self)} entries, {human_bytes(self._held)} of "
                 f"{human_bytes(self.max_bytes)})")
 
-    def _repr_html_(self) -> str:
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per entry, most recently used first: key, bytes by kind, pinned, hits."""
         with self._lock:
-            rows = [(e.label, e.size, e.pinned, e.hits) for e in reversed(self._entries.values())]
-            return entries_html(rows, self.stats())
+            return [entry_row(e) for e in reversed(self._entries.values())]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The statistics and the entries as JSON data, taken together under the lock."""
+        with self._lock:
+            return {"stats": self.stats().as_dict(), "entries": self.rows()}
+
+    def table(self) -> Table:
+        with self._lock:
+            return entries_table(self.rows(), self.stats())
+
+    def _repr_html_(self) -> str:
+        return self.table().html()
 
 
 __all__ = ["CacheStats", "DiskCache", "Footprint", "ModelCache", "WarmUp", "derive_key",

@@ -6,6 +6,7 @@ One module per capability; each function takes library records and returns a
 
 from __future__ import annotations
 
+from .attention import plot_attention_head
 from .cache import plot_cache_timeline
 from .checkpoint import plot_checkpoint_diff, plot_checkpoint_metrics
 from .distributed import plot_shard_plan
@@ -27,5 +28,6 @@ __all__ = ["plot_checkpoint_diff", "plot_checkpoint_metrics",
            "plot_lineage", "plot_shard_plan", "plot_cache_timeline", "plot_memory_trace",
            "plot_lora_loss", "plot_delta_spectra",
            "plot_bits_vs_error", "plot_error_histogram", "plot_layer_errors",
-           "plot_attention_overlay", "plot_frame_strip", "plot_fusion_accuracy", "plot_losses",
+           "plot_attention_head", "plot_attention_overlay", "plot_frame_strip",
+           "plot_fusion_accuracy", "plot_losses",
            "plot_mel", "plot_patch_grid", "plot_token_attention"]

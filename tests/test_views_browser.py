@@ -1,0 +1,291 @@
+"""The views in a real browser: Debian's chromium (Playwright) against a JupyterLab we start.
+
+The test starts JupyterLab on 127.0.0.1 with a random port and token and its own config,
+data and runtime folders, opens a notebook that shows each view, runs it, and checks: each
+``.mlmf-view`` rendered with content; clicking a head thumbnail changes ``layer``/``head`` in
+the kernel; a pin button pins the entry in the Python cache; clicking a lineage node shows
+its record; no "Error displaying widget"; no console error; no request to any host but
+127.0.0.1 (``blob:``/``data:`` allowed). The kernel writes its views' state to a JSON file
+that the test reads. Screenshots go to ``.scratch/``. Every wait is bounded; the server is
+always stopped. Needs ``apt-get install chromium`` (``.ci/run`` does it); no browser is
+downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("MLMF_CHROMIUM", "/usr/bin/chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+SCRATCH = Path(os.environ.get("MLMF_SCRATCH", ROOT / ".scratch"))
+
+SETUP = '''
+import json, threading, time, torch
+from pathlib import Path
+import mlmf_lab as ml
+from mlmf_lab.models import MiniLM
+
+lm = MiniLM.from_pretrained(ml.examples.minilm_dir())
+batch = lm.tokenize(["A cat sleeps on the sofa."])
+tokens = [lm.tokenizer.id_to_token(int(i)) for i in batch["input_ids"][0]]
+att = ml.views.AttentionView(ml.views.capture_attentions(lm, **batch), tokens=tokens)
+
+cache = ml.ModelCache("1MiB")
+cache.put("alpha", torch.zeros(1000))
+cache.put("beta", torch.zeros(20000))
+cache.get("alpha"); cache.get("gamma")
+cache_view = ml.views.CacheView(cache)
+
+work = Path("story"); work.mkdir(exist_ok=True)
+lineage = ml.Lineage(work / "lineage.db")
+with lineage:
+    ml.save_state_dict({"w": torch.arange(16.0).reshape(4, 4)}, work / "a.safetensors")
+    for _ in range(3):
+        ml.load_state_dict(work / "a.safetensors")
+    ml.convert(work / "a.safetensors", work / "b.gguf", quant="q8_0")
+lin_view = ml.views.LineageView(lineage)
+gguf_id = lineage.entity(work / "b.gguf").id
+
+def report(stop=time.monotonic() + 240):
+    while time.monotonic() < stop:
+        state = {"layer": att.layer, "head": att.head, "selected": lin_view.selected,
+                 "pinned": [r["key"] for r in cache.rows() if r["pinned"]],
+                 "entries": len(cache), "gguf": gguf_id}
+        Path("state.json.tmp").write_text(json.dumps(state))
+        Path("state.json.tmp").replace("state.json")
+        time.sleep(0.1)
+
+threading.Thread(target=report, daemon=True).start()
+'''
+CELLS = [SETUP, "att", "cache_view",
+         # a background warm-up while the view is shown: the page must follow it
+         "job = cache.warm([f'w{i}' for i in range(10)], "
+         "loader=lambda k: (time.sleep(0.05), torch.zeros(100))[1], progress=False)",
+         "lin_view",
+         # the benchmark: 12 layers x 12 heads x 512 tokens
+         "big = ml.views.AttentionView(torch.rand(12, 12, 512, 512, generator=torch.Generator()"
+         ".manual_seed(0)).softmax(-1), title='bench')",
+         "big"]
+
+SWITCH = """async ([layer, head]) => {
+  const root = document.querySelectorAll("[data-view='attention']")[1];
+  const drawn = Number(root.dataset.drawn);
+  const t0 = performance.now();
+  root.querySelector(`.mlmf-thumb[data-layer='${layer}'][data-head='${head}']`).click();
+  while (Number(root.dataset.drawn) === drawn || root.dataset.layer !== String(layer)
+         || root.dataset.head !== String(head)) {
+    await new Promise((r) => requestAnimationFrame(r));
+    if (performance.now() - t0 > 10000) throw new Error("head switch never drew");
+  }
+  return performance.now() - t0;
+}"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> Iterator[tuple[str, Path]]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y "
+                    "chromium) or set MLMF_CHROMIUM; the browser test never downloads one")
+    root = tmp_path_factory.mktemp("lab")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in CELLS]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, root / "views.ipynb")
+    # no "get Jupyter news?" prompt over the views (and no news fetched)
+    settings = root / "settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    port, token = free_port(), secrets.token_hex(16)
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(root / "config"),
+               JUPYTER_DATA_DIR=str(root / "data"), JUPYTER_RUNTIME_DIR=str(root / "runtime"),
+               IPYTHONDIR=str(root / "ipython"), MPLBACKEND="Agg", TQDM_DISABLE="1",
+               JUPYTER_PLATFORM_DIRS="1")
+    args = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1",
+            f"--port={port}", "--port-retries=0", f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True",
+            f"--LabApp.user_settings_dir={root / 'settings'}",
+            f"--LabApp.workspaces_dir={root / 'workspaces'}",
+            "--LabApp.news_url=", "--LabApp.check_for_updates_class="
+            "jupyterlab.NeverCheckForUpdate", "--ServerApp.open_browser=False"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        args.append("--allow-root")
+    log = open(root / "server.log", "wb")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(args, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}",
+                                            timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("JupyterLab did not start:\n" + (
+                        root / "server.log").read_text(errors="replace")[-3000:]) from None
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/lab/tree/views.ipynb?token={token}", root
+    finally:
+        server.send_signal(signal.SIGINT)  # shuts its kernels down, then exits
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(10)
+        log.close()
+
+
+def wait_state(root: Path, check, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    state: dict = {}
+    while time.monotonic() < deadline:
+        try:
+            state = json.loads((root / "state.json").read_text())
+        except (OSError, ValueError):
+            state = {}
+        if state and check(state):
+            return state
+        time.sleep(0.1)
+    raise AssertionError(f"the kernel's state never got there: {state}")
+
+
+def test_views_render_and_clicks_reach_the_kernel(lab) -> None:
+    from playwright.sync_api import sync_playwright
+
+    url, root = lab
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    errors: list[str] = []
+    foreign: list[str] = []
+
+    def route(r) -> None:
+        parsed = urlparse(r.request.url)
+        if parsed.scheme in ("blob", "data") or parsed.hostname == "127.0.0.1":
+            r.continue_()
+        else:
+            foreign.append(r.request.url)
+            r.abort()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, timeout=60_000)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(60_000)
+            page.route("**/*", route)
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+            page.goto(url)
+            page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell"
+                                   ".currentWidget && window.jupyterapp.shell.currentWidget"
+                                   ".sessionContext?.session?.kernel?.status === 'idle'",
+                                   timeout=90_000)
+            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            for name in ("attention", "cache", "lineage"):
+                page.wait_for_selector(f".mlmf-view[data-view='{name}']", timeout=120_000)
+            page.wait_for_function("() => document.querySelectorAll(\"[data-view='attention']\")"
+                                   ".length === 2", timeout=120_000)
+
+            # rendered with content: thumbnails and a painted heatmap, rows, SVG nodes
+            att = page.locator(".mlmf-view[data-view='attention']").first
+            assert att.locator(".mlmf-thumb").count() == 6 * 12
+            painted = att.locator(".mlmf-heatmap").evaluate(
+                "c => Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)"
+                ".some(v => v > 0 && v < 255)")
+            assert painted
+            cache = page.locator(".mlmf-view[data-view='cache']")
+            lin = page.locator(".mlmf-view[data-view='lineage']")
+            assert lin.locator(".mlmf-node[data-node]").count() == 7
+
+            # a thumbnail click changes layer/head in the kernel
+            att.locator(".mlmf-thumb[data-layer='4'][data-head='7']").click()
+            wait_state(root, lambda s: (s["layer"], s["head"]) == (4, 7))
+            page.wait_for_function("() => document.querySelector(\"[data-view='attention']\")"
+                                   ".dataset.layer === '4'")
+
+            # the benchmark row: first render and head switch at 12 x 12 x 512
+            big = page.locator(".mlmf-view[data-view='attention']").nth(1)
+            first_render = float(big.get_attribute("data-render-ms") or "nan")
+            switches = sorted(page.evaluate(SWITCH, [lh // 12, lh % 12]) for lh in
+                              (17, 40, 77, 101, 130))
+            bench = {"case": "AttentionView 12 layers x 12 heads x 512 tokens",
+                     "first_render_ms": first_render, "head_switch_ms_median": switches[2],
+                     "head_switch_ms_max": switches[-1]}
+            (SCRATCH / "views-bench.json").write_text(json.dumps(bench, indent=1))
+            print(bench)
+
+            # the warm-up in the background reached the page (12 entries), then pin alpha
+            page.wait_for_function(
+                "() => document.querySelectorAll(\"[data-view='cache'] tr[data-key]\").length "
+                "=== 12", timeout=30_000)
+            cache.locator("button[data-action='pin'][data-key=\"'alpha'\"]").click()
+            wait_state(root, lambda s: s["pinned"] == ["'alpha'"])
+            cache.locator("button[data-action='unpin'][data-key=\"'alpha'\"]").wait_for()
+
+            # a lineage node click shows its record and selects it in the kernel
+            state = wait_state(root, lambda s: "gguf" in s)
+            lin.locator(f".mlmf-node[data-node='{state['gguf']}']").click()
+            record = lin.locator(".mlmf-record-text").inner_text()
+            assert "b.gguf" in record and "sha256:" in record and "convert(" in record
+            wait_state(root, lambda s: s["selected"] == s["gguf"])
+
+            for name, view in (("attention", att), ("cache", cache), ("lineage", lin)):
+                view.screenshot(path=str(SCRATCH / f"view-{name}.png"))
+            page.screenshot(path=str(SCRATCH / "views-lab.png"), full_page=True)
+            assert "Error displaying widget" not in page.inner_text("body")
+        finally:
+            browser.close()
+    assert foreign == [], f"requests to other hosts: {foreign}"
+    assert errors == [], f"console errors: {errors}"
+
+
+def test_saved_pages_open_offline_in_the_browser(tmp_path) -> None:
+    """``save_html``: the same module against saved state, from a file, no request at all."""
+    import torch
+    from playwright.sync_api import sync_playwright
+
+    import mlmf_lab as ml
+
+    view = ml.views.AttentionView(torch.rand(2, 3, 5, 5).softmax(-1), tokens=list("abcde"))
+    path = view.save_html(tmp_path / "attention.html")
+    requests: list[str] = []
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, timeout=60_000)
+        try:
+            page = browser.new_page()
+            page.on("request", lambda r: requests.append(r.url))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(path.as_uri())
+            root = page.locator(".mlmf-view[data-view='attention']")
+            root.locator(".mlmf-thumb[data-layer='1'][data-head='2']").click()
+            page.wait_for_function("() => document.querySelector('.mlmf-view').dataset.head"
+                                   " === '2'", timeout=10_000)
+            assert root.locator(".mlmf-thumb.selected").get_attribute("data-layer") == "1"
+        finally:
+            browser.close()
+    assert [u for u in requests if not u.startswith(("file:", "blob:", "data:"))] == []
+    assert errors == []
+
