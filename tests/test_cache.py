@@ -13,6 +13,7 @@ import torch
 import mlmf_lab as ml
 from mlmf_lab.cache import ModelCache
 from mlmf_lab.cache.footprint import measure
+from mlmf_lab.cache.warmup import WarmUp
 from mlmf_lab.errors import CacheError, ConfigError, MLMFError
 
 KB = 1000
@@ -243,6 +244,21 @@ def test_warm_loads_in_a_background_thread(models: list[Path], tmp_path: Path) -
     for p in models:
         cache.get_or_load(p, loader)
     assert cache.stats().hits == before + 3
+
+
+def test_warm_up_runs_the_load_it_is_given() -> None:
+    # WarmUp knows no cache: any function of a path will do; a failure is kept, not raised
+    seen: list[str] = []
+
+    def load(p: str) -> str:
+        if p == "bad":
+            raise OSError("cannot read bad")
+        seen.append(p)
+        return p
+
+    job = WarmUp(load, ["a", "bad", "b"], progress=False).wait(10)
+    assert job.done and seen == ["a", "b"]
+    assert list(job.errors) == ["bad"] and str(job.errors["bad"]) == "cannot read bad"
 
 
 def test_evict_clear_and_html(models: list[Path]) -> None:

@@ -30,7 +30,14 @@ def test_diff_two_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert (rows["gone"]["status"], rows["new"]["status"]) == ("removed", "added")
     assert rows["grow"]["status"] == "reshaped" and rows["grow"]["shape_b"] == [3]
     assert main(["diff", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")]) == 0
-    assert "changed  w  rel 0.2" in capsys.readouterr().out
+    text = capsys.readouterr().out.splitlines()
+    assert text[0].endswith("1 changed, 1 same, 1 added, 1 removed, 1 reshaped, "
+                            "largest relative change 0.2 in w")
+    assert text[1].split() == ["tensor", "status", "shape", "a", "shape", "b", "relative",
+                               "change", "cosine", "max", "|Δ|"]
+    assert text[2].split() == ["w", "changed", "2", "2", "2.000e-01", "0.994692", "1.000e+00"]
+    assert [line.split()[:2] for line in text[3:]] == [["gone", "removed"], ["grow", "reshaped"],
+                                                       ["new", "added"]]
 
 
 def test_cli_records_into_the_store_named_by_env(

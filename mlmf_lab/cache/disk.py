@@ -34,9 +34,9 @@ from typing import Any, NamedTuple
 from .. import atomic
 from ..errors import ChecksumError, ConfigError, MLMFError
 from ..files import sha256_file
+from ..tables import Column, Table, fields_dict
 from ..units import human_bytes, parse_size
 from .keys import derive_key, parse_age
-from .stats import html_table
 
 KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 _CHUNK = 1 << 20
@@ -65,6 +65,18 @@ class DiskEntry(NamedTuple):
     meta: Mapping[str, Any]
     rev: str
 
+    def as_dict(self) -> dict[str, Any]:
+        return fields_dict(self)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Its row in the cache's table: key, size, file count, operation, last use."""
+        return [{"key": self.key, "size": self.size, "files": len(self.files),
+                 "operation": self.meta.get("operation"), "last_used": self.last_used}]
+
+
+COLUMNS = (Column("key", code=True), Column("size", fmt="bytes"), Column("files"),
+           Column("operation"), Column("last_used", "last used", "time"))
+
 
 class PruneReport(NamedTuple):
     """What ``prune`` removed (or would remove, with ``dry_run``)."""
@@ -72,6 +84,19 @@ class PruneReport(NamedTuple):
     removed: tuple[DiskEntry, ...]
     freed_bytes: int
     remaining_bytes: int
+    dry_run: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return fields_dict(self)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [row for e in self.removed for row in e.rows()]
+
+    def table(self) -> Table:
+        verb = "would remove" if self.dry_run else "removed"
+        return Table(COLUMNS, self.rows(), notes=[
+            f"{verb} {len(self.removed)} entries, freeing {human_bytes(self.freed_bytes)}; "
+            f"{human_bytes(self.remaining_bytes)} remain"])
 
 
 def default_root() -> Path:
@@ -360,19 +385,27 @@ class DiskCache:
                 for e in removed:
                     self._unlink_entry(e.key)
                 self._collect()
-        return PruneReport(tuple(removed), before - after, after)
+        return PruneReport(tuple(removed), before - after, after, dry_run)
 
     # -- views ----------------------------------------------------------------------------
     def __repr__(self) -> str:
         return f"DiskCache({self.root}, {len(self.ls())} entries)"
 
+    def as_dict(self) -> dict[str, Any]:
+        """The root, the bytes on disk and every entry (most recently used first)."""
+        return {"root": os.fspath(self.root), "total_bytes": self.total_bytes(),
+                "entries": [e.as_dict() for e in self.ls()]}
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [row for e in self.ls() for row in e.rows()]
+
+    def table(self) -> Table:
+        rows = self.rows()
+        return Table(COLUMNS, rows, title=f"DiskCache {os.fspath(self.root)}: {len(rows)} "
+                     f"entries, {human_bytes(self.total_bytes())} on disk")
+
     def _repr_html_(self) -> str:
-        rows = [(e.key, human_bytes(e.size), str(len(e.files)),
-                 str(e.meta.get("operation", "")),
-                 time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used)))
-                for e in self.ls()]
-        caption = f"DiskCache: {len(rows)} entries, {human_bytes(self.total_bytes())} on disk"
-        return html_table(("key", "size", "files", "operation", "last used"), rows, caption)
+        return self.table().html()
 
 
 def _save(tensors: dict[str, Any], path: Path, metadata: Mapping[str, Any] | None) -> None:

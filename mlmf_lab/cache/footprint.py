@@ -29,6 +29,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ..tables import fields_dict, fields_row
+
 # From linux/fs.h: _IOWR('f', 17, struct procmap_query); the struct is 104 bytes.
 _PROCMAP_QUERY = 0xC0686611
 _QUERY_FMT = "<9Q4I2Q"
@@ -60,6 +62,12 @@ class Footprint(NamedTuple):
     def total(self) -> int:
         """Every byte counted, wherever it lives."""
         return self.anonymous + self.mapped + self.device
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**fields_dict(self), "total": self.total}
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{**fields_row(self), "total": self.total}]
 
 
 class Region(NamedTuple):

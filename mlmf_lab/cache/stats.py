@@ -1,15 +1,15 @@
-"""Records of the model cache: its event log and its statistics, with their HTML tables."""
+"""Records of the model cache: its event log and its statistics, and its entries' table."""
 
 from __future__ import annotations
 
-import html
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from ..tables import Column, Table, fields_dict, fields_row
 from ..units import human_bytes
-from .footprint import Footprint
+from .entry import Entry
 
 # Why an entry left the cache. "stale": its file changed on disk since it was loaded.
 EVICTION_REASONS = ("budget", "ttl", "memory", "manual", "stale")
@@ -36,6 +36,12 @@ class CacheEvent(NamedTuple):
     bytes: int
     held: int
     reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return fields_dict(self)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [fields_row(self)]
 
 
 @dataclass(frozen=True)
@@ -74,9 +80,15 @@ class CacheStats:
     def evictions_total(self) -> int:
         return sum(self.evictions.values())
 
-    def _repr_html_(self) -> str:
+    def as_dict(self) -> dict[str, Any]:
+        """Every counter as JSON data, with ``hit_ratio``, ``evictions_total`` and the log."""
+        return {**fields_dict(self), "hit_ratio": self.hit_ratio,
+                "evictions_total": self.evictions_total}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The counters in words, one (statistic, value) row per line of the table."""
         ev = ", ".join(f"{r} {n}" for r, n in self.evictions.items() if n) or "none"
-        rows = [
+        lines = [
             ("held", f"{human_bytes(self.bytes_held)} of {human_bytes(self.max_bytes)} "
                      f"({human_bytes(self.anonymous_bytes)} anonymous, "
                      f"{human_bytes(self.mapped_bytes)} memory-mapped)"),
@@ -89,30 +101,33 @@ class CacheStats:
             ("load time", f"{self.load_seconds * 1e3:.1f} ms spent, "
                           f"{self.saved_seconds * 1e3:.1f} ms saved by hits"),
         ]
-        return html_table(("", ""), rows, "cache statistics")
+        return [{"statistic": k, "value": v} for k, v in lines]
+
+    def table(self) -> Table:
+        return Table([Column("statistic", ""), Column("value", "")], self.rows(),
+                     title="cache statistics")
+
+    def _repr_html_(self) -> str:
+        return self.table().html()
 
 
-def entries_html(rows: Sequence[tuple[str, Footprint, bool, int]], stats: CacheStats) -> str:
-    """The cache as a table: (label, size, pinned, hits) rows, most recently used first."""
-    cells = [(os.path.basename(label) or label, human_bytes(size.total),
-              human_bytes(size.anonymous + size.device), human_bytes(size.mapped),
-              "yes" if pinned else "", str(hits)) for label, size, pinned, hits in rows]
-    caption = (f"ModelCache: {human_bytes(stats.bytes_held)} of {human_bytes(stats.max_bytes)}, "
-               f"{stats.hits} hits / {stats.misses} misses, evictions: "
-               f"{stats.evictions_total} (most recently used first)")
-    return html_table(("entry", "bytes", "anonymous", "memory-mapped", "pinned", "hits"),
-                      cells, caption)
+def entry_row(entry: Entry) -> dict[str, Any]:
+    """One cached entry as a table row: key, name, bytes by kind, pinned, hits."""
+    size = entry.size
+    return {"key": entry.label, "name": os.path.basename(entry.label) or entry.label,
+            "bytes": size.total, "anonymous": size.anonymous + size.device,
+            "mapped": size.mapped, "pinned": entry.pinned, "hits": entry.hits}
 
 
-def html_table(header: Sequence[str], rows: Sequence[Sequence[str]], caption: str) -> str:
-    """A small escaped HTML table (shared by the cache, its statistics and the disk tier)."""
-    head = "".join(f"<th style='text-align:left'>{html.escape(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td style='text-align:left'>{html.escape(c)}</td>" for c in r)
-        + "</tr>" for r in rows
-    )
-    return (f"<table><caption style='text-align:left'><b>{html.escape(caption)}</b></caption>"
-            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+def entries_table(rows: Sequence[Mapping[str, Any]], stats: CacheStats) -> Table:
+    """The cache's entries (``entry_row`` rows, most recently used first) under its totals."""
+    title = (f"ModelCache: {human_bytes(stats.bytes_held)} of {human_bytes(stats.max_bytes)}, "
+             f"{stats.hits} hits / {stats.misses} misses, evictions: "
+             f"{stats.evictions_total} (most recently used first)")
+    return Table([Column("name", "entry", code=True), Column("bytes", fmt="bytes"),
+                  Column("anonymous", fmt="bytes"), Column("mapped", "memory-mapped", "bytes"),
+                  Column("pinned", fmt=lambda pinned: "yes" if pinned else ""), Column("hits")],
+                 rows, title=title)
 
 
-__all__ = ["EVENTS", "EVICTION_REASONS", "CacheEvent", "CacheStats", "entries_html", "html_table"]
+__all__ = ["EVENTS", "EVICTION_REASONS", "CacheEvent", "CacheStats", "entries_table", "entry_row"]

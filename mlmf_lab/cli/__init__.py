@@ -8,14 +8,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ..errors import MLMFError
 
 # Modules under mlmf_lab.cli, each with register(subparsers) setting func=run(args) -> int.
 COMMANDS = ["inspect", "convert", "diff", "cache", "lineage"]
+
+
+def print_json(doc: Any) -> None:
+    """Print a record's ``as_dict()`` (plain data: strict JSON, no NaN) for ``--json``."""
+    print(json.dumps(doc, indent=2, allow_nan=False))
 
 
 def build_parser() -> argparse.ArgumentParser:

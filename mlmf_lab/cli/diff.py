@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
+import dataclasses
 from typing import Any
 
 from ..compare import diff_state_dicts
 from ..formats import load_state_dict
+from . import print_json
 
 
 def register(sub: Any) -> None:
@@ -20,36 +20,14 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _num(x: float) -> float | None:
-    return None if math.isnan(x) else x
-
-
 def run(args: argparse.Namespace) -> int:
     d = diff_state_dicts(load_state_dict(args.a), load_state_dict(args.b), (args.a, args.b))
-    rows = [r for r in d.rows if args.all or r.status != "same"]
+    doc, table = d.as_dict(), d.table()
+    if not args.all:  # identical tensors are counted (and summarised), not listed
+        doc["tensors"] = [t for t in doc["tensors"] if t["status"] != "same"]
+        table = dataclasses.replace(table, rows=[r for r in table.rows if r["status"] != "same"])
     if args.json:
-        doc = {
-            "counts": d.counts(),
-            "tensors": [
-                {
-                    "name": r.name,
-                    "status": r.status,
-                    "shape_a": r.shape_a,
-                    "shape_b": r.shape_b,
-                    "rel_change": _num(r.rel_change),
-                    "cosine": _num(r.cosine),
-                    "max_abs": _num(r.max_abs),
-                }
-                for r in rows
-            ],
-        }
-        print(json.dumps(doc, indent=2))
-        return 0
-    print(d.summary())
-    for r in rows:
-        if r.status in ("changed", "same"):
-            detail = f"rel {r.rel_change:.3g}  cos {r.cosine:.6f}  max|Δ| {r.max_abs:.3g}"
-        else:
-            detail = f"{list(r.shape_a or [])} -> {list(r.shape_b or [])}"
-        print(f"  {r.status:8s} {r.name}  {detail}")
+        print_json(doc)
+    else:
+        print(table)
     return 0

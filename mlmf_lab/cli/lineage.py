@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from ..errors import MLMFError
+from . import print_json
 
 DEFAULT_NAME = "lineage.db"
 ENV_VAR = "MLMF_LINEAGE"
@@ -56,15 +56,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         lin.close()
     if args.json:
-        print(json.dumps({
-            "target": hist.target.__dict__,
-            "steps": [{"activity": a.name, "params": a.params, "started": a.started,
-                       "ended": a.ended, "agent": a.agent,
-                       "used": [e.short() for e in a.used],
-                       "generated": [e.short() for e in a.generated]} for a in hist.steps],
-            "origins": [e.__dict__ for e in hist.origins],
-            "descendants": [e.__dict__ for e in after],
-        }, indent=2, default=str))
+        print_json({**hist.as_dict(), "descendants": [e.as_dict() for e in after]})
         return 0
     print(hist)
     if args.descendants:

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from .. import events
 from ..errors import ConfigError
+from ..tables import fields_dict
 from .layer import (
     BASE_KINDS,
     AdapterSpec,
@@ -138,6 +140,14 @@ class MergeReport:
     @property
     def max_store_error(self) -> float:
         return max(self.store_errors, default=0.0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**fields_dict(self), "max_store_error": self.max_store_error}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per merged module with its storage error."""
+        return [{"module": m, "store_error": e}
+                for m, e in zip(self.modules, self.store_errors, strict=True)]
 
 
 def merge(model: nn.Module, names: Sequence[str] | None = None, safe: bool = True) -> MergeReport:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
+from ..tables import Column, Table, fields_dict, fields_row
 from .layer import lora_layers
 from .math import delta_norm
 
@@ -27,60 +28,60 @@ class AdapterRow:
     weight: float | None
     merged: bool
 
+    def as_dict(self) -> dict[str, Any]:
+        return fields_dict(self)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [fields_row(self)]
+
 
 @dataclass(frozen=True)
 class LoraSummary:
-    """The adapters of a model, row by row; shows as a table in notebooks."""
+    """The adapters of a model, one entry per (adapter, module); shows as a table."""
 
-    rows: tuple[AdapterRow, ...]
+    entries: tuple[AdapterRow, ...]
 
     @property
     def modules(self) -> list[str]:
         """Distinct module paths, in model order."""
-        return list(dict.fromkeys(r.module for r in self.rows))
+        return list(dict.fromkeys(r.module for r in self.entries))
 
     @property
     def adapters(self) -> list[str]:
-        return list(dict.fromkeys(r.adapter for r in self.rows))
+        return list(dict.fromkeys(r.adapter for r in self.entries))
 
     @property
     def params(self) -> int:
-        """Parameters in the LoRA factors (A and B) of every row."""
-        return sum(r.params for r in self.rows)
+        """Parameters in the LoRA factors (A and B) of every entry."""
+        return sum(r.params for r in self.entries)
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.entries)
 
-    def _cells(self) -> list[list[str]]:
-        return [[r.adapter, r.module, str(r.rank), f"{r.alpha:g}", f"{r.scaling:.4g}",
-                 f"{r.params:,}", f"{r.delta_norm:.4g}",
-                 "-" if r.weight is None else f"{r.weight:g}", "yes" if r.merged else "no"]
-                for r in self.rows]
+    def as_dict(self) -> dict[str, Any]:
+        return {"entries": [r.as_dict() for r in self.entries], "adapters": self.adapters,
+                "modules": self.modules, "params": self.params}
 
-    HEADER = ("adapter", "module", "rank", "alpha", "scaling", "trainable params", "‖ΔW‖",
-              "active weight", "merged")
+    def rows(self) -> list[dict[str, Any]]:
+        return [row for r in self.entries for row in r.rows()]
+
+    def table(self) -> Table:
+        return Table(
+            [Column("adapter"), Column("module", code=True), Column("rank"),
+             Column("alpha", fmt="g"), Column("scaling", fmt=".4g"),
+             Column("params", "trainable params", ","), Column("delta_norm", "‖ΔW‖", ".4g"),
+             Column("weight", "active weight", "g"), Column("merged")],
+            self.rows(), notes=[f"{len(self.entries)} rows, {len(self.modules)} modules, "
+                                f"{self.params:,} LoRA parameters"])
 
     def __str__(self) -> str:
-        cells = [list(self.HEADER), *self._cells()]
-        widths = [max(len(row[i]) for row in cells) for i in range(len(self.HEADER))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                 for row in cells]
-        lines.append(f"{len(self.rows)} rows, {len(self.modules)} modules, "
-                     f"{self.params:,} LoRA parameters")
-        return "\n".join(lines)
+        return self.table().text()
 
     def __repr__(self) -> str:
-        return f"LoraSummary({len(self.rows)} rows, adapters={self.adapters})"
+        return f"LoraSummary({len(self.entries)} rows, adapters={self.adapters})"
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.HEADER)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-            for row in self._cells()
-        )
-        foot = (f"<caption style='caption-side:bottom'>{len(self.rows)} rows, "
-                f"{len(self.modules)} modules, {self.params:,} LoRA parameters</caption>")
-        return f"<table>{foot}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        return self.table().html()
 
 
 def summary(model: nn.Module, names: Sequence[str] | None = None) -> LoraSummary:

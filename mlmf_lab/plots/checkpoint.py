@@ -78,7 +78,7 @@ def plot_checkpoint_diff(diff: CheckpointDiff, max_tensors: int = 40) -> Figure:
     Returns:
         A matplotlib ``Figure`` with two panels sharing the tensor axis.
     """
-    rows = [r for r in diff.rows if r.status in ("changed", "same")][:max_tensors]
+    rows = [r for r in diff.tensors if r.status in ("changed", "same")][:max_tensors]
     height = 1.2 + 0.22 * max(len(rows), 1)
     fig = Figure(figsize=(8, height))
     ax_rel, ax_cos = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [3, 2]})

@@ -8,7 +8,6 @@ the network) and its local drift (the quantized layer fed the float model's inpu
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import MLMFError
+from ..tables import Column, Table, fields_dict, fields_row
 from .linear import QuantLinear
 
 ERROR_SAMPLES = 20_000  # per layer, kept for histograms
@@ -54,6 +54,13 @@ class LayerReport:
     def numel(self) -> int:
         return math.prod(self.shape)
 
+    def as_dict(self) -> dict[str, Any]:
+        """JSON data; an infinite SNR (an exact layer) or a drift not measured is None."""
+        return fields_dict(self)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [fields_row(self)]
+
 
 @dataclass(frozen=True)
 class QuantReport:
@@ -85,28 +92,32 @@ class QuantReport:
         n = sum(r.numel for r in self.layers)
         return math.sqrt(sum(r.rel_error**2 * r.numel for r in self.layers) / n) if n else 0.0
 
+    def as_dict(self) -> dict[str, Any]:
+        """JSON data: the layers and the totals (the error samples stay out)."""
+        return {"layers": [r.as_dict() for r in self.layers], "schemes": self.schemes,
+                "bits_per_weight": self.bits_per_weight, "rel_error": self.rel_error,
+                "output_drift": self.output_drift}
+
     def rows(self) -> list[dict[str, Any]]:
-        return [{"layer": r.name, "scheme": r.scheme, "bits/weight": round(r.bits_per_weight, 3),
-                 "rel. error": r.rel_error, "SNR dB": r.snr_db, "drift": r.drift,
-                 "local drift": r.local_drift} for r in self.layers]
+        return [row for r in self.layers for row in r.rows()]
 
     def __repr__(self) -> str:
         return (f"QuantReport({self.schemes}: {len(self.layers)} layers, "
                 f"{self.bits_per_weight:.2f} bits/weight, weight error {self.rel_error:.4f}, "
                 f"output drift {self.output_drift:.4f})")
 
+    def table(self) -> Table:
+        return Table(
+            [Column("name", "layer", code=True), Column("scheme"),
+             Column("bits_per_weight", "bits/weight", ".2f"),
+             Column("rel_error", "rel. L2 error", ".4f"), Column("snr_db", "SNR (dB)", ".1f"),
+             Column("drift", "output drift", ".4f"), Column("local_drift", "local drift", ".4f")],
+            self.rows(), title=f"{self.schemes}: {len(self.layers)} quantized layers, "
+            f"{self.bits_per_weight:.2f} bits/weight, weight error {self.rel_error:.4f}, "
+            f"model output drift {self.output_drift:.4f}")
+
     def _repr_html_(self) -> str:
-        body = "".join(
-            f"<tr><td style='text-align:left'><code>{html.escape(r.name)}</code></td>"
-            f"<td>{html.escape(r.scheme)}</td><td>{r.bits_per_weight:.2f}</td>"
-            f"<td>{r.rel_error:.4f}</td><td>{r.snr_db:.1f}</td><td>{r.drift:.4f}</td>"
-            f"<td>{r.local_drift:.4f}</td></tr>" for r in self.layers)
-        return (f"<div><b>{html.escape(self.schemes)}</b>: {len(self.layers)} quantized layers, "
-                f"{self.bits_per_weight:.2f} bits/weight, weight error {self.rel_error:.4f}, "
-                f"model output drift {self.output_drift:.4f}"
-                "<table><thead><tr><th>layer</th><th>scheme</th><th>bits/weight</th>"
-                "<th>rel. L2 error</th><th>SNR (dB)</th><th>output drift</th>"
-                f"<th>local drift</th></tr></thead><tbody>{body}</tbody></table></div>")
+        return self.table().html()
 
 
 def _first_tensor(out: Any) -> torch.Tensor:
