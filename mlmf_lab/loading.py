@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import torch
 from torch import nn
 
 from . import events
 from .errors import StateDictError
-from .formats import load_state_dict
+from .formats import open_weights
+from .formats.gguf_hf import model_view
+
+if TYPE_CHECKING:
+    from .quant import QTensor
 
 
 class LoadReport(NamedTuple):
@@ -22,6 +27,18 @@ class LoadReport(NamedTuple):
     @property
     def ok(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "missing": list(self.missing), "unexpected": list(self.unexpected),
+                "mismatched": [{"key": k, "model": list(want), "file": list(got)}
+                               for k, want, got in self.mismatched]}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per key that does not match: key, problem, shapes in the model and file."""
+        return ([{"key": k, "problem": "missing"} for k in self.missing]
+                + [{"key": k, "problem": "unexpected"} for k in self.unexpected]
+                + [{"key": k, "problem": "mismatched", "model": want, "file": got}
+                   for k, want, got in self.mismatched])
 
     def describe(self) -> str:
         parts = []
@@ -53,6 +70,38 @@ def compare_keys(model: nn.Module, state: dict[str, Any]) -> LoadReport:
     return LoadReport(missing, unexpected, mismatched)
 
 
+def with_tied(model: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` plus the names the model ties to a name the state has.
+
+    transformers saves a model with ``tie_word_embeddings`` without ``lm_head.weight``
+    (it is ``embed_tokens.weight``); the model still lists both names. A name is tied when
+    the model holds the very same parameter under another name.
+    """
+    groups: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    out = dict(state)
+    for names in groups.values():
+        present = next((n for n in names if n in state), None)
+        for name in names:
+            if present is not None and name not in out:
+                out[name] = state[present]
+    return out
+
+
+def in_dtype(value: Any, dtype: torch.dtype | None) -> Any:
+    """A floating-point tensor in the dtype of the model's parameter it fills.
+
+    Files mix dtypes (an f16 GGUF keeps its norms in F32); assigning them as they are would
+    leave a model whose forward pass fails on mixed dtypes, so the model's dtype decides, as
+    in ``nn.Module.load_state_dict`` without ``assign``. Anything else is left alone.
+    """
+    if isinstance(value, torch.Tensor) and value.is_floating_point() and dtype is not None \
+            and dtype.is_floating_point and value.dtype != dtype:
+        return value.to(dtype)
+    return value
+
+
 def load_into(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -62,7 +111,11 @@ def load_into(
     """Fill ``model`` (built on the meta device or not) from a weight file, copy-free.
 
     The file's tensors are memory-mapped and assigned as the model's parameters
-    (``load_state_dict(assign=True)``), so the weights are never held twice.
+    (``load_state_dict(assign=True)``), so the weights are never held twice; a tensor whose
+    dtype differs from the model's is cast (a copy), and names the model ties to another
+    (``lm_head.weight`` of a model saved with ``tie_word_embeddings``) need not be in the
+    file. A GGUF file in llama.cpp's layout is read under the model's own names, with
+    llama's Q/K rows put back in Hugging Face's order (``formats.gguf_hf.model_view``).
 
     Args:
         model: any ``nn.Module``; build it under ``torch.device("meta")`` to skip init.
@@ -85,19 +138,78 @@ def load_into(
     """
     with events.activity("load", used=[path], params={"into": type(model).__name__}) as act:
         if keep_quantized:
-            from .quant.linear import quantized_state  # quant is imported only when asked
-
             state: dict[str, Any] = quantized_state(model, path)
         else:
-            state = load_state_dict(path)
+            state = model_view(open_weights(path), model.state_dict()).state_dict()
+        state = with_tied(model, state)
         report = compare_keys(model, state)
         if strict and not report.ok:
             raise StateDictError(f"the model and the file disagree: {report.describe()}", path)
         bad = {k for k, _, _ in report.mismatched}
-        usable = {k: v for k, v in state.items() if k not in bad and k not in report.unexpected}
+        expected = model.state_dict(keep_vars=True)
+        usable = {k: in_dtype(v, getattr(expected[k], "dtype", None)) for k, v in state.items()
+                  if k not in bad and k not in report.unexpected}
         model.load_state_dict(usable, strict=False, assign=True)
         tie = getattr(model, "tie_weights", None)
         if callable(tie):
             tie()
         act.generated.append(model)
     return report
+
+
+def quantized_state(
+    model: nn.Module, path: str | os.PathLike[str]
+) -> dict[str, torch.Tensor | QTensor]:
+    """The state of a weight file with its quantized linear weights left quantized.
+
+    Every quantized tensor ``<layer>.weight`` whose ``<layer>`` is an ``nn.Linear`` of the
+    same shape is swapped (in ``model``, in place) for a ``QuantLinear`` holding the file's
+    ``QTensor``; the state maps that name to the ``QTensor``. Every other tensor is read as
+    ``WeightFile.tensor`` does. ``load_into(..., keep_quantized=True)`` loads the rest.
+
+    Args:
+        model: the model to fill (on the meta device or not).
+        path: a weight file (GGUF files, and safetensors files saved with int8/int4, hold
+            quantized tensors).
+
+    Returns:
+        Name -> tensor, or ``QTensor`` for the weights kept quantized.
+    """
+    from .quant import QTensor  # quant is imported only when asked
+
+    wf = model_view(open_weights(path), model.state_dict())
+    state: dict[str, torch.Tensor | QTensor] = {}
+    for name in wf:
+        raw = wf.raw(name) if wf.info(name).quant else None
+        if isinstance(raw, QTensor) and _swap_in_quantized(model, name, raw):
+            state[name] = raw
+        else:
+            state[name] = wf.tensor(name)
+    for alias, target in wf.aliases.items():
+        if target in state and alias not in state:
+            kept = state[target]  # a float tensor is shared as it is
+            if isinstance(kept, QTensor) and not _swap_in_quantized(model, alias, kept):
+                kept = wf.tensor(target)  # tied to a non-linear (an embedding): floats
+            state[alias] = kept
+    return state
+
+
+def _swap_in_quantized(model: nn.Module, name: str, qt: QTensor) -> bool:
+    """Replace the ``nn.Linear`` owning weight ``name`` by a ``QuantLinear`` holding ``qt``,
+    if there is one of ``qt``'s shape; whether it did."""
+    from .quant import QuantLinear
+
+    prefix, _, leaf = name.rpartition(".")
+    layer = _linear_at(model, prefix) if leaf == "weight" else None
+    if layer is None or tuple(qt.shape) != tuple(layer.weight.shape):
+        return False
+    model.set_submodule(prefix, QuantLinear(qt, layer.bias))
+    return True
+
+
+def _linear_at(model: nn.Module, name: str) -> nn.Linear | None:
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        return None
+    return module if type(module) is nn.Linear else None

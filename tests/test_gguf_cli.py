@@ -64,13 +64,16 @@ def test_k_quant_rows_that_do_not_divide_fall_back_like_llama_cpp(
 
 
 def test_convert_to_gguf_takes_the_architecture_from_config_json(tmp_path: Path) -> None:
+    """A model type with no llama.cpp layout here: the tensors as they are, and a warning."""
     src = tmp_path / "model.safetensors"
     ml.save_state_dict({"w": torch.ones(4, 32)}, src)
     assert ml.open_weights(src).metadata.get("format") == "pt"  # safetensors' marker
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    assert main(["convert", str(src), str(tmp_path / "m.gguf")]) == 0
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit"}))
+    with pytest.warns(UserWarning, match="model_type 'vit' has no llama.cpp layout in this lab "
+                      r"\(supported: bert, gpt2, llama, mistral, qwen2\)"):
+        assert main(["convert", str(src), str(tmp_path / "m.gguf")]) == 0
     fields = gguf.GGUFReader(tmp_path / "m.gguf").fields
-    assert fields["general.architecture"].contents() == "bert"
+    assert fields["general.architecture"].contents() == "vit"
     assert "format" not in fields
     (tmp_path / "config.json").write_text("{not json")
     assert main(["convert", str(src), str(tmp_path / "n.gguf")]) == 0

@@ -6,13 +6,16 @@ import argparse
 from typing import Any
 
 from ..convert import convert
+from ..formats.gguf_hf import describe_model
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("convert", help="convert between safetensors, HF sharded, GGUF, ...")
     p.add_argument("src", help="input weight file or folder (also a PyTorch DCP folder)")
     p.add_argument("dst", help="output: x.safetensors, x.gguf, x.dcp (PyTorch DCP folder), "
-                   "or a folder (HF sharded)")
+                   "or a folder (HF sharded). A transformers model folder into x.gguf gives "
+                   "a file llama.cpp runs; such a GGUF file into a folder gives a "
+                   "transformers model folder (config.json, tokenizer)")
     p.add_argument("--quant", default=None,
                    help="quantize the output: a GGUF block type (q8_0, q6_k, q4_k, q4_0, ...) "
                    "for .gguf, int8 or int4 for .safetensors or a folder")
@@ -21,5 +24,6 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = convert(args.src, args.dst, quant=args.quant)
-    print(f"wrote {out}")
+    model = describe_model(out)  # a model for llama.cpp or transformers: what it holds
+    print("\n".join(model.lines()) if model is not None else f"wrote {out}")
     return 0

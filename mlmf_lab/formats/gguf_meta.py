@@ -22,8 +22,9 @@ from typing import Any, NamedTuple
 from gguf import GGUFValueType
 from gguf.gguf_writer import GGUFValue
 
-from ..errors import FormatError, MLMFError
-from .metadata import JSON_KEYS, RESERVED, TIED_KEY
+from ..errors import MLMFError
+from ..files import loads_json
+from .metadata import JSON_KEYS, RESERVED, TIED_KEY, decode_aliases
 
 _RANGES = [  # (type, lowest, highest), narrowest first
     (GGUFValueType.UINT32, 0, 2**32 - 1),
@@ -134,15 +135,7 @@ def decode_metadata(
     """Values read from a GGUF file -> (metadata with JSON values decoded, tied aliases)."""
     meta = {k: v for k, v in raw.items() if k not in RESERVED}
     json_keys = raw.get(JSON_KEYS, [])
-    try:
-        for key in json_keys if isinstance(json_keys, list) else []:
-            if isinstance(meta.get(key), str):
-                meta[key] = json.loads(meta[key])
-        aliases = json.loads(raw.get(TIED_KEY, "{}"))
-    except (json.JSONDecodeError, TypeError) as e:
-        raise FormatError(f"structured metadata is not valid JSON ({e})", path) from None
-    if not isinstance(aliases, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()
-    ):
-        raise FormatError(f"{TIED_KEY} must be a JSON object of names", path)
-    return meta, aliases
+    for key in json_keys if isinstance(json_keys, list) else []:
+        if isinstance(key, str) and isinstance(meta.get(key), str):
+            meta[key] = loads_json(meta[key], path, f"structured metadata {key!r}")
+    return meta, decode_aliases(raw.get(TIED_KEY, "{}"), path)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import re
 import shutil
@@ -22,7 +21,8 @@ from typing import Any
 import torch
 
 from .. import atomic
-from ..errors import MLMFError, ShardError, UnsafeFileError
+from ..errors import FormatError, MLMFError, ShardError, UnsafeFileError
+from ..files import file_kind, read_json
 from ..progress import Progress
 from ..units import parse_size
 from .base import TensorInfo, WeightFile
@@ -36,19 +36,42 @@ DEFAULT_MAX_SHARD = 5 * 1000**3  # transformers' default, "5GB"
 
 
 def safe_member(folder: Path, name: Any, index: Path) -> Path:
-    """``folder/name`` if ``name`` is a plain file name that stays inside ``folder``."""
+    """``folder/name`` if ``name`` names a regular file that stays inside ``folder``.
+
+    Refused, each with a ``ShardError`` (or ``UnsafeFileError``) naming the index: a name
+    that is empty, not text, holds a NUL byte or is too long for the file system; ``..``,
+    absolute names and links leaving the folder; and anything but a regular file (``"."``,
+    a subfolder, a FIFO that would block the reader forever, a device).
+    """
     if not isinstance(name, str) or not name:
-        raise ShardError(f"shard name {name!r} is not a file name", index)
+        raise ShardError(f"shard name {_shown(name)} is not a file name", index)
+    if "\0" in name:
+        raise ShardError(f"shard name {_shown(name)} holds a NUL byte", index)
     if os.path.isabs(name) or ".." in Path(name).parts or "\\" in name:
-        raise UnsafeFileError(f"shard name {name!r} escapes the checkpoint folder", index)
+        raise UnsafeFileError(f"shard name {_shown(name)} escapes the checkpoint folder", index)
     p = folder / name
     try:
         real = p.resolve(strict=True)
+        mode = real.stat().st_mode
     except (FileNotFoundError, RuntimeError):
-        raise ShardError(f"shard {name!r} listed in the index does not exist", index) from None
+        raise ShardError(f"shard {_shown(name)} listed in the index does not exist",
+                         index) from None
+    except OSError as e:  # a name too long, a loop of links, no permission
+        raise ShardError(f"shard {_shown(name)} cannot be opened ({e.strerror or e})",
+                         index) from None
     if not real.is_relative_to(folder.resolve()):
-        raise UnsafeFileError(f"shard {name!r} is a link that leaves the folder ({real})", index)
+        raise UnsafeFileError(f"shard {_shown(name)} is a link that leaves the folder ({real})",
+                              index)
+    if not stat.S_ISREG(mode):
+        raise ShardError(f"shard {_shown(name)} is {file_kind(mode)}; expected a safetensors "
+                         "file", index)
     return p
+
+
+def _shown(name: Any) -> str:
+    """A shard name as a message shows it: its repr, cut when long."""
+    text = repr(name)
+    return text if len(text) <= 80 else f"{text[:60]}...' ({len(name)} characters)"
 
 
 class ShardedFile(WeightFile):
@@ -58,15 +81,22 @@ class ShardedFile(WeightFile):
 
     def __init__(self, index: Path) -> None:
         try:
-            doc = json.loads(index.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ShardError(f"index is not valid JSON ({e})", index) from None
+            doc = read_json(index, "the index")
+        except FormatError as e:
+            raise ShardError(e.message, index) from None
         wmap = doc.get("weight_map") if isinstance(doc, dict) else None
         if not isinstance(wmap, dict) or not wmap:
             raise ShardError("index has no weight_map object mapping tensors to shards", index)
+        given = doc.get("metadata")
+        if given is not None and not isinstance(given, dict):
+            raise ShardError(f"index metadata must be a JSON object, found "
+                             f"{type(given).__name__}", index)
         folder = index.parent
         shards: dict[str, SafetensorsFile] = {}
-        for shard_name in sorted(set(map(str, wmap.values()))):
+        for shard_name in wmap.values():
+            if not isinstance(shard_name, str):
+                raise ShardError(f"shard name {_shown(shard_name)} is not a file name", index)
+        for shard_name in sorted(set(wmap.values())):
             shards[shard_name] = SafetensorsFile(safe_member(folder, shard_name, index))
         where: dict[str, str] = {}
         for shard_name, sf in shards.items():
@@ -89,7 +119,7 @@ class ShardedFile(WeightFile):
         unlisted = sorted(set(where) - set(wmap))
         if unlisted:
             raise ShardError(f"shards hold tensors the index omits: {unlisted[:5]}", index)
-        meta = dict(doc.get("metadata") or {})
+        meta = dict(given or {})
         meta.update(next(iter(shards.values())).metadata)
         aliases: dict[str, str] = {}
         for sf in shards.values():
@@ -124,8 +154,8 @@ def _detect(path: Path, head: bytes) -> bool:
 
 def _has_weight_map(path: Path) -> bool:
     try:
-        return "weight_map" in json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError):
+        return "weight_map" in read_json(path, "the index", expect=dict)
+    except MLMFError:
         return False
 
 
@@ -258,8 +288,8 @@ def save_sharded(
 def _warn_plain_config(config: Path, quant: str, folder: Path) -> None:
     """A kept transformers config that does not say the weights are quantized misleads."""
     try:
-        plain = "quantization_config" not in json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError, TypeError):
+        plain = "quantization_config" not in read_json(config, "config.json", expect=dict)
+    except MLMFError:
         return
     if plain:
         warnings.warn(f"{folder}: its config.json is kept beside {quant} weights but has no "

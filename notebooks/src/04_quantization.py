@@ -12,6 +12,8 @@
 # - `ml.quant.report(model_fp32, model_q, inputs)`: per-layer error table and figures;
 # - GGUF files: `ml.save_state_dict(..., "x.gguf", quant="q4_0")`, readable by the `gguf`
 #   package (llama.cpp's format), and `ml.load_into(..., keep_quantized=True)`;
+# - a transformers model into a GGUF file llama.cpp runs (`ml.convert(folder, "x.gguf")`),
+#   and back into a transformers folder, bit-exact in f32;
 # - `int8`/`int4` weights saved in safetensors (`quant="int8"`), read back the same way.
 
 # %%
@@ -313,6 +315,98 @@ print(f"ml.open_weights: {name} {list(info8.shape)} {info8.quant}, "
 
 # %%
 reload_quantized(path8, "int8")
+
+# %% [markdown]
+# ## A transformers model that llama.cpp runs, and back
+# Saving tensors as GGUF (above) keeps their own names. llama.cpp needs more: its tensor
+# names (`token_embd.weight`, `blk.0.attn_q.weight`, ...), the hyperparameters under its keys
+# and types, the tokenizer inside the file, and Llama's Q/K rows in its rotary order.
+# `ml.convert` from a transformers model folder into a `.gguf` writes all of that, the same
+# bytes and keys as llama.cpp's own converter (the tests check it, and run the file in
+# llama.cpp). A tiny Llama, random and seeded, with a tokenizer trained on two sentences:
+
+# %%
+import json
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+hf = work / "tiny-llama"
+hf.mkdir()
+tokenizer = Tokenizer(models.BPE())
+tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+tokenizer.decoder = decoders.ByteLevel()
+tokenizer.train_from_iterator(
+    ["weights are files and files are weights", "a small llama for llama.cpp"] * 10,
+    trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False,
+                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+tokenizer.save(str(hf / "tokenizer.json"))
+(hf / "tokenizer_config.json").write_text(json.dumps({
+    "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>"}))
+torch.manual_seed(0)
+llama = LlamaForCausalLM(LlamaConfig(
+    vocab_size=tokenizer.get_vocab_size(), hidden_size=256, intermediate_size=512,
+    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    max_position_embeddings=256, eos_token_id=0)).eval()
+llama.save_pretrained(hf)
+print(sorted(p.name for p in hf.iterdir()))
+
+# %% [markdown]
+# `mlmf-lab convert tiny-llama/ tiny.gguf --quant q8_0` does the same from a shell.
+
+# %%
+tiny = ml.convert(hf, work / "tiny.gguf", quant="q8_0")
+fields = gguf.GGUFReader(tiny).fields
+for key, field in fields.items():
+    if key.startswith(("general.", "llama.")) or key in ("tokenizer.ggml.model",
+                                                        "tokenizer.ggml.pre"):
+        value = field.contents()
+        print(f"{key:42s} {field.types[0].name:8s} "
+              f"{f'{value:.6g}' if isinstance(value, float) else value}")
+print(f"{'tokenizer.ggml.tokens':42s} {len(fields['tokenizer.ggml.tokens'].contents())} tokens, "
+      f"{len(fields['tokenizer.ggml.merges'].contents())} merges")
+with ml.open_weights(tiny) as wf:
+    print([(n, wf.info(n).quant or wf.info(n).dtype) for n in list(wf)[:6]])
+
+# %% [markdown]
+# llama.cpp rotates adjacent pairs of each head's dimensions where transformers rotates the
+# two halves, so the Q and K rows are stored permuted (`permute_qk`), and put back when
+# the file is read into a transformers model, here straight from the `q8_0` blocks:
+
+# %%
+from mlmf_lab.formats.gguf_arch import permute_qk
+
+q_hf = llama.model.layers[0].self_attn.q_proj.weight.detach()
+with ml.open_weights(tiny) as wf:
+    stored = wf.raw("blk.0.attn_q.weight")
+print("stored rows = permuted q_proj rows:",
+      torch.equal(stored.data, ml.quant.quantize(permute_qk(q_hf, 4), "q8_0").data))
+kept = LlamaForCausalLM(llama.config)
+print(ml.load_into(kept, tiny, keep_quantized=True).describe())
+layer = kept.model.layers[0].self_attn.q_proj
+print(type(layer).__name__, layer.scheme, "rows back in place:",
+      torch.equal(layer.qweight.data, ml.quant.quantize(q_hf, "q8_0").data))
+
+# %% [markdown]
+# And the way back: a `.gguf` in llama.cpp's layout converted to a folder becomes a
+# transformers model folder: weights under the model's names, `config.json`, and the tokenizer
+# transformers rebuilds from the file. In `f32` the round trip is bit-exact, config included:
+
+# %%
+back = ml.convert(ml.convert(hf, work / "tiny-f32.gguf"), work / "tiny-back")
+print(sorted(p.name for p in back.iterdir()))
+print("config.json identical:",
+      (back / "config.json").read_bytes() == (hf / "config.json").read_bytes())
+before, after = ml.load_state_dict(hf), ml.load_state_dict(back)
+print("every tensor identical:", before.keys() == after.keys()
+      and all(torch.equal(before[k], after[k]) for k in before))
+ids = AutoTokenizer.from_pretrained(hf)("weights are files")["input_ids"]
+print("same token ids:",
+      AutoTokenizer.from_pretrained(back)("weights are files")["input_ids"] == ids)
+with torch.no_grad():
+    x = torch.tensor([ids])
+    print("same logits:", torch.equal(AutoModelForCausalLM.from_pretrained(back)(x).logits,
+                                      llama(x).logits))
 
 # %% [markdown]
 # Clean up: remove the scratch folder this notebook wrote into.
