@@ -14,6 +14,7 @@ import importlib
 from typing import Any
 
 from . import errors, units
+from .compare import compare  # binds ml.compare to the function, over the subpackage
 from .convert import convert  # binds ml.convert to the function, over the submodule
 from .errors import MLMFError
 from .formats import TensorInfo, WeightFile, load_state_dict, open_weights, save_state_dict
@@ -60,6 +61,7 @@ __all__ = [
     "MLMFError",
     "TensorInfo",
     "WeightFile",
+    "compare",
     "convert",
     "errors",
     "units",

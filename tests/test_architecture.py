@@ -203,3 +203,10 @@ def test_ml_convert_is_the_function_in_a_fresh_interpreter() -> None:
     code = ("import mlmf_lab as ml, mlmf_lab.distributed\n"
             "print(callable(ml.convert), ml.convert.__module__)")
     assert _fresh(code).split() == ["True", "mlmf_lab.convert"]
+
+
+def test_ml_compare_is_the_function_in_a_fresh_interpreter() -> None:
+    """``mlmf_lab/compare/`` is a package of the same name: the function wins."""
+    code = ("import mlmf_lab as ml, mlmf_lab.compare.weights, mlmf_lab.checkpoint\n"
+            "print(callable(ml.compare), ml.compare.__module__)")
+    assert _fresh(code).split() == ["True", "mlmf_lab.compare.api"]

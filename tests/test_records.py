@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import mlmf_lab as ml
-from mlmf_lab.compare import diff_state_dicts, tensor_change
+from mlmf_lab.compare import diff_state_dicts, embedding_stats, tensor_change
 from mlmf_lab.distributed import load_shard, plan
 from mlmf_lab.loading import compare_keys
 from mlmf_lab.multimodal import FusionStrategy, MultiModalModel
@@ -41,6 +41,23 @@ class Tiny(nn.Module):
         return self.out(torch.relu(self.q_proj(x)))
 
 
+class TinyLM(nn.Module):
+    """Two blocks and a head whose output has ``logits``, like a transformers causal LM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(16, 8)
+        self.blocks = nn.ModuleList(nn.Linear(8, 8) for _ in range(2))
+        self.head = nn.Linear(8, 16)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+        x = self.embed(input_ids)
+        for block in self.blocks:
+            x = torch.tanh(block(x))
+        return type("Out", (), {"logits": self.head(x)})()
+
+
 def _records(tmp: Path) -> dict[str, Any]:
     """One small instance of every public record (and live object shown as a table)."""
     torch.manual_seed(0)
@@ -60,6 +77,16 @@ def _records(tmp: Path) -> dict[str, Any]:
     diff = diff_state_dicts(a, b, ("a <1>", "b"))  # "zero": inf relative change, NaN cosine
     out |= {"CheckpointDiff": diff, "TensorDiff": diff["zero"],
             "TensorChange": tensor_change(a["zero"], b["zero"])}
+    ids = torch.randint(0, 16, (2, 12), generator=torch.Generator().manual_seed(0))
+    lm, other = TinyLM(), TinyLM()
+    with torch.no_grad():
+        other.head.weight.mul_(1.1)
+    c = ml.compare(lm, other, ids)
+    w = c.weights
+    out |= {"Comparison": c, "WeightComparison": w, "TensorComparison": w["head.weight"],
+            "LayerComparison": w.layers[0], "TokenStats": c.outputs,
+            "ActivationStats": c.activations,
+            "EmbeddingStats": embedding_stats(torch.randn(4, 3), torch.randn(4, 3))}
 
     cm = ml.CheckpointManager(tmp / "run", keep_last=3)
     for step, loss in [(1, 0.5), (2, 0.25)]:

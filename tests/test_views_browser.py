@@ -4,7 +4,8 @@ The test starts JupyterLab on 127.0.0.1 with a random port and token and its own
 data and runtime folders, opens a notebook that shows each view, runs it, and checks: each
 ``.mlmf-view`` rendered with content; clicking a head thumbnail changes ``layer``/``head`` in
 the kernel; a pin button pins the entry in the Python cache; clicking a lineage node shows
-its record; no "Error displaying widget"; no console error; no request to any host but
+its record; clicking a layer's bar in CompareView selects it in the kernel and draws its
+tensor's histograms; no "Error displaying widget"; no console error; no request to any host but
 127.0.0.1 (``blob:``/``data:`` allowed). The kernel writes its views' state to a JSON file
 that the test reads. Screenshots go to ``.scratch/``. Every wait is bounded; the server is
 always stopped. Needs ``apt-get install chromium`` (``.ci/run`` does it); no browser is
@@ -62,11 +63,18 @@ with lineage:
 lin_view = ml.views.LineageView(lineage)
 gguf_id = lineage.entity(work / "b.gguf").id
 
+import copy
+lm_q = copy.deepcopy(lm)
+ml.quant.quantize_model(lm_q, "q4_0")
+cmp_view = ml.views.CompareView(ml.compare(lm, lm_q, inputs=[
+    "A cat sleeps on the sofa.", "Dogs bark at night.", "The market fell.", "A kitten naps."]))
+
 def report(stop=time.monotonic() + 240):
     while time.monotonic() < stop:
         state = {"layer": att.layer, "head": att.head, "selected": lin_view.selected,
                  "pinned": [r["key"] for r in cache.rows() if r["pinned"]],
-                 "entries": len(cache), "gguf": gguf_id}
+                 "entries": len(cache), "gguf": gguf_id,
+                 "cmp_layer": cmp_view.layer, "cmp_tensor": cmp_view.tensor}
         Path("state.json.tmp").write_text(json.dumps(state))
         Path("state.json.tmp").replace("state.json")
         time.sleep(0.1)
@@ -77,7 +85,7 @@ CELLS = [SETUP, "att", "cache_view",
          # a background warm-up while the view is shown: the page must follow it
          "job = cache.warm([f'w{i}' for i in range(10)], "
          "loader=lambda k: (time.sleep(0.05), torch.zeros(100))[1], progress=False)",
-         "lin_view",
+         "lin_view", "cmp_view",
          # the benchmark: 12 layers x 12 heads x 512 tokens
          "big = ml.views.AttentionView(torch.rand(12, 12, 512, 512, generator=torch.Generator()"
          ".manual_seed(0)).softmax(-1), title='bench')",
@@ -202,7 +210,7 @@ def test_views_render_and_clicks_reach_the_kernel(lab) -> None:
                                    ".sessionContext?.session?.kernel?.status === 'idle'",
                                    timeout=90_000)
             page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-            for name in ("attention", "cache", "lineage"):
+            for name in ("attention", "cache", "lineage", "compare"):
                 page.wait_for_selector(f".mlmf-view[data-view='{name}']", timeout=120_000)
             page.wait_for_function("() => document.querySelectorAll(\"[data-view='attention']\")"
                                    ".length === 2", timeout=120_000)
@@ -250,7 +258,28 @@ def test_views_render_and_clicks_reach_the_kernel(lab) -> None:
             assert "b.gguf" in record and "sha256:" in record and "convert(" in record
             wait_state(root, lambda s: s["selected"] == s["gguf"])
 
-            for name, view in (("attention", att), ("cache", cache), ("lineage", lin)):
+            # a layer's bar click reaches the kernel, which sends that layer's most changed
+            # tensor: its histograms and ΔW spectrum are drawn; a tensor click switches it
+            cmp = page.locator(".mlmf-view[data-view='compare']")
+            assert cmp.locator(".mlmf-bar[data-layer]").count() == 7
+            painted = cmp.locator("canvas.mlmf-cka").evaluate(
+                "c => Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)"
+                ".some(v => v > 0 && v < 255)")
+            assert painted
+            cmp.locator(".mlmf-bar[data-layer='layer 2']").click()
+            state = wait_state(root, lambda s: s["cmp_layer"] == "layer 2"
+                               and s["cmp_tensor"].startswith("encoder.layer.2."))
+            page.wait_for_function("t => document.querySelector(\"[data-view='compare'] "
+                                   ".mlmf-detail\").dataset.tensor === t",
+                                   arg=state["cmp_tensor"])
+            assert cmp.locator(".mlmf-detail svg").count() == 4
+            other = cmp.locator(".mlmf-tensor[data-tensor]").nth(0)
+            name = other.get_attribute("data-tensor")
+            other.click()
+            wait_state(root, lambda s: s["cmp_tensor"] == name)
+
+            for name, view in (("attention", att), ("cache", cache), ("lineage", lin),
+                               ("compare", cmp)):
                 view.screenshot(path=str(SCRATCH / f"view-{name}.png"))
             page.screenshot(path=str(SCRATCH / "views-lab.png"), full_page=True)
             assert "Error displaying widget" not in page.inner_text("body")
@@ -287,5 +316,34 @@ def test_saved_pages_open_offline_in_the_browser(tmp_path) -> None:
         finally:
             browser.close()
     assert [u for u in requests if not u.startswith(("file:", "blob:", "data:"))] == []
+    assert errors == []
+
+
+def test_saved_compare_page_answers_clicks_offline(tmp_path) -> None:
+    """The saved CompareView carries every layer's tensors: a bar click works with no kernel."""
+    import torch
+    from playwright.sync_api import sync_playwright
+
+    import mlmf_lab as ml
+
+    g = torch.Generator().manual_seed(0)
+    a = {f"layers.{i}.w": torch.randn(8, 8, generator=g) for i in range(3)}
+    b = {k: v + 0.1 * i * torch.randn(8, 8, generator=g) for i, (k, v) in enumerate(a.items())}
+    path = ml.views.CompareView(ml.compare(a, b)).save_html(tmp_path / "compare.html")
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, timeout=60_000)
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(path.as_uri())
+            root = page.locator(".mlmf-view[data-view='compare']")
+            root.locator(".mlmf-bar[data-layer='layer 1']").click()
+            page.wait_for_function("() => document.querySelector('.mlmf-view').dataset.tensor"
+                                   " === 'layers.1.w'", timeout=10_000)
+            assert root.locator(".mlmf-detail svg").count() == 4
+        finally:
+            browser.close()
     assert errors == []
 

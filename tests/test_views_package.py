@@ -14,7 +14,7 @@ import torch
 import mlmf_lab as ml
 
 ROOT = Path(__file__).resolve().parents[1]
-VIEWS = ("attention", "cache", "lineage")
+VIEWS = ("attention", "cache", "lineage", "compare")
 
 
 def test_ml_views_is_a_lazy_name() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ORDER = ["loading", "checkpoint", "lora", "quant", "gguf_open", "distributed", "cache",
-         "multimodal"]
+         "multimodal", "compare"]
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import MLMFError
 
 # Modules under mlmf_lab.cli, each with register(subparsers) setting func=run(args) -> int.
-COMMANDS = ["inspect", "convert", "diff", "cache", "lineage"]
+COMMANDS = ["inspect", "convert", "compare", "cache", "lineage"]
 
 
 def print_json(doc: Any) -> None:

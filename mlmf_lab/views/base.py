@@ -24,7 +24,7 @@ from ..atomic import replacing
 from ..errors import MLMFError
 from .standalone import standalone_html
 
-VIEWS = ("attention", "cache", "lineage")
+VIEWS = ("attention", "cache", "lineage", "compare")
 
 
 def widgets_dir() -> Path:
@@ -37,8 +37,8 @@ def widgets_dir() -> Path:
     for folder in (package / "widgets", package.parent / "widgets"):
         if all((folder / f"{v}.js").is_file() for v in VIEWS):
             return folder
-    raise MLMFError(f"the views' front-end files (attention.js, cache.js, lineage.js) are in "
-                    f"neither {package / 'widgets'} nor {package.parent / 'widgets'}; "
+    raise MLMFError(f"the views' front-end files ({', '.join(v + '.js' for v in VIEWS)}) are "
+                    f"in neither {package / 'widgets'} nor {package.parent / 'widgets'}; "
                     "reinstall mlmf_lab")
 
 

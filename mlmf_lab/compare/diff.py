@@ -1,10 +1,9 @@
-"""How two sets of weights differ, tensor by tensor.
+"""How two state dicts differ, tensor by tensor: the record of ``CheckpointManager.diff``.
 
-``tensor_change`` is the maths (relative change, cosine similarity, max abs
-difference, computed in float64); ``diff_state_dicts`` applies it to every
-shared name and lists tensors added, removed or reshaped; ``CheckpointDiff`` is
-the record, shown as a table in a notebook. ``ml.plots.plot_checkpoint_diff``
-draws it.
+The maths is ``weights.tensor_change`` (the same function ``ml.compare`` uses);
+``diff_state_dicts`` applies it to every shared name and lists tensors added, removed or
+reshaped; ``CheckpointDiff`` is the record, shown as a table in a notebook.
+``ml.plots.plot_checkpoint_diff`` draws it.
 """
 
 from __future__ import annotations
@@ -12,62 +11,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
-from .formats.base import no_such_tensor
-from .tables import Column, Table, fields_dict, fields_row
+from ..formats.base import no_such_tensor
+from ..tables import Column, Table, fields_dict, fields_row
+from .weights import tensor_change
 
 STATUSES = ("changed", "same", "added", "removed", "reshaped")
-
-
-class TensorChange(NamedTuple):
-    """How tensor b differs from tensor a (same shape)."""
-
-    rel_change: float  # ||b - a|| / ||a||; inf when a is all zeros and b is not
-    cosine: float  # <a, b> / (||a|| ||b||); 1.0 when both are zero, nan when only one is
-    max_abs: float  # max |b - a|
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON data; NaN and inf are None."""
-        return fields_dict(self)
-
-    def rows(self) -> list[dict[str, Any]]:
-        return [fields_row(self)]
-
-
-def tensor_change(a: torch.Tensor, b: torch.Tensor) -> TensorChange:
-    """Relative change, cosine similarity and max abs difference of two same-shape tensors.
-
-    Args:
-        a: the reference tensor.
-        b: the other tensor, same shape (any float/int dtype; computed in float64).
-
-    Returns:
-        A ``TensorChange``.
-
-    Raises:
-        ValueError: the shapes differ (an internal misuse: callers list reshaped tensors apart).
-
-    Example:
-        >>> tensor_change(torch.tensor([3.0, 4.0]), torch.tensor([3.0, 5.0])).rel_change
-        0.2
-    """
-    if a.shape != b.shape:
-        raise ValueError(f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
-    x = a.detach().reshape(-1).to("cpu", torch.float64)
-    y = b.detach().reshape(-1).to("cpu", torch.float64)
-    if x.numel() == 0:
-        return TensorChange(0.0, 1.0, 0.0)
-    d = y - x
-    na, nb, nd = (float(torch.linalg.vector_norm(v)) for v in (x, y, d))
-    rel = nd / na if na else (0.0 if nd == 0 else math.inf)
-    if na and nb:
-        cos = max(-1.0, min(1.0, float(torch.dot(x, y)) / (na * nb)))
-    else:
-        cos = 1.0 if na == nb else math.nan
-    return TensorChange(rel, cos, float(d.abs().max()))
 
 
 @dataclass(frozen=True)
@@ -185,6 +137,6 @@ def diff_state_dicts(
             continue
         ch = tensor_change(ta, tb)
         status = "same" if ch.max_abs == 0 else "changed"
-        rows.append(TensorDiff(name, status, sa, sb, *ch))
+        rows.append(TensorDiff(name, status, sa, sb, ch.rel_change, ch.cosine, ch.max_abs))
     rows.extend(TensorDiff(n, "added", None, tuple(t.shape)) for n, t in b.items() if n not in a)
     return CheckpointDiff(labels[0], labels[1], tuple(rows))
