@@ -19,9 +19,9 @@
 # | [02 · Checkpoints](02_checkpoints.ipynb) | atomic checkpoints, exact resume, retention that keeps the best |
 # | [03 · LoRA](03_lora.ipynb) | train, merge and unmerge adapters; PEFT-compatible files |
 # | [04 · Quantization](04_quantization.ipynb) | GGUF block formats, int8/int4, error against bits per weight |
-# | [05 · Provenance](05_provenance.ipynb) | model descriptions, an automatic lineage store, W3C PROV |
+# | [05 · Provenance](05_provenance.ipynb) | model descriptions, an automatic lineage store and its graph, W3C PROV |
 # | [06 · Distributed](06_distributed.ipynb) | sharding plans and loading with `torch.distributed` |
-# | [07 · Caching](07_caching.ipynb) | a model cache with a byte budget, LRU and pinning |
+# | [07 · Caching](07_caching.ipynb) | a model cache with a byte budget, LRU and pinning; watched live |
 # | [08 · Multi-modal](08_multimodal.ipynb) | text, image, audio and video; fusion; cross-modal attention |
 #
 # ## A two-minute tour
@@ -59,6 +59,29 @@ emb = encoder.encode(sentences)
 sims = (emb @ emb.T).numpy().round(2)
 for s, row in zip(sentences, sims):
     print(f"{s:30s}", row)
+
+# %% [markdown]
+# What does the encoder look at? `ml.views.AttentionView` shows each of its 6 layers × 12
+# heads as a thumbnail; click one to see it large, hover a token to see where it looks. It
+# opens on layer 3, head 1, with the query "it": most of its attention goes to "cat", the
+# one that was tired, not to "dog". (Where no kernel runs, the output is a picture of that
+# head.)
+
+# %%
+batch = encoder.tokenize(["The cat that the dog chased sat on the mat because it was tired."])
+tokens = [encoder.tokenizer.id_to_token(int(i)) for i in batch["input_ids"][0]]
+view = ml.views.AttentionView(ml.views.capture_attentions(encoder, **batch), tokens,
+                              layer=3, head=1, title="MiniLM")
+view.query = tokens.index("it")
+view
+
+# %% [markdown]
+# The view holds the numbers too: the selected head's row for "it", strongest first.
+
+# %%
+row = view.matrix()[view.query]
+for w, k in zip(*row.topk(3)):
+    print(f"it -> {tokens[k]:6s} {w:.2f}")
 
 # %% [markdown]
 # From here, start with [01 · Weight files](01_weight_files.ipynb). The command line does

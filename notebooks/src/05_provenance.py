@@ -165,6 +165,24 @@ print("versions known: ", sorted(quantize_step.agent["versions"])[:4], "…")
 ml.plots.plot_lineage(lineage, highlight=gguf_path, title="Everything recorded in this run")
 
 # %% [markdown]
+# `ml.views.LineageView` draws this layout to explore: drag to pan, scroll to zoom, click a
+# node to read its record and light up its ancestors and descendants. With `focus` it keeps
+# one file's story (the GGUF file, selected) and folds repeated steps into one. (Where no
+# kernel runs, the output is a static figure of that graph.)
+
+# %%
+story = ml.views.LineageView(lineage, focus=gguf_path, title="The GGUF file's story")
+story
+
+# %% [markdown]
+# A click shows the node's record as text, as `story.record()` returns it: path, sha256,
+# size, the step that made it (parameters, time, agent) and the history that reproduces it.
+# Its first lines (times and hashes differ on every run):
+
+# %% tags=["nbval-ignore-output"]
+print("\n".join(story.record().splitlines()[:6]))
+
+# %% [markdown]
 # The same graph as a `networkx.DiGraph` (data flows along the edges), for your own queries:
 
 # %%

@@ -175,7 +175,7 @@ fig = ml.plots.plot_cache_timeline(cache.stats(), x="event")
 fig
 
 # %% [markdown]
-# ## Warm-up in the background
+# ## Warm-up in the background, watched live
 # `warm(paths)` loads models in a background thread (with a progress bar) while the notebook
 # goes on. The loader here does real work: it loads each checkpoint and MiniLM in fp16
 # (a copy per model). We time a cold first use of every model, then the first use after a
@@ -195,8 +195,19 @@ for p in warm_paths:
     cold.get_or_load(p, load_fp16)
 cold_s = time.perf_counter() - t0
 
-# %% tags=["nbval-ignore-output"]
+# %% [markdown]
+# `ml.views.CacheView` follows a cache live: bytes held against the budget, hits and misses
+# as a timeline, and the entries, with buttons that pin, unpin or evict them in the Python
+# cache. The cache pushes its events to the view (at most ten redraws a second), so the view
+# keeps up with the warm-up in the next cell. (Where no kernel runs, the output is a picture
+# of the cache as the view opened: empty.)
+
+# %%
 warmed = ml.ModelCache("200MiB")
+view = ml.views.CacheView(warmed, title="warm-up")
+view
+
+# %% tags=["nbval-ignore-output"]
 job = warmed.warm(warm_paths, load_fp16)  # returns at once; loading runs in a thread
 job.wait()
 t0 = time.perf_counter()
@@ -211,6 +222,12 @@ print(f"first use, cold: {cold_s * 1e3:.1f} ms; after warm-up: {warm_s * 1e3:.3f
 ws = warmed.stats()
 print("after warm-up:", ws.hits, "hits,", ws.misses, "misses,", ws.loads, "loads, errors:",
       job.errors)
+
+# %% [markdown]
+# What the view drew, as a static figure: the loads in the background, then the burst of hits.
+
+# %%
+ml.plots.plot_cache_timeline(ws)
 
 # %% [markdown]
 # ## The disk tier: derived models, content-addressed
