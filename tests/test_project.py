@@ -58,3 +58,12 @@ def test_public_api() -> None:
 def test_every_lazy_name_imports() -> None:
     for name in ml._LAZY:
         assert getattr(ml, name) is not None, name
+
+
+def test_stored_notebooks_stay_small_and_have_sources() -> None:
+    """A notebook with its views and figures stays under 1 MB; each one is built from a source."""
+    books = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    assert len(books) >= 10
+    for book in books:
+        assert book.stat().st_size < 2**20, f"{book.name} is {book.stat().st_size} bytes"
+        assert (ROOT / "notebooks" / "src" / f"{book.stem}.py").is_file(), book.name
