@@ -6,6 +6,8 @@ cache must pay, ``functools.lru_cache``, and ``ModelCache.get_or_load`` with a p
 and with the file's path (stat-checked for changes). Misses: ``get_or_load`` on an empty
 cache against ``ml.load_state_dict`` alone, on the MiniLM encoder (the difference is the
 cost of measuring every storage and classifying it as anonymous or memory-mapped).
+Statistics: ``ModelCache.stats()`` with 1,000 and 100,000 events in its log, against
+copying that log into records (what a snapshot cost before the log was shared).
 
     python benchmarks/bench_cache.py [--quick]
 """
@@ -82,6 +84,27 @@ def miss_rows(path: Path, repeat: int) -> list[list[str]]:
     ]
 
 
+def stats_rows(number: int, repeat: int) -> list[list[str]]:
+    """``stats()`` per call at two log lengths; the peer copies the log into records."""
+    from mlmf_lab.cache.stats import CacheEvent
+
+    rows = []
+    for n in (1_000, 100_000):
+        cache = ml.ModelCache("1MiB")
+        cache.put("k", torch.zeros(16, dtype=torch.uint8))
+        for _ in range(n // 2):
+            cache.get("k")
+            cache.get("missing")
+        log = cache.stats().events
+        assert len(log) >= n
+        us, best = per_call_us(cache.stats, number, repeat)
+        copy_us, _ = per_call_us(lambda log=log: tuple(map(CacheEvent._make, log)),
+                                 max(1, number // 100), repeat)
+        rows.append([f"{len(log):,}", f"{us:.1f}", f"{best:.1f}", f"{copy_us:,.0f}",
+                     f"{copy_us / us:,.0f}x", "yes" if us <= 1000 else "**no**"])
+    return rows
+
+
 def main(quick: bool) -> None:
     number, repeat = (2_000, 5) if quick else (50_000, 9)
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,11 +117,16 @@ def main(quick: bool) -> None:
         except ml.MLMFError:
             big = small
         misses = miss_rows(big, 3 if quick else 9)
+    stats = stats_rows(200 if quick else 2_000, repeat)
     body = (
         table(["hit path", "µs/call median", "µs/call best", "vs dict", "overhead µs",
                "median <= 20 µs"], hits)
         + "\n\n"
         + table(["miss path", "time (median)", "ratio", "overhead"], misses)
+        + "\n\n"
+        + table(["events in the log", "stats() µs median", "stats() µs best",
+                 "copying the log into records µs (peer: the old snapshot)", "vs stats()",
+                 "stats() <= 1 ms"], stats)
     )
     how = (f"Hits: median of {repeat} `timeit` runs of {number} calls each, one thread, same "
            "process. Misses: median of fresh-cache loads with the file in the page cache. "

@@ -20,6 +20,12 @@ Per configuration and repetition, each rank resets its peak-RSS counter
 memory-mapped results count as loaded too), and reports that time, its ``VmHWM`` growth
 and the bytes it read. The table gives the median over repetitions of the slowest rank's time
 and of the largest rank's peak memory. The file is in the page cache (warm reads).
+
+Node-local reads (second table): each rank reads its part from its own copy of the file,
+as on separate machines, from storage (the copy's pages dropped from the page cache with
+``POSIX_FADV_DONTNEED``). ``read_bytes`` of ``/proc/self/io`` counts what the disk delivered
+to the rank, readahead included, against the rank's share of the plan and against the
+pages its byte ranges touch (what an exact reader must read: storage works in pages).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -38,6 +45,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import mlmf_lab as ml
+from mlmf_lab.distributed.spans import pages_touched
 
 D = ml.distributed
 METHODS = ["load_file (peer)", "safe_open (peer)", "layers", "layers mmap", "tensor",
@@ -125,6 +133,60 @@ def rank_main(path: str, repeat: int, methods: list[str]) -> Timings:
     return out
 
 
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _read_bytes() -> int:
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("read_bytes:"):
+            return int(line.split()[1])
+    raise RuntimeError("no read_bytes in /proc/self/io")
+
+
+def _drop_cache(path: Path) -> None:
+    """Evict ``path``'s pages from the page cache (flushed first, so they are clean)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def node_local_main(path: str, workdir: str) -> dict[str, tuple[int, int, int]]:
+    """Runs on every rank: its own copy, dropped from the cache before each load."""
+    rank, n = D.world()
+    copy = Path(workdir) / f"node{rank}.safetensors"
+    shutil.copyfile(path, copy)
+    out: dict[str, tuple[int, int, int]] = {}
+    for strategy in ("layers", "tensor"):
+        plan = D.plan(copy, strategy)
+        for mode in ("direct", "mmap"):
+            _drop_cache(copy)
+            before = _read_bytes()
+            shard = D.load_shard(copy, plan, mode=mode, progress=False)
+            _touch(shard.tensors)
+            out[f"{strategy} {mode}"] = (_read_bytes() - before, plan.bytes_per_rank()[rank],
+                                         pages_touched(plan, rank, PAGE))
+            del shard
+    copy.unlink()
+    return out
+
+
+def node_local_rows(path: Path, workdir: Path) -> list[list[str]]:
+    rows = []
+    for n in (2, 4):
+        results = [r.value for r in D.launch(node_local_main, n, str(path), str(workdir),
+                                             timeout=1800, pg_timeout=600)]
+        for key in results[0]:
+            got = [r[key] for r in results]
+            worst = max(got, key=lambda g: g[0] / g[1])
+            rows.append([n, key, f"{worst[1] / 2**20:.1f}", f"{worst[0] / 2**20:.1f}",
+                         f"{worst[0] / worst[1]:.2f}", f"{worst[2] / 2**20:.1f}",
+                         f"{worst[2] / worst[1]:.2f}", f"{worst[0] / worst[2]:.2f}"])
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a ~64 MiB model, one repetition")
@@ -133,7 +195,10 @@ def main() -> None:
     # fixed threshold: big buffers are mmap-ed and handed back on free, so each
     # measurement's peak RSS is its own (ranks inherit this through the forkserver)
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 16))
-    with tempfile.TemporaryDirectory() as tmp:
+    # on the disk, not a tmpfs /tmp: node-local reads are measured from storage
+    scratch = Path(__file__).resolve().parent.parent / ".scratch"
+    scratch.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         path = make_model(Path(tmp) / "model.safetensors", args.quick)
         total = ml.open_weights(path).nbytes
         rows, base = [], {}
@@ -153,15 +218,20 @@ def main() -> None:
                 rows.append([n, method, f"{secs:.3f}", f"{ref_secs / secs:.2f}x",
                              f"{peak / 2**20:.0f}", f"{peak / total:.2f}",
                              f"{nread / 2**20:.0f}", f"{nread / total:.2f}"])
+        local = node_local_rows(path, Path(tmp))
     body = table(["N", "method", "load s (slowest rank)", "speed-up vs N=1",
                   "peak RSS growth per rank (MiB)", "peak / file", "bytes read per rank (MiB)",
                   "read / file"], rows)
+    body += "\n\n" + table(
+        ["N", "plan, mode", "share (MiB)", "read from storage (MiB)", "read / share",
+         "pages touched (MiB)", "pages / share", "read / pages"], local)
     how = (f"Model: Llama-shaped float32 safetensors, {total / 2**30:.2f} GiB. Each cell: median "
            f"of {repeat} repetition(s) of the slowest rank's load time and the largest rank's "
            "peak RSS growth (VmHWM after /proc/self/clear_refs); warm page cache; ranks are "
            "gloo processes on 127.0.0.1 sharing the machine's cores. Speed-up of broadcast is "
            "against N=1 layers. Times on a shared machine are noisy; memory and bytes are "
-           "not.")
+           "not. Node-local table: each rank's own copy, cold, read_bytes of /proc/self/io "
+           "(the rank with the largest read / share is shown).")
     publish("distributed", "Distributed loading: time and memory per rank", how, body, args.quick)
 
 

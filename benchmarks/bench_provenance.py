@@ -140,7 +140,7 @@ def main(quick: bool) -> None:
     ])
     how = (f"Median of {repeat} runs after a warm-up, one torch thread, files in the page cache "
            f"({mib} MiB of float32). The store-active row includes hashing the loaded and "
-           "the saved file; hashes of unchanged files are cached by size/mtime/inode. The "
+           "the saved file; hashes of unchanged files are cached by size/mtime/ctime/inode. The "
            "no-store row is the normal cost of the operation; `events.activity` timings are "
            "the best of 5 x 200000 calls.")
     publish("provenance", "Provenance: recording overhead, content hashing, queries", how, body,

@@ -2,8 +2,8 @@
 
 >>> human_bytes(1536)
 '1.5 KiB'
->>> parse_size("500MB"), parse_size("2GiB"), parse_size(1024)
-(500000000, 2147483648, 1024)
+>>> parse_size("500MB"), parse_size("2GiB"), parse_size("1000000"), parse_size(1024)
+(500000000, 2147483648, 1000000, 1024)
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ def human_bytes(n: float) -> str:
 
 
 def parse_size(value: int | str, what: str = "a size") -> int:
-    """``"500MB"`` -> 500_000_000, ``"2GiB"`` -> 2**31, a positive int as it is.
+    """``"500MB"`` -> 500_000_000, ``"2GiB"`` -> 2**31, ``"1000000"`` or a positive int as it is.
 
     Args:
-        value: a positive byte count, or a number with a unit (B, KB, MB, GB, TB, KiB ... TiB).
+        value: a positive byte count (an int or a string of digits), or a number with a
+            unit (B, KB, MB, GB, TB, KiB ... TiB); case and spaces do not matter.
         what: the argument's name, for the error message (``"max_shard_size"``).
 
     Raises:
@@ -40,8 +41,14 @@ def parse_size(value: int | str, what: str = "a size") -> int:
         if value <= 0:
             raise ConfigError(f"{what} must be a positive byte count, found {value}")
         return value
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]I?B|B)\s*", str(value).upper())
-    if not m or float(m.group(1)) <= 0:
-        raise ConfigError(f"{what} must be a positive byte count or like '500MB' / '2GiB', "
-                          f"found {value!r}")
-    return int(float(m.group(1)) * _UNITS[m.group(2)])
+    # Digits are bounded (30 before the point, 9 after): no int() of thousands of digits,
+    # and integer arithmetic, so "1.5GB" is exact and a huge count is no float overflow.
+    m = re.fullmatch(r"\s*(\d{1,30})(?:\.(\d{1,9}))?\s*([KMGT]I?B|B)?\s*", str(value).upper())
+    if m is None or (m.group(2) is not None and m.group(3) is None):
+        raise ConfigError(f"{what} must be a positive byte count (1000000) or a size with a "
+                          f"unit (500MB, 2GiB), found {value!r}")
+    whole, frac, unit = m.group(1), m.group(2) or "", _UNITS[m.group(3) or "B"]
+    size = int(whole) * unit + int(frac or "0") * unit // 10 ** len(frac)
+    if size <= 0:
+        raise ConfigError(f"{what} must be at least one byte, found {value!r}")
+    return size

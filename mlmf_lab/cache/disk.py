@@ -14,7 +14,8 @@ new snapshot folder (renamed into place whole, never touching the previous revis
 the ref; an entry changes when its ref does, so a crash leaves the old entry or the new
 one. A ref's mtime records its last use; ``prune`` removes by age and by total size (least
 recently used first), then deletes blobs no ref holds. Changes are serialised across
-processes with an ``flock`` on ``root/.lock``.
+processes with an ``flock`` on ``root/.lock``. ``get`` never serves a file whose bytes no
+longer match their hash (``blobs``: checked by stamp, or by content on every get).
 """
 
 from __future__ import annotations
@@ -27,76 +28,21 @@ import re
 import shutil
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from .. import atomic
 from ..errors import ChecksumError, ConfigError, MLMFError
 from ..files import sha256_file
-from ..tables import Column, Table, fields_dict
+from ..tables import Table
 from ..units import human_bytes, parse_size
+from .blobs import CHECKS, check_files, link, stamps, store_blob
+from .disk_records import COLUMNS, DiskEntry, PruneReport
 from .keys import derive_key, parse_age
 
 KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
-_CHUNK = 1 << 20
-
-
-class DiskEntry(NamedTuple):
-    """One cached artifact.
-
-    Attributes:
-        key: its name in the cache.
-        path: the file to load (single-file artifacts) or the snapshot folder.
-        files: relative file name -> sha256 of its blob.
-        size: bytes of its files (shared blobs counted in each entry).
-        created: Unix time it was stored.
-        last_used: Unix time it was last stored or fetched.
-        meta: what the caller attached (operation, parameters, sources).
-        rev: the snapshot revision (a hash of ``files``).
-    """
-
-    key: str
-    path: Path
-    files: Mapping[str, str]
-    size: int
-    created: float
-    last_used: float
-    meta: Mapping[str, Any]
-    rev: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return fields_dict(self)
-
-    def rows(self) -> list[dict[str, Any]]:
-        """Its row in the cache's table: key, size, file count, operation, last use."""
-        return [{"key": self.key, "size": self.size, "files": len(self.files),
-                 "operation": self.meta.get("operation"), "last_used": self.last_used}]
-
-
-COLUMNS = (Column("key", code=True), Column("size", fmt="bytes"), Column("files"),
-           Column("operation"), Column("last_used", "last used", "time"))
-
-
-class PruneReport(NamedTuple):
-    """What ``prune`` removed (or would remove, with ``dry_run``)."""
-
-    removed: tuple[DiskEntry, ...]
-    freed_bytes: int
-    remaining_bytes: int
-    dry_run: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        return fields_dict(self)
-
-    def rows(self) -> list[dict[str, Any]]:
-        return [row for e in self.removed for row in e.rows()]
-
-    def table(self) -> Table:
-        verb = "would remove" if self.dry_run else "removed"
-        return Table(COLUMNS, self.rows(), notes=[
-            f"{verb} {len(self.removed)} entries, freeing {human_bytes(self.freed_bytes)}; "
-            f"{human_bytes(self.remaining_bytes)} remain"])
 
 
 def default_root() -> Path:
@@ -111,9 +57,20 @@ class DiskCache:
 
     Args:
         root: the cache folder (created if missing); default ``default_root()``.
+        check: how ``get`` makes sure a file still holds the bytes it was stored with:
+            ``"stamp"`` re-hashes a file when its stamp moved since its bytes were last
+            confirmed; ``"content"`` re-hashes every file on every get (also sees bytes
+            changed under the file system; costs a full read). See ``cache.blobs``.
+
+    Raises:
+        ConfigError: an unknown ``check``.
     """
 
-    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str] | None = None, *,
+                 check: str = "stamp") -> None:
+        if check not in CHECKS:
+            raise ConfigError(f"unknown check {check!r}; supported: {', '.join(CHECKS)}", root)
+        self.check = check
         self.root = Path(root) if root is not None else default_root()
         for sub in ("blobs", "snapshots", "refs", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -140,28 +97,6 @@ class DiskCache:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     # -- writing --------------------------------------------------------------------------
-    def _store_blob(self, src: Path, move: bool) -> str:
-        """Copy (or move) one file into blobs/, hashing it; returns its sha256."""
-        tmp = self.root / "tmp" / f"blob-{uuid.uuid4().hex}"
-        if move:
-            os.replace(src, tmp)
-            digest = sha256_file(tmp)
-        else:
-            h = hashlib.sha256()
-            with open(src, "rb") as fin, open(tmp, "wb") as fout:
-                while chunk := fin.read(_CHUNK):
-                    h.update(chunk)
-                    fout.write(chunk)
-            digest = h.hexdigest()
-        blob = self.root / "blobs" / digest
-        if blob.exists():
-            tmp.unlink()
-        else:
-            atomic.fsync_path(tmp)
-            os.chmod(tmp, 0o444)  # a blob is shared by every artifact that holds these bytes
-            os.replace(tmp, blob)
-        return digest
-
     def put(self, key: str, source: str | os.PathLike[str], meta: Mapping[str, Any] | None = None,
             *, move: bool = False) -> DiskEntry:
         """Store a file or a folder of files under ``key`` (replacing what was there).
@@ -191,36 +126,35 @@ class DiskCache:
         if not members:
             raise MLMFError("nothing to cache: the folder holds no files", src)
         with self._locked():
-            files = {n: self._store_blob(p, move) for n, p in zip(names, members, strict=True)}
+            files = {n: store_blob(self.root, p, move)
+                     for n, p in zip(names, members, strict=True)}
             rev = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
             snap = self.root / "snapshots" / key / rev
             if not snap.is_dir():
                 tmp = self.root / "tmp" / f"snap-{uuid.uuid4().hex}"
                 for name, digest in files.items():
                     (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-                    self._link(self.root / "blobs" / digest, tmp / name)
+                    link(self.root / "blobs" / digest, tmp / name)
                 atomic.fsync_path(tmp)
                 snap.parent.mkdir(exist_ok=True)
                 os.rename(tmp, snap)
             size = sum((self.root / "blobs" / d).stat().st_size for d in files.values())
             record = {"key": key, "rev": rev, "files": files, "size": size,
-                      "created": time.time(), "kind": kind, "meta": dict(meta or {})}
-            with atomic.replacing(self._ref(key)) as tmp_ref:
-                tmp_ref.write_text(json.dumps(record, indent=1, default=repr), encoding="utf-8")
-            for old in snap.parent.iterdir():  # earlier revisions of this key
-                if old.name != rev:
-                    shutil.rmtree(old, ignore_errors=True)
+                      "created": time.time(), "kind": kind, "meta": dict(meta or {}),
+                      "stamps": stamps(snap, files)}
+            self._write_ref(key, record)
+            older = [old for old in snap.parent.iterdir() if old.name != rev]
+            for old in older:  # earlier revisions of this key
+                shutil.rmtree(old, ignore_errors=True)
+            if older:  # unlinking moved the ctime of the blobs they shared: record it
+                self._write_ref(key, {**record, "stamps": stamps(snap, files)})
         entry = self._entry(key)
         assert entry is not None
         return entry
 
-    @staticmethod
-    def _link(blob: Path, dest: Path) -> None:
-        try:
-            os.link(blob, dest)
-        except OSError:  # a file system without hard links: a (read-only) copy instead
-            shutil.copyfile(blob, dest)
-            os.chmod(dest, 0o444)
+    def _write_ref(self, key: str, record: Mapping[str, Any]) -> None:
+        with atomic.replacing(self._ref(key)) as tmp_ref:
+            tmp_ref.write_text(json.dumps(record, indent=1, default=repr), encoding="utf-8")
 
     def put_tensors(self, key: str, tensors: dict[str, Any], metadata: Mapping[str, Any] | None
                     = None, *, filename: str = "model.safetensors",
@@ -278,12 +212,54 @@ class DiskCache:
         snap = self.root / "snapshots" / key / entry.rev
         if not all((snap / n).is_file() for n in entry.files):
             return None
+        bad, rehashed = check_files(snap, entry.files, self._confirmed(key), self.check)
+        if bad:
+            self._discard(entry, bad)
+            return None
+        if rehashed:
+            self._reconfirm(entry)
         now = time.time()
         try:
             os.utime(self._ref(key), (now, now))
         except OSError:  # a read-only (shared) cache: usable, just not marked as used
             return entry
         return entry._replace(last_used=now)
+
+    def _confirmed(self, key: str) -> dict[str, Any]:
+        """name -> [sha256, *stamp] the ref recorded (empty if unreadable: re-hash all)."""
+        try:
+            found = json.loads(self._ref(key).read_text(encoding="utf-8")).get("stamps")
+        except (OSError, ValueError, RecursionError, AttributeError):
+            return {}
+        return found if isinstance(found, dict) else {}
+
+    def _reconfirm(self, entry: DiskEntry) -> None:
+        """Record the stamps of files whose bytes were just re-hashed and found intact."""
+        snap = self.root / "snapshots" / entry.key / entry.rev
+        try:
+            with self._locked():
+                ref = self._ref(entry.key)
+                record = json.loads(ref.read_text(encoding="utf-8"))
+                if not isinstance(record, dict) or record.get("rev") != entry.rev:
+                    return  # replaced meanwhile: its own stamps stand
+                self._write_ref(entry.key, {**record, "stamps": stamps(snap, entry.files)})
+        except (OSError, ValueError, RecursionError):  # read-only: re-hashed again next time
+            return
+
+    def _discard(self, entry: DiskEntry, bad: Mapping[str, str]) -> None:
+        """Remove an entry whose files lost their bytes, and every blob that did."""
+        with self._locked():
+            self._unlink_entry(entry.key)
+            for name in bad:
+                blob = self.root / "blobs" / entry.files[name]
+                if blob.is_file() and sha256_file(blob) != entry.files[name]:
+                    blob.unlink()  # a later put stores good bytes instead of linking these
+            self._collect()
+        problems = "; ".join(f"{n}: expected sha256 {entry.files[n]}, found {found}"
+                             for n, found in bad.items())
+        warnings.warn(f"{self.root / 'snapshots' / entry.key}: disk cache entry {entry.key!r} "
+                      f"lost its bytes and was removed, so it is rebuilt like a miss "
+                      f"({problems})", RuntimeWarning, stacklevel=3)
 
     def __contains__(self, key: str) -> bool:
         return self._entry(key) is not None
@@ -414,4 +390,4 @@ def _save(tensors: dict[str, Any], path: Path, metadata: Mapping[str, Any] | Non
     save_state_dict(tensors, path, metadata=dict(metadata) if metadata else None)
 
 
-__all__ = ["DiskCache", "DiskEntry", "PruneReport", "default_root", "derive_key", "parse_age"]
+__all__ = ["DiskCache", "default_root", "derive_key", "parse_age"]

@@ -1,8 +1,11 @@
 """Keys of the caches, and the byte counts and ages their settings are written in.
 
-A file is known by its path plus what ``stat`` says about it: size, mtime (nanoseconds)
-and inode together change whenever a file is rewritten in place or replaced atomically
-(a new inode), so a cached value is never served for a changed file.
+A file is known by its path plus what ``stat`` says about it (``files.file_stamp``):
+size, mtime, ctime and inode together change whenever a file is rewritten in place,
+replaced atomically (a new inode) or edited with its mtime put back (the ctime moves), so a
+cached value is not served for a file changed through the file system. ``file_stamp``
+states what a stamp cannot see; ``derive_key(..., content=True)`` keys by the bytes
+instead, and such a key serves ``ModelCache`` as well.
 """
 
 from __future__ import annotations
@@ -12,14 +15,15 @@ import json
 import os
 import re
 from collections.abc import Container, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
-from ..errors import CacheError, ConfigError
-from ..files import Stamp, file_stamp
+from ..errors import CacheError, ConfigError, MLMFError
+from ..files import Stamp, file_stamp, sha256_file, walk_files
 
 NOT_A_FILE: Stamp = ()
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 Ident = tuple[str, Any]  # ("file", absolute path) or ("key", the caller's hashable key)
+V = TypeVar("V")
 
 
 def identify(key: Any, must_be_file: bool, plain_keys: Container[Ident],
@@ -68,6 +72,25 @@ def candidates(path_or_key: Any) -> list[Ident]:
     return found
 
 
+def find_entry(entries: Mapping[Ident, V], path_or_key: Any) -> tuple[Ident, V]:
+    """The entry under a path (by its absolute path), a key, or its label as ``rows()``
+    lists it (what a view sends back).
+
+    Raises:
+        CacheError: nothing cached under that name, listing what is.
+    """
+    for ident in candidates(path_or_key):
+        try:
+            return ident, entries[ident]
+        except (KeyError, TypeError):
+            continue
+    for ident, entry in entries.items():
+        if getattr(entry, "label", None) == path_or_key:
+            return ident, entry
+    cached = ", ".join(getattr(e, "label", "?") for e in entries.values()) or "nothing"
+    raise CacheError(f"{path_or_key!r} is not in the cache; cached: {cached}")
+
+
 def parse_age(value: float | str) -> float:
     """``"7d"`` / ``"12h"`` / ``"30m"`` / ``"45s"`` / ``"2w"`` / seconds -> seconds.
 
@@ -84,11 +107,20 @@ def parse_age(value: float | str) -> float:
 
 
 def derive_key(operation: str, inputs: Sequence[Any],
-               params: Mapping[str, Any] | None = None) -> str:
+               params: Mapping[str, Any] | None = None, *, content: bool = False) -> str:
     """A key naming "``operation`` applied to ``inputs`` with ``params``".
 
-    Input files are fingerprinted by absolute path, size, mtime and inode, so a changed
-    source gives a new key. Other inputs and the params go in by their JSON (or ``repr``).
+    Args:
+        operation: what was done, e.g. ``"dequantize"`` (the key's readable prefix).
+        inputs: files and folders (fingerprinted), or other values (by ``repr``).
+        params: the operation's parameters (by their JSON, or ``repr``).
+        content: fingerprint files by the sha256 of their bytes (a full read of every
+            input) instead of by absolute path and ``file_stamp``, which costs one
+            ``stat`` and misses what a stamp cannot see (see ``files.file_stamp``). The
+            same bytes at another path then give the same key.
+
+    Raises:
+        MLMFError: an input file that cannot be read.
 
     Example:
         >>> derive_key("dequantize", ["model.gguf"], {"dtype": "float16"})  # doctest: +SKIP
@@ -98,7 +130,7 @@ def derive_key(operation: str, inputs: Sequence[Any],
     for item in inputs:
         if isinstance(item, os.PathLike) or (isinstance(item, str) and os.path.exists(item)):
             path = os.path.abspath(os.fspath(item))
-            parts.append([path, file_stamp(path)])
+            parts.append(content_fingerprint(path) if content else [path, file_stamp(path)])
         else:
             parts.append(repr(item))
     parts.append(params or {})
@@ -107,5 +139,23 @@ def derive_key(operation: str, inputs: Sequence[Any],
     return f"{safe_op}-{digest[:24]}"
 
 
-__all__ = ["NOT_A_FILE", "Ident", "candidates", "derive_key", "identify",
-           "parse_age"]
+def content_fingerprint(path: str) -> list[list[str]]:
+    """[relative name, sha256] of a file (name ``""``) or of every file below a folder.
+
+    Raises:
+        MLMFError: a file that cannot be read.
+    """
+    root = os.path.abspath(path)
+    out = []
+    for f in walk_files(root):
+        name = "" if os.fspath(f) == root else f.relative_to(root).as_posix()
+        try:
+            out.append([name, sha256_file(f)])
+        except OSError as e:
+            raise MLMFError(f"cannot read the file to fingerprint it ({e.strerror})",
+                            f) from None
+    return out
+
+
+__all__ = ["NOT_A_FILE", "Ident", "candidates", "content_fingerprint", "derive_key",
+           "find_entry", "identify", "parse_age"]

@@ -13,9 +13,10 @@ reports the two apart.
 Rules: least recently used goes first; pinned entries are never evicted (not by the
 budget, nor by TTL, nor by memory pressure; only ``evict``/``clear`` remove them); when
 available memory (psutil) drops below ``min_available_memory``, unpinned entries are
-evicted in LRU order until it recovers. A file's key includes its size, mtime and inode, so
-a changed file is reloaded, never served stale. Every method is thread-safe; loading
-happens outside the lock, and two threads asking for the same missing key load it once.
+evicted in LRU order until it recovers. A file's key includes its ``files.file_stamp``, so a
+changed file is reloaded (to check the bytes instead, key by ``derive_key(..., content=True)``).
+Every method is thread-safe; loads run outside the lock, and two threads asking for the same
+missing key load it once.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -34,8 +35,9 @@ from ..tables import Table
 from ..units import human_bytes, parse_size
 from .disk import DiskCache, derive_key
 from .entry import Entry, Pending, does_not_fit
+from .eventlog import EventLog
 from .footprint import Footprint, available_bytes, measure
-from .keys import Ident, candidates, identify
+from .keys import Ident, find_entry, identify
 from .stats import EVICTION_REASONS, CacheEvent, CacheStats, entries_table, entry_row
 from .subscribers import Subscribers
 from .warmup import WarmUp
@@ -88,8 +90,7 @@ class ModelCache:
         self._lock = threading.RLock()
         self._entries: OrderedDict[Ident, Entry] = OrderedDict()  # LRU first
         self._pending: dict[tuple[Ident, Stamp], Pending] = {}
-        # plain tuples on the hot path; stats() turns them into CacheEvent records
-        self._events: deque[tuple[float, str, str, int, int, str]] = deque(maxlen=max_events)
+        self._events = EventLog(max_events)  # plain tuples; records when read
         self._held = self._pinned_bytes = 0
         self._next_pressure_check = self._t0
         self._counts = dict.fromkeys(("lookups", "hits", "misses", "loads", "load_errors",
@@ -111,7 +112,7 @@ class ModelCache:
         """The cached value for a file or key, loading it on a miss.
 
         Args:
-            path_or_key: a weight file or folder (keyed by path + size + mtime + inode), or
+            path_or_key: a weight file or folder (keyed by path and ``file_stamp``), or
                 any hashable key.
             loader: called as ``loader(path_or_key)`` on a miss; default ``ml.load_state_dict``
                 (files only).
@@ -207,13 +208,12 @@ class ModelCache:
         size = measure(value)
         with self._lock:
             self._counts["puts"] += 1
-            if self._store(ident, stamp, label, value, size, 0.0, uncached_ok, "put") and pin:
-                self.pin(path_or_key)
+            self._store(ident, stamp, label, value, size, 0.0, uncached_ok, "put", pin)
         return size
 
     def _store(self, ident: Ident, stamp: Stamp, label: str, value: Any, size: Footprint,
-               seconds: float, uncached_ok: bool, event: str) -> bool:
-        """Under the lock: expire, make room (LRU, unpinned), insert and log ``event``.
+               seconds: float, uncached_ok: bool, event: str, pin: bool = False) -> bool:
+        """Under the lock: expire, make room (LRU, unpinned), insert, log ``event``, pin.
 
         Returns False when the value was served uncached (logged as ``uncached``); a refusal
         is logged as ``refused`` and raised.
@@ -232,10 +232,12 @@ class ModelCache:
                              "value without caching it")
         while self._held + size.total > self.max_bytes and (lru := self._lru_unpinned()):
             self._drop(lru, "budget")
-        self._entries[ident] = Entry(label, value, size, stamp, self._clock(), seconds)
+        entry = self._entries[ident] = Entry(label, value, size, stamp, self._clock(), seconds)
         self._held += size.total
         assert self._held <= self.max_bytes, "budget invariant"
         self._log(event, label, size.total)
+        if pin:  # before relieving pressure, which could evict the new entry first
+            self._pin(entry)
         if self.min_available_memory is not None:
             self._relieve_pressure()
         return True
@@ -296,27 +298,18 @@ class ModelCache:
 
     # -- explicit control ---------------------------------------------------------------
     def _entry(self, path_or_key: Any) -> tuple[Ident, Entry]:
-        """The entry under a path (by its absolute path), a key, or its label as ``rows()``
-        lists it (what a view sends back); CacheError when absent."""
-        for ident in candidates(path_or_key):
-            try:
-                return ident, self._entries[ident]
-            except (KeyError, TypeError):
-                continue
-        for ident, entry in self._entries.items():
-            if entry.label == path_or_key:
-                return ident, entry
-        cached = ", ".join(e.label for e in self._entries.values()) or "nothing"
-        raise CacheError(f"{path_or_key!r} is not in the cache; cached: {cached}")
+        return find_entry(self._entries, path_or_key)
 
     def pin(self, path_or_key: Any) -> None:
         """Keep an entry whatever happens (budget, TTL, memory pressure) until ``unpin``."""
         with self._lock:
-            _, entry = self._entry(path_or_key)
-            if not entry.pinned:
-                entry.pinned = True
-                self._pinned_bytes += entry.size.total
-                self._log("pin", entry.label, entry.size.total)
+            self._pin(self._entry(path_or_key)[1])
+
+    def _pin(self, entry: Entry) -> None:
+        if not entry.pinned:
+            entry.pinned = True
+            self._pinned_bytes += entry.size.total
+            self._log("pin", entry.label, entry.size.total)
 
     def unpin(self, path_or_key: Any) -> None:
         """Make a pinned entry evictable again."""
@@ -368,7 +361,7 @@ class ModelCache:
         return self._subscribers.add(callback)
 
     def stats(self) -> CacheStats:
-        """A consistent snapshot of every counter and the event log."""
+        """A consistent snapshot of every counter and the event log (shared, not copied)."""
         with self._lock:
             entries = list(self._entries.values())
             return CacheStats(
@@ -378,7 +371,7 @@ class ModelCache:
                 pinned_bytes=self._pinned_bytes, entries=len(entries),
                 pinned=sum(e.pinned for e in entries), evictions=dict(self._evictions),
                 load_seconds=self._load_seconds, saved_seconds=self._saved_seconds,
-                events=tuple(map(CacheEvent._make, self._events)), **self._counts,
+                events=self._events.snapshot(), **self._counts,
             )
 
     @property

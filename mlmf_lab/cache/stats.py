@@ -69,7 +69,8 @@ class CacheStats:
     evictions: Mapping[str, int]
     load_seconds: float
     saved_seconds: float
-    events: tuple[CacheEvent, ...] = field(repr=False, default=())
+    # the log as it was at the snapshot (``eventlog.Events``: taking it copies nothing)
+    events: Sequence[CacheEvent] = field(repr=False, default=())
 
     @property
     def hit_ratio(self) -> float:
@@ -82,8 +83,9 @@ class CacheStats:
 
     def as_dict(self) -> dict[str, Any]:
         """Every counter as JSON data, with ``hit_ratio``, ``evictions_total`` and the log."""
-        return {**fields_dict(self), "hit_ratio": self.hit_ratio,
-                "evictions_total": self.evictions_total}
+        return {**fields_dict(self, exclude=("events",)), "hit_ratio": self.hit_ratio,
+                "evictions_total": self.evictions_total,
+                "events": [e.as_dict() for e in self.events]}
 
     def rows(self) -> list[dict[str, Any]]:
         """The counters in words, one (statistic, value) row per line of the table."""

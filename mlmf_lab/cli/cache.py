@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..cache.disk import DiskCache, PruneReport, default_root
+from ..cache.disk import DiskCache, default_root
+from ..cache.disk_records import PruneReport
 from . import print_json
 
 
@@ -20,7 +21,8 @@ def register(sub: Any) -> None:
         v.add_argument("--json", action="store_true", help="print machine-readable JSON")
         if verb == "prune":
             v.add_argument("--max-bytes", default=None,
-                           help="keep at most this much, least recently used go first (10GB, 2GiB)")
+                           help="keep at most this many bytes, least recently used go first "
+                                "(1000000, 10GB, 2GiB)")
             v.add_argument("--older-than", default=None,
                            help="remove artifacts unused for longer than this (7d, 12h, 30m, 45s)")
             v.add_argument("--dry-run", action="store_true",

@@ -8,8 +8,9 @@
 Modules: ``plans`` (ShardPlan, layers/replicate), ``rules`` (tensor parallel rule tables),
 ``modality`` (modality -> ranks), ``read`` (counted byte-range reads), ``spans`` (a plan's
 byte ranges, for the figure and the view), ``load`` (load_shard, broadcast mode, gather),
-``tp`` (tensor-parallel forward), ``runtime`` (setup, fail-fast checks), ``launcher`` (local
-N-rank runs). DCP folders are a weight format (``ml.open_weights``, ``ml.save_state_dict``).
+``tp`` (tensor-parallel forward), ``runtime`` (setup, fail-fast checks), ``heartbeat`` (a
+hung or dead rank noticed within seconds), ``launcher`` (local N-rank runs). DCP folders are
+a weight format (``ml.open_weights``, ``ml.save_state_dict``).
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from .modality import declared_modalities
 from .plans import STRATEGIES, Piece, ShardPlan, local_shape, plan, register_strategy
 from .read import RangeReader
 from .rules import ARCH_RULES, Rule
-from .runtime import DEFAULT_TIMEOUT, setup, teardown, world
+from .runtime import DEFAULT_HEARTBEAT, DEFAULT_TIMEOUT, setup, teardown, world
 from .spans import ByteSpan, byte_spans
 from .tp import TensorParallelStack, tp_linear_stack
 
 __all__ = [
     "ARCH_RULES",
     "ByteSpan",
+    "DEFAULT_HEARTBEAT",
     "DEFAULT_TIMEOUT",
     "MODES",
     "STRATEGIES",

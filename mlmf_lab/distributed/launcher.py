@@ -23,7 +23,14 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError, DistributedError
-from .runtime import DEFAULT_TIMEOUT, teardown, use_store
+from .runtime import (
+    DEFAULT_HEARTBEAT,
+    DEFAULT_TIMEOUT,
+    check_heartbeat,
+    start_heartbeat,
+    teardown,
+    use_store,
+)
 
 PRELOAD = ["torch", "torch.distributed", "mlmf_lab.distributed"]
 
@@ -42,7 +49,7 @@ class RankResult(NamedTuple):
 
 
 def _worker(fn: Callable[..., Any], rank: int, world_size: int, port: int, pg_timeout: float,
-            args: tuple[Any, ...], conn: Connection) -> None:
+            beat: float, args: tuple[Any, ...], conn: Connection) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
@@ -54,6 +61,7 @@ def _worker(fn: Callable[..., Any], rank: int, world_size: int, port: int, pg_ti
         use_store(store)
         dist.init_process_group("gloo", store=dist.PrefixStore("pg", store), rank=rank,
                                 world_size=world_size, timeout=timeout)
+        start_heartbeat(beat)
         value = fn(*args)
     except BaseException as e:  # noqa: BLE001  (reported to the parent, then exit 1)
         conn.send((None, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"))
@@ -78,6 +86,7 @@ def launch(
     *args: Any,
     timeout: float = 120.0,
     pg_timeout: float = DEFAULT_TIMEOUT,
+    heartbeat: float = DEFAULT_HEARTBEAT,
     check: bool = True,
 ) -> list[RankResult]:
     """Run ``fn(*args)`` in ``world_size`` processes joined in a gloo process group.
@@ -87,12 +96,16 @@ def launch(
         world_size: number of ranks.
         timeout: seconds for the whole run; ranks still alive then are killed.
         pg_timeout: the process group's timeout for each collective.
+        heartbeat: seconds of silence after which a rank counts as hung or dead: checked
+            steps (``load_shard``, ``gather_state_dict``) then fail on every other rank,
+            naming it, instead of waiting for ``pg_timeout``.
         check: raise if any rank failed.
 
     Returns:
         One ``RankResult`` per rank, in rank order.
 
     Raises:
+        ConfigError: a bad ``world_size`` or ``heartbeat``.
         DistributedError: with ``check``, listing each failed rank's error or exit code.
 
     Example:
@@ -100,6 +113,7 @@ def launch(
     """
     if world_size < 1:
         raise ConfigError(f"world_size must be >= 1, got {world_size}")
+    check_heartbeat(heartbeat)
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
     sock = _listening_socket()
@@ -109,7 +123,8 @@ def launch(
                           master_listen_fd=sock.detach())  # the store owns the socket now
     pipes = [ctx.Pipe(duplex=False) for _ in range(world_size)]
     procs = [ctx.Process(target=_worker, daemon=True,
-                         args=(fn, r, world_size, port, pg_timeout, args, pipes[r][1]))
+                         args=(fn, r, world_size, port, pg_timeout, heartbeat, args,
+                               pipes[r][1]))
              for r in range(world_size)]
     got: dict[int, tuple[bytes | None, str | None]] = {}
     stuck: set[int] = set()

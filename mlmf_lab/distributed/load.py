@@ -21,7 +21,7 @@ from ..tables import Column, Table, fields_dict, plain
 from ..units import human_bytes
 from .plans import Piece, ShardPlan, local_shape
 from .read import RangeReader, read_piece
-from .runtime import checked, require_group, world
+from .runtime import checked, require_group, talking, world
 
 MODES = ("direct", "mmap", "broadcast")
 PROGRESS_BYTES = 256 * 2**20  # with progress=True, a bar only for shards at least this big
@@ -128,7 +128,7 @@ def _read_all(wf: WeightFile, reader: RangeReader, pieces: Sequence[Piece], prog
 
 def pack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """Copy the bytes of ``tensors`` one after another into one flat uint8 buffer."""
-    flat = [t.contiguous().view(torch.uint8).reshape(-1) for t in tensors]
+    flat = [t.contiguous().reshape(-1).view(torch.uint8) for t in tensors]  # 0-dim ones too
     buf = torch.empty(sum(f.numel() for f in flat), dtype=torch.uint8)
     at = 0
     for f in flat:
@@ -219,9 +219,13 @@ def load_shard(
 
 def _direct(path: str | os.PathLike[str], plan: ShardPlan, pieces: Sequence[Piece],
             progress: Progress, mapped: bool = False) -> tuple[dict[str, torch.Tensor], int]:
-    with open_weights(path) as wf, RangeReader(mapped) as reader:
-        check_against_plan(wf, plan, pieces)
-        return _read_all(wf, reader, pieces, progress), reader.bytes_read
+    with RangeReader(mapped) as reader:
+        if os.path.isfile(path) and len({i.file for i in plan.tensors}) == 1:
+            # the header, through the reader's advised descriptor: see RangeReader.prime
+            reader.prime(os.fspath(path), min((i.offset for i in plan.tensors), default=0))
+        with open_weights(path) as wf:
+            check_against_plan(wf, plan, pieces)
+            return _read_all(wf, reader, pieces, progress), reader.bytes_read
 
 
 def _broadcast(path: str | os.PathLike[str], plan: ShardPlan, rank: int,
@@ -240,9 +244,9 @@ def _broadcast(path: str | os.PathLike[str], plan: ShardPlan, rank: int,
         if rank != 0:
             buf = torch.empty(packed_size(plan, mine), dtype=torch.uint8)
             if same:
-                dist.broadcast(buf, src=0)
+                talking(dist.broadcast, buf, src=0)
             else:
-                dist.recv(buf, src=0)
+                talking(dist.recv, buf, src=0)
             return unpack(buf, plan, mine), 0, buf.numel()
         with open_weights(path) as wf, RangeReader() as reader:
             for dst in range(1, 2 if same else plan.world_size):
@@ -251,9 +255,9 @@ def _broadcast(path: str | os.PathLike[str], plan: ShardPlan, rank: int,
                 buf = torch.empty(packed_size(plan, theirs), dtype=torch.uint8)
                 _read_all(wf, reader, theirs, progress, into=unpack(buf, plan, theirs))
                 if same:  # every rank holds the same: one broadcast, and it is ours too
-                    dist.broadcast(buf, src=0)
+                    talking(dist.broadcast, buf, src=0)
                     return unpack(buf, plan, mine), reader.bytes_read, 0
-                dist.send(buf, dst=dst)
+                talking(dist.send, buf, dst=dst)
                 del buf
             return _read_all(wf, reader, mine, progress), reader.bytes_read, 0
 
@@ -280,7 +284,8 @@ def gather_state_dict(shard: Shard, dst: int = 0) -> dict[str, torch.Tensor] | N
 
     def step() -> dict[str, torch.Tensor] | None:
         if shard.rank != dst:
-            dist.send(pack([shard.tensors[p.name] for p in primary[shard.rank]]), dst=dst)
+            talking(dist.send, pack([shard.tensors[p.name] for p in primary[shard.rank]]),
+                    dst=dst)
             return None
         full = {i.name: torch.empty(i.shape, dtype=i.torch_dtype) for i in plan.tensors}
         for r in range(plan.world_size):
@@ -288,7 +293,7 @@ def gather_state_dict(shard: Shard, dst: int = 0) -> dict[str, torch.Tensor] | N
                 parts = {p.name: shard.tensors[p.name] for p in primary[r]}
             else:
                 buf = torch.empty(packed_size(plan, primary[r]), dtype=torch.uint8)
-                dist.recv(buf, src=r)
+                talking(dist.recv, buf, src=r)
                 parts = unpack(buf, plan, primary[r])
             for p in primary[r]:
                 place(full[p.name], p, parts[p.name])

@@ -9,6 +9,17 @@ tensor's memory (no intermediate copy) and counts every byte: that count is what
 GGUF block-quantized tensors are read by whole rows (dim 0) or by whole blocks of each
 row (last dim), and only those are dequantized. Formats without byte addressing (pickle
 files) are read through their own reader and counted as whole tensors.
+
+The counter is what this process asks for; what the disk delivers is decided by the
+kernel's readahead, which reads up to ``read_ahead_kb`` (8 MiB on many hosts) past each
+read, and the same around each page fault of a memory map. When each rank reads its own
+copy of the file (separate machines, or a cold page cache), that pulled 1.2-1.7x the
+rank's share for the layers plan. So the reader advises the kernel: ``POSIX_FADV_RANDOM``
+on its descriptors and ``MADV_RANDOM`` on its maps (no readahead), then ``WILLNEED`` on
+exactly the contiguous ranges it is about to read (read in large requests, in the
+background). Bytes still come in whole pages: a rank reading a row-parallel slice
+narrower than a page reads the pages it shares with its neighbours (see
+``benchmarks/bench_distributed.py``).
 """
 
 from __future__ import annotations
@@ -46,7 +57,19 @@ class RangeReader:
         fd = self._fds.get(path)
         if fd is None:
             fd = self._fds[path] = os.open(path, os.O_RDONLY)
+            _fadvise(fd, 0, 0, "POSIX_FADV_RANDOM")  # exactly the bytes asked for
         return fd
+
+    def prime(self, path: str, length: int) -> None:
+        """Bring ``path``'s first ``length`` bytes (its header) into the page cache, uncounted.
+
+        The format's own header parse (a buffered read, or a memory map for GGUF) would
+        otherwise start the kernel's readahead: up to ``read_ahead_kb`` past the header,
+        and a mark on a page ahead that restarts it, whatever this reader's advice, when
+        a later read reaches that page. Found in the cache, the header starts nothing.
+        """
+        if length > 0:
+            _fadvise(self._fd(path), 0, length, "POSIX_FADV_WILLNEED")
 
     def read_into(self, path: str, offset: int, out: memoryview) -> None:
         """Fill ``out`` with the bytes of ``path`` at ``offset``.
@@ -55,6 +78,8 @@ class RangeReader:
             FormatError: when the file ends before ``offset + len(out)`` (truncated).
         """
         fd, done, size = self._fd(path), 0, len(out)
+        if size >= PREFETCH:
+            _fadvise(fd, offset, size, "POSIX_FADV_WILLNEED")  # one large request, now
         while done < size:
             n = os.preadv(fd, [out[done:]], offset + done)
             self.calls += 1
@@ -75,9 +100,12 @@ class RangeReader:
         if mm is None:
             # ACCESS_COPY: writable for torch, and writes never reach the file
             mm = self._maps[path] = mmap.mmap(self._fd(path), 0, access=mmap.ACCESS_COPY)
+            _madvise(mm, 0, len(mm), "MADV_RANDOM")  # no read-around at each page fault
         if offset + length > len(mm):
             raise FormatError(f"truncated: expected {length} bytes at offset {offset}, the file "
                               f"holds {len(mm)}", path)
+        start = offset - offset % mmap.PAGESIZE
+        _madvise(mm, start, offset + length - start, "MADV_WILLNEED")  # these pages, now
         self.calls += 1
         self.bytes_read += length
         return torch.frombuffer(mm, dtype=torch.uint8, count=length, offset=offset)
@@ -94,6 +122,27 @@ class RangeReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+PREFETCH = 1 << 20  # bytes: a read at least this long is announced (WILLNEED) first
+
+
+def _fadvise(fd: int, offset: int, length: int, advice: str) -> None:
+    """``os.posix_fadvise`` where the platform has it (advice only: never an error)."""
+    if hasattr(os, "posix_fadvise"):
+        try:
+            os.posix_fadvise(fd, offset, length, getattr(os, advice))
+        except OSError:
+            pass
+
+
+def _madvise(mm: mmap.mmap, start: int, length: int, advice: str) -> None:
+    """``mmap.madvise`` where the platform has it (advice only: never an error)."""
+    if length > 0 and hasattr(mmap, advice):
+        try:
+            mm.madvise(getattr(mmap, advice), start, length)
+        except (OSError, ValueError):
+            pass
 
 
 def byte_addressed(wf: WeightFile, info: TensorInfo) -> bool:
@@ -136,7 +185,8 @@ def _read_blocks(reader: RangeReader, info: TensorInfo, piece: Piece,
 
 
 def _bytes_view(t: torch.Tensor) -> memoryview:
-    arr: Any = t.view(torch.uint8).reshape(-1).numpy()
+    # flatten first: a 0-dim tensor (CLIP's logit_scale) cannot be viewed as bytes, a 1-dim can
+    arr: Any = t.reshape(-1).view(torch.uint8).numpy()
     return memoryview(arr)
 
 

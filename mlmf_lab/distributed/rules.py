@@ -6,7 +6,10 @@ computes a partial sum, then one all-reduce). Embeddings split by vocabulary row
 Norms, position tables and row-parallel biases are replicated.
 
 ``ARCH_RULES`` holds the rule table of common architectures; ``rules=`` adds your own
-(tried first). The first rule whose pattern is found in a tensor's name wins.
+(tried first). The first rule whose pattern is found in a tensor's name wins. GGUF files
+name tensors by kind (``blk.3.attn_q.weight``) whatever the architecture: their table,
+``ARCH_RULES["gguf"]``, gives each kind its role and takes the names from the gguf
+package's own tables (``gguf.TENSOR_NAMES``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
+
+import gguf
 
 from ..errors import ConfigError
 from ..formats import TensorInfo
@@ -72,6 +77,27 @@ ARCH_RULES: dict[str, list[Rule]] = {
         Rule(r"word_embeddings\.weight$", "vocab"),
     ],
 }
+# Roles of GGUF tensor kinds. GGUF stores dims innermost first and the readers hand them
+# over outermost first, so a linear weight is [out, in] as in nn.Linear. Fused QKV
+# (ATTN_QKV) is left replicated: its split differs by architecture (Falcon's multi-query
+# block is not three equal parts); pass rules= for it.
+GGUF_ROLES = {"ATTN_Q": "column", "ATTN_K": "column", "ATTN_V": "column",
+              "FFN_GATE": "column", "FFN_UP": "column", "ATTN_OUT": "row", "FFN_DOWN": "row",
+              "TOKEN_EMBD": "vocab", "OUTPUT": "column"}
+
+
+def gguf_rules() -> list[Rule]:
+    """Rules for GGUF tensor names, built from ``gguf.TENSOR_NAMES`` (``blk.{bid}.attn_q``)."""
+    out = []
+    for kind, role in GGUF_ROLES.items():
+        name = re.escape(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR[kind]]).replace(
+            re.escape("{bid}"), r"\d+")
+        suffix = r"\.weight$" if role == "row" else r"\.(weight|bias)$"  # row biases: whole
+        out.append(Rule(f"^{name}{suffix}", role))
+    return out
+
+
+ARCH_RULES["gguf"] = gguf_rules()
 # metadata values (HF model_type, GGUF general.architecture) -> rule table
 ARCH_ALIASES = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "gemma": "llama",
                 "gpt2": "gpt2", "bert": "bert", "roberta": "bert"}
@@ -96,7 +122,14 @@ def as_rules(rules: Iterable[Rule | Sequence[Any]]) -> list[Rule]:
 
 
 def detect_arch(infos: Sequence[TensorInfo], metadata: dict[str, Any]) -> str | None:
-    """The rule table named by the metadata, else the one matching the most tensor names."""
+    """The rule table named by the metadata, else the one matching the most tensor names.
+
+    A GGUF file (``general.architecture`` in its metadata) whose names are GGUF names gets
+    the ``gguf`` table, whatever its architecture.
+    """
+    if "general.architecture" in metadata and any(
+            re.search(r.pattern, i.name) for i in infos for r in ARCH_RULES["gguf"]):
+        return "gguf"
     for key in ("model_type", "general.architecture", "architecture"):
         value = str(metadata.get(key, "")).lower()
         if value in ARCH_ALIASES:

@@ -21,6 +21,7 @@ stand-in that keeps the proportions and the order of the ranks.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
@@ -81,4 +82,42 @@ def byte_spans(plan: ShardPlan) -> list[ByteSpan]:
     return out
 
 
-__all__ = ["ByteSpan", "byte_spans", "tensor_offsets"]
+def file_ranges(plan: ShardPlan, rank: int) -> list[tuple[str, int, int]]:
+    """The exact ``(file, start, stop)`` byte ranges ``rank`` reads, as ``read_piece`` does.
+
+    A whole tensor or a cut along dim 0 is one range per span; a cut along a later dim is
+    one range per span and outer index (a slice of every row).
+    """
+    out = []
+    for p in plan.for_rank(rank):
+        info = plan.info(p.name)
+        if p.dim is None:
+            out.append((info.file, info.offset, info.offset + info.nbytes))
+            continue
+        n = info.shape[p.dim]
+        outer = math.prod(info.shape[:p.dim])
+        inner = info.nbytes // (outer * n) if outer * n else 0  # bytes per index along dim
+        out += [(info.file, info.offset + (o * n + a) * inner, info.offset + (o * n + b) * inner)
+                for o in range(outer) for a, b in p.spans]
+    return out
+
+
+def pages_touched(plan: ShardPlan, rank: int, page: int = 4096) -> int:
+    """Bytes of the ``page``-sized pages that ``rank``'s byte ranges and the header touch.
+
+    Storage delivers whole pages, so this is what an exact reader reads from a cold copy
+    of the file. A row-parallel slice narrower than a page shares its pages with the
+    neighbouring ranks' slices; every rank then reads those pages, and the tensor plan
+    reads more than its share (``benchmarks/bench_distributed.py`` measures it).
+    """
+    first: dict[str, int] = {}  # each file's header: everything before its first tensor
+    for info in plan.tensors:
+        first[info.file] = min(first.get(info.file, info.offset), info.offset)
+    pages = {(file, k) for file, end in first.items() for k in range(-(-end // page))}
+    for file, a, b in file_ranges(plan, rank):
+        if b > a:
+            pages.update((file, k) for k in range(a // page, (b - 1) // page + 1))
+    return len(pages) * page
+
+
+__all__ = ["ByteSpan", "byte_spans", "file_ranges", "pages_touched", "tensor_offsets"]

@@ -2,7 +2,12 @@
 
 ``base_model`` and ``base_model_relation`` (``adapter``, ``merge``, ``quantized``,
 ``finetune``, as the Hub defines them) come from, in order: the arguments, the
-lineage store's history of the file, the file's own metadata.
+lineage store's history of the file, the file's own metadata. A base that sits in a
+Hugging Face cache (``.../models--org--name/snapshots/<rev>/...``) is named by its Hub id
+(``org/name``), which is what the Hub links; anything else by its file name.
+
+The YAML is written as UTF-8 text: a tag like ``"🤗"`` is stored as the character, not as
+the JSON escape ``"\ud83e\udd17"`` (YAML reads such a pair as two lone surrogates).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,9 +43,58 @@ def relation_from_history(history: History) -> str | None:
     return "quantized" if quantized else None
 
 
+_HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
+def hub_model_id(path: str | os.PathLike[str] | None) -> str | None:
+    """The Hub id of a file or folder in a Hugging Face cache, else None.
+
+    The cache keeps ``org/name`` in ``models--org--name/snapshots/<rev>/<file>``, whose
+    files link to ``models--org--name/blobs/<sha>`` (where a resolved path points). Hub
+    names never hold ``--``, so the folder name splits back into the id.
+
+    Example:
+        >>> hub_model_id("/hf/models--openai--clip-vit-base-patch32/snapshots/3d/m.safetensors")
+        'openai/clip-vit-base-patch32'
+        >>> hub_model_id("/data/model.safetensors") is None
+        True
+    """
+    if path is None:
+        return None
+    parts = Path(path).parts
+    for folder, below in zip(parts, parts[1:], strict=False):
+        if folder.startswith("models--") and below in ("snapshots", "blobs"):
+            repo = folder.removeprefix("models--").split("--")
+            if len(repo) <= 2 and all(_HUB_NAME.fullmatch(p) for p in repo):
+                return "/".join(repo)
+    return None
+
+
+def _printable(code: int) -> bool:
+    """Characters YAML lets stand unescaped in a double-quoted scalar on one line."""
+    return (0x20 <= code <= 0x7E or 0xA0 <= code <= 0xD7FF
+            or (0xE000 <= code <= 0xFFFD and code != 0xFEFF) or 0x10000 <= code <= 0x10FFFF)
+
+
 def _yaml_scalar(v: Any) -> str:
-    # JSON strings are valid YAML double-quoted scalars; numbers and booleans too.
-    return json.dumps(v)
+    """A YAML double-quoted string in UTF-8 (escapes only where YAML needs them); numbers
+    and booleans as JSON writes them, which YAML reads the same."""
+    if not isinstance(v, str):
+        return json.dumps(v)
+    out = []
+    for ch in v:
+        code = ord(ch)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif _printable(code):
+            out.append(ch)
+        elif code <= 0xFF:
+            out.append(f"\\x{code:02x}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")  # lone surrogates too: readable, never written raw
+        else:
+            out.append(f"\\U{code:08x}")
+    return '"' + "".join(out) + '"'
 
 
 def front_matter(fields: dict[str, Any]) -> str:
@@ -86,11 +141,11 @@ def model_card(
         history = lineage.history(desc.source)
         roots = [e for e in history.origins if e.path and e.id != history.target.id]
         if base_model is None and roots:
-            base_model = roots[0].label
+            base_model = hub_model_id(roots[0].path) or roots[0].label
         if base_model_relation is None and base_model is not None:
             base_model_relation = relation_from_history(history)
-    if base_model is None:
-        base_model = desc.base_model
+    if base_model is None and desc.base_model is not None:
+        base_model = hub_model_id(desc.base_model) or desc.base_model  # may be a local path
     if base_model_relation is None and base_model is not None:
         if desc.is_adapter:
             base_model_relation = "adapter"

@@ -1,14 +1,20 @@
-"""The SQLite layer of the lineage store: schema, connection, rows <-> records.
+"""The SQLite layer of the lineage store: connection, transactions, rows <-> records.
 
 One file, WAL journal, every write in one ``BEGIN IMMEDIATE`` transaction, so several
 processes can record into the same store at once without losing anything (SQLite
 serialises the writers; ``busy_timeout`` makes them wait instead of failing).
+
+The file is checked read-only before the first write (``schema.inspect``: the store's mark,
+its schema, ``quick_check``), and every row is checked as it becomes a record: a store is a
+file like any other, and one edited by hand or by another program gives an ``MLMFError``
+naming it, never a raw ``sqlite3``/``json`` error.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -17,39 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import MLMFError
+from . import schema
 from .records import Activity, Entity
 
-SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 60_000
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS agents (
-    id TEXT PRIMARY KEY, user TEXT, host TEXT, versions TEXT, git_commit TEXT);
-CREATE TABLE IF NOT EXISTS entities (
-    id TEXT PRIMARY KEY, kind TEXT NOT NULL, label TEXT NOT NULL, path TEXT,
-    sha256 TEXT, hash_kind TEXT, created REAL NOT NULL, attrs TEXT NOT NULL DEFAULT '{}');
-CREATE INDEX IF NOT EXISTS entities_path ON entities (path);
-CREATE INDEX IF NOT EXISTS entities_sha ON entities (sha256);
-CREATE TABLE IF NOT EXISTS activities (
-    id TEXT PRIMARY KEY, name TEXT NOT NULL, started REAL NOT NULL, ended REAL NOT NULL,
-    params TEXT NOT NULL, agent TEXT REFERENCES agents (id), pid INTEGER);
-CREATE TABLE IF NOT EXISTS usages (
-    activity TEXT NOT NULL REFERENCES activities (id),
-    entity TEXT NOT NULL REFERENCES entities (id),
-    role TEXT NOT NULL CHECK (role IN ('used', 'generated')),
-    PRIMARY KEY (activity, entity, role));
-CREATE INDEX IF NOT EXISTS usages_entity ON usages (entity, role);
-CREATE TABLE IF NOT EXISTS derivations (
-    generated TEXT NOT NULL REFERENCES entities (id),
-    used TEXT NOT NULL REFERENCES entities (id),
-    activity TEXT REFERENCES activities (id),
-    kind TEXT NOT NULL CHECK (kind IN ('derived', 'revision', 'alternate')));
-CREATE INDEX IF NOT EXISTS derivations_gen ON derivations (generated);
-CREATE INDEX IF NOT EXISTS derivations_used ON derivations (used);
-CREATE TABLE IF NOT EXISTS file_hashes (
-    path TEXT PRIMARY KEY, signature TEXT NOT NULL, sha256 TEXT NOT NULL, kind TEXT NOT NULL);
-"""
+# kinds and activity names become PROV qualified names (mlmf:<name>)
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+_TIME_LIMIT = 1e11  # seconds since the epoch (year 5138): what datetime can hold, with room
 
 
 class Database:
@@ -60,17 +40,16 @@ class Database:
         self._lock = threading.RLock()
         self._pid = -1
         self._conn: sqlite3.Connection | None = None
-        with self.write() as c:
-            for stmt in SCHEMA.strip().split(";"):
-                if stmt.strip():
-                    c.execute(stmt)
-            row = c.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if row is None:
-                c.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            elif row[0] != str(SCHEMA_VERSION):
-                raise MLMFError(
-                    f"lineage store schema version {row[0]}, this mlmf_lab reads version "
-                    f"{SCHEMA_VERSION}", path)
+        if schema.inspect(path) == "ours":  # read-only: refuses before anything is written
+            return
+        with self.write() as c:  # a new or empty file, or an unmarked store: under the lock
+            state = schema.verdict(c)  # another process may have created it meanwhile
+            if state == "empty":
+                schema.create(c)
+            elif state == "unmarked":
+                schema.mark(c)
+            elif state != "ours":
+                raise MLMFError(state.removeprefix("refused: "), path)
 
     def conn(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():
@@ -97,10 +76,16 @@ class Database:
                                 self.path) from None
             try:
                 yield c
-            except BaseException:
-                c.execute("ROLLBACK")
+                c.execute("COMMIT")
+            except BaseException as e:
+                try:
+                    c.execute("ROLLBACK")
+                except sqlite3.DatabaseError:
+                    pass  # SQLite rolled back already (the COMMIT failed, or the file did)
+                if isinstance(e, sqlite3.DatabaseError):
+                    raise MLMFError(f"cannot write the lineage store (SQLite: {e})",
+                                    self.path) from None
                 raise
-            c.execute("COMMIT")
 
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -125,7 +110,7 @@ class Database:
         rows = self.query("SELECT * FROM entities WHERE id = ?", (entity_id,))
         if not rows:
             raise MLMFError(f"no entity with id {entity_id!r} in the lineage store", self.path)
-        return entity_from_row(rows[0])
+        return self.to_entity(rows[0])
 
     def entities(self, ids: list[str]) -> dict[str, Entity]:
         out: dict[str, Entity] = {}
@@ -133,7 +118,7 @@ class Database:
             part = ids[start : start + 500]
             marks = ",".join("?" * len(part))
             for r in self.query(f"SELECT * FROM entities WHERE id IN ({marks})", tuple(part)):
-                out[r["id"]] = entity_from_row(r)
+                out[r["id"]] = self.to_entity(r)
         return out
 
     def activities(self, where: str = "", args: tuple[Any, ...] = ()) -> list[Activity]:
@@ -152,17 +137,66 @@ class Database:
                                 f"({marks}) ORDER BY rowid", tuple(part)):
                 links[u["activity"]][u["role"]].append(u["entity"])
         ents = self.entities(sorted({e for d in links.values() for v in d.values() for e in v}))
-        out = []
-        for r in rows:
-            agent = {"user": r["user"], "host": r["host"],
-                     "versions": json.loads(r["versions"] or "{}"), "git_commit": r["git_commit"]}
-            out.append(Activity(
-                r["id"], r["name"], r["started"], r["ended"], json.loads(r["params"]), agent,
-                tuple(ents[e] for e in links[r["id"]]["used"]),
-                tuple(ents[e] for e in links[r["id"]]["generated"]), r["pid"] or 0))
-        return out
+        return [self._to_activity(r, links[r["id"]], ents) for r in rows]
+
+    # -- rows checked as they become records ---------------------------------------------
+    def _bad(self, what: str, problem: str) -> MLMFError:
+        return MLMFError(f"{what}: {problem}; the store was changed outside mlmf_lab",
+                         self.path)
+
+    def _field(self, r: sqlite3.Row, column: str, what: str, kind: str) -> Any:
+        """``r[column]`` checked: ``str``, ``str?`` (or NULL), ``name``, ``time``, ``int?``."""
+        v = r[column]
+        if kind == "name" and isinstance(v, str) and not is_name(v):
+            raise self._bad(what, f"{column} {v[:40]!r} is not a name (letters, digits, '_', "
+                            "'.', '-')")
+        if (kind in ("str?", "int?") and v is None) or (kind in ("str", "str?", "name")
+                                                       and isinstance(v, str)):
+            return v
+        if kind == "time" and isinstance(v, int | float) and abs(v) < _TIME_LIMIT:
+            return float(v)  # abs(NaN) < x is False: NaN is refused too
+        if kind == "int?" and isinstance(v, int):
+            return v
+        raise self._bad(what, f"{column} holds {type(v).__name__} {str(v)[:40]!r}, expected "
+                        f"{kind.rstrip('?')}")
+
+    def _json(self, text: Any, what: str, null_ok: bool = False) -> dict[str, Any]:
+        if text is None and null_ok:
+            return {}
+        try:
+            value = json.loads(text)
+        except (TypeError, ValueError, RecursionError) as e:
+            raise self._bad(what, f"not JSON ({type(e).__name__}: {str(e)[:80]})") from None
+        if not isinstance(value, dict):
+            raise self._bad(what, f"a JSON {type(value).__name__}, expected an object")
+        return value
+
+    def to_entity(self, r: sqlite3.Row) -> Entity:
+        """An ``entities`` row as a record, every column checked."""
+        what = f"entity {str(r['id'])[:40]!r}"
+        f = self._field
+        return Entity(f(r, "id", what, "str"), f(r, "kind", what, "name"),
+                      f(r, "label", what, "str"), f(r, "path", what, "str?"),
+                      f(r, "sha256", what, "str?"), f(r, "hash_kind", what, "str?"),
+                      f(r, "created", what, "time"), self._json(r["attrs"], f"{what}: attrs"))
+
+    def _to_activity(self, r: sqlite3.Row, links: dict[str, list[str]],
+                     ents: dict[str, Entity]) -> Activity:
+        what = f"activity {str(r['id'])[:40]!r}"
+        f = self._field
+        missing = [e for role in links.values() for e in role if e not in ents]
+        if missing:
+            raise self._bad(what, f"it names entity {missing[0][:40]!r}, which is not stored")
+        agent = {"user": f(r, "user", what, "str?"), "host": f(r, "host", what, "str?"),
+                 "versions": self._json(r["versions"], f"{what}: agent versions", True),
+                 "git_commit": f(r, "git_commit", what, "str?")}
+        return Activity(
+            f(r, "id", what, "str"), f(r, "name", what, "name"), f(r, "started", what, "time"),
+            f(r, "ended", what, "time"), self._json(r["params"], f"{what}: params"), agent,
+            tuple(ents[e] for e in links["used"]), tuple(ents[e] for e in links["generated"]),
+            f(r, "pid", what, "int?") or 0)
 
 
-def entity_from_row(r: sqlite3.Row) -> Entity:
-    return Entity(r["id"], r["kind"], r["label"], r["path"], r["sha256"], r["hash_kind"],
-                  r["created"], json.loads(r["attrs"]))
+def is_name(v: str) -> bool:
+    """True for a kind or activity name that can be a PROV qualified name's local part."""
+    return _NAME.fullmatch(v) is not None

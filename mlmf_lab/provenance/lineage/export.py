@@ -85,27 +85,32 @@ def _value(v: Any) -> Any:
 
 
 def to_prov(db: Database, focus: Entity | None = None) -> ProvDocument:
-    """The store (or the part around ``focus``) as a ``prov.model.ProvDocument``."""
-    from prov.model import ProvDocument
+    """The store (or the part around ``focus``) as a ``prov.model.ProvDocument``.
+
+    Types are qualified names (``prov:SoftwareAgent``, ``mlmf:weights``, ``mlmf:save``),
+    which PROV-JSON writes as ``{"$": ..., "type": "xsd:QName"}``: a string would be a
+    literal that PROV tools do not read as a type.
+    """
+    from prov.model import PROV, ProvDocument
 
     ents, acts, ders = selection(db, focus)
     doc = ProvDocument()
-    doc.add_namespace(*NAMESPACE)
+    mlmf = doc.add_namespace(*NAMESPACE)
     for e in ents:
-        attrs: dict[str, Any] = {"prov:label": e.short(), "prov:type": f"mlmf:{e.kind}"}
+        attrs: dict[str, Any] = {"prov:label": e.short(), "prov:type": mlmf[e.kind]}
         attrs.update({f"mlmf:{k}": v for k, v in (("path", e.path), ("sha256", e.sha256),
                                                   ("hash_kind", e.hash_kind)) if v})
         attrs.update({f"mlmf:attr_{k}": _value(v) for k, v in e.attrs.items() if v is not None})
         doc.entity(f"mlmf:e_{e.id}", attrs)
     agents: set[str] = set()
     for a in acts:
-        attrs = {"prov:label": a.name, "prov:type": f"mlmf:{a.name}", "mlmf:pid": a.pid}
+        attrs = {"prov:label": a.name, "prov:type": mlmf[a.name], "mlmf:pid": a.pid}
         attrs.update({f"mlmf:param_{k}": _value(v) for k, v in a.params.items() if v is not None})
         act = doc.activity(f"mlmf:a_{a.id}", _time(a.started), _time(a.ended), attrs)
         ag = f"mlmf:agent_{agent_id(a.agent)}"
         if ag not in agents:
             agents.add(ag)
-            doc.agent(ag, {"prov:type": "prov:SoftwareAgent", "mlmf:user": a.agent["user"] or "",
+            doc.agent(ag, {"prov:type": PROV["SoftwareAgent"], "mlmf:user": a.agent["user"] or "",
                            "mlmf:host": a.agent["host"] or "",
                            "mlmf:versions": json.dumps(a.agent["versions"], sort_keys=True),
                            "mlmf:git_commit": a.agent["git_commit"] or ""})

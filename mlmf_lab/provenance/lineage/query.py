@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .db import Database, entity_from_row
+from .db import Database
 from .records import Activity, Entity, History, HistoryDiff
 
 BATCH = 500  # ids per ``IN (...)``: well under SQLite's limit on bound parameters
@@ -29,7 +29,7 @@ def entities(db: Database, kind: str | None = None) -> list[Entity]:
     """Every entity (of one ``kind``), oldest first."""
     where, args = ("WHERE kind = ?", (kind,)) if kind else ("", ())
     rows = db.query(f"SELECT * FROM entities {where} ORDER BY created, id", args)
-    return [entity_from_row(r) for r in rows]
+    return [db.to_entity(r) for r in rows]
 
 
 def activities(db: Database, name: str | None = None) -> list[Activity]:

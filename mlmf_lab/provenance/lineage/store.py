@@ -19,13 +19,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ... import events
-from ...errors import MLMFError
+from ...errors import ConfigError, MLMFError
 from ...files import file_stamp
 from ...runinfo import run_info
 from ..hashing import ContentHash, content_hash
 from . import export, query
 from .agent import agent_id
-from .db import Database, entity_from_row
+from .db import Database
 from .records import Activity, Entity, History, HistoryDiff
 from .tracker import Item, Tracker, describe_item, is_path
 
@@ -41,8 +41,12 @@ def active_lineages() -> list[Lineage]:
     return list(_ACTIVE)
 
 
+CHECKS = ("stamp", "content")
+
+
 def _signature(p: Path) -> str:
-    """What changes whenever the content may have: size, mtime and inode of every file."""
+    """What changes whenever the content may change through the file system (``file_stamp``:
+    size, mtime, ctime and inode of every file)."""
     return hashlib.sha256(repr(file_stamp(p)).encode()).hexdigest()
 
 
@@ -65,10 +69,16 @@ class Lineage:
     """A lineage store in one SQLite file: entities, activities, agents and their relations.
 
     Args:
-        path: the SQLite file (created if missing; its folder must exist).
+        path: the SQLite file (created if missing; its folder must exist). An existing file
+            is checked read-only first (``lineage.schema``): another program's SQLite file,
+            a changed schema or a corrupted file is refused and left as it was.
+        check: how ``file_hash`` knows a file is unchanged: ``"stamp"`` trusts the hash
+            cached for an unchanged ``file_stamp`` (one ``stat``; ``files.file_stamp`` says
+            what it cannot see); ``"content"`` hashes the file again every time.
 
     Raises:
         MLMFError: the file is not a lineage store or cannot be opened.
+        ConfigError: an unknown ``check``.
 
     Example:
         >>> lin = ml.Lineage.activate("lineage.db")   # doctest: +SKIP
@@ -76,8 +86,12 @@ class Lineage:
         >>> lin.deactivate()                         # doctest: +SKIP
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, check: str = "stamp") -> None:
         self.path = Path(path).resolve()
+        if check not in CHECKS:
+            raise ConfigError(f"unknown check {check!r}; supported: {', '.join(CHECKS)}",
+                              self.path)
+        self.check = check
         if self.path.is_dir():
             raise MLMFError("expected a lineage store file, found a folder", self.path)
         if not self.path.parent.is_dir():
@@ -127,15 +141,21 @@ class Lineage:
                           f"{event.activity!r}: {e}", RuntimeWarning, stacklevel=4)
 
     # -- recording -------------------------------------------------------------------------
-    def file_hash(self, path: str | os.PathLike[str]) -> ContentHash:
-        """Content hash of a file or folder, cached in the store by size/mtime/inode."""
+    def file_hash(self, path: str | os.PathLike[str],
+                  written: ContentHash | None = None) -> ContentHash:
+        """Content hash of a file or folder, cached in the store by its ``file_stamp``
+        (with ``check="content"``, hashed again every time). ``written``: the hash its writer
+        computed from the bytes it just wrote (``events.report_hash``), stored as the hash
+        of the file as it is now instead of reading the file back."""
         p = Path(path).resolve()
         sig = _signature(p)
-        rows = self._db.query("SELECT signature, sha256, kind FROM file_hashes WHERE path = ?",
-                              (str(p),))
-        if rows and rows[0]["signature"] == sig:
-            return ContentHash(rows[0]["sha256"], rows[0]["kind"])
-        h = content_hash(p)
+        if written is None and self.check == "stamp":
+            rows = self._db.query("SELECT signature, sha256, kind FROM file_hashes "
+                                  "WHERE path = ?", (str(p),))
+            if rows and rows[0]["signature"] == sig and _is_hash(rows[0]["sha256"]) \
+                    and rows[0]["kind"] in ("tensors", "bytes"):
+                return ContentHash(rows[0]["sha256"], rows[0]["kind"])
+        h = written or content_hash(p)
         with self._db.write() as c:
             c.execute("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?)",
                       (str(p), sig, h.sha256, h.kind))
@@ -154,8 +174,8 @@ class Lineage:
                 for x in _dedupe(event.used)]
         made = [describe_item(x, event.activity, True, self._tracker)
                 for x in _dedupe(event.generated)]
-        hashes = {id(it): self.file_hash(it.path) for it in used + made
-                  if it.path is not None and it.exists}
+        hashes = {id(it): self.file_hash(it.path, _written(event, it.path))
+                  for it in used + made if it.path is not None and it.exists}
         agent = run_info()
         act_id = uuid.uuid4().hex
         with self._db.write() as c:
@@ -221,7 +241,7 @@ class Lineage:
         if isinstance(x, str) and len(x) == 32 and not Path(x).exists():
             rows = self._db.query("SELECT * FROM entities WHERE id = ?", (x,))
             if rows:
-                return entity_from_row(rows[0])
+                return self._db.to_entity(rows[0])
         if is_path(x):
             return self._entity_for_path(Path(x).resolve())
         known = self._tracker.lookup(x)
@@ -238,14 +258,14 @@ class Lineage:
                 rows = self._db.query(f"SELECT * FROM entities WHERE {sql} "
                                       "ORDER BY created DESC LIMIT 1", args)
                 if rows:
-                    return entity_from_row(rows[0])
+                    return self._db.to_entity(rows[0])
             raise MLMFError(f"not recorded in the lineage store {self.path}: no entity has "
                             f"this path or content hash {h.short()}", p)
         rows = self._db.query("SELECT * FROM entities WHERE path = ? ORDER BY created DESC "
                               "LIMIT 1", (str(p),))
         if not rows:
             raise MLMFError(f"no such file, and no record of it in {self.path}", p)
-        return entity_from_row(rows[0])
+        return self._db.to_entity(rows[0])
 
     def entities(self, kind: str | None = None) -> list[Entity]:
         """Every entity (of one ``kind``), oldest first."""
@@ -296,6 +316,15 @@ class Lineage:
         n_e, n_a = query.counts(self._db)
         state = "active" if self.active else "inactive"
         return f"<Lineage {os.fspath(self.path)!r} ({state}): {n_e} entities, {n_a} activities>"
+
+
+def _written(event: events.Event, path: str) -> ContentHash | None:
+    reported = event.hashes.get(path)
+    return None if reported is None else ContentHash(*reported)
+
+
+def _is_hash(v: Any) -> bool:
+    return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
 
 
 def _kind_of(it: Item, h: ContentHash | None) -> str:
