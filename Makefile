@@ -14,7 +14,7 @@ LLAMA_CMAKE := -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=
 	-DLLAMA_BUILD_SERVER=OFF
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
 
-.PHONY: install lab test test-browser lint bench clean
+.PHONY: install lab test test-browser fuzz lint bench clean
 
 install: $(STAMP)
 
@@ -52,6 +52,15 @@ test: install
 test-browser: install
 	@mkdir -p $(SCRATCH)
 	$(TEST_ENV) MLMF_SCRATCH=$(SCRATCH) $(BIN)/python -m pytest tests/test_views_browser.py -v
+
+# seeded mutations of valid files against every reader, for SECONDS (tests/attacks/fuzz.py;
+# `make test` runs 1000 cases); failing cases land in $(SCRATCH)/fuzz with a replay command
+SECONDS ?= 300
+SEED ?= 1
+fuzz: install
+	@mkdir -p $(SCRATCH)
+	$(TEST_ENV) $(BIN)/python tests/attacks/fuzz.py --seconds $(SECONDS) --seed $(SEED) \
+		--save $(SCRATCH)/fuzz
 
 lint: install
 	$(BIN)/ruff check mlmf_lab tests benchmarks

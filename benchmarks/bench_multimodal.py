@@ -31,11 +31,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median_time, publish, table  # noqa: E402
 
-from mlmf_lab.multimodal.config import (  # noqa: E402
-    AudioPreprocessing,
-    ImagePreprocessing,
-    VideoPreprocessing,
-)
 from mlmf_lab.multimodal.preprocess import (  # noqa: E402
     preprocess_audio,
     preprocess_images,
@@ -43,6 +38,11 @@ from mlmf_lab.multimodal.preprocess import (  # noqa: E402
     write_video,
 )
 from mlmf_lab.multimodal.preprocess.audio import mel_filters  # noqa: E402
+from mlmf_lab.multimodal.preprocess.config import (  # noqa: E402
+    AudioPreprocessing,
+    ImagePreprocessing,
+    VideoPreprocessing,
+)
 
 IMG = ImagePreprocessing(224, 16)
 

@@ -10,12 +10,19 @@
    fastest a hash can be) and against reading the file into memory and hashing it.
 3. Queries: ``Lineage.history`` of the last file of a long chain against
    ``networkx.ancestors`` on the exported graph.
+
+Goals (issue 21): recording costs <= 1.15x the load + save without a store (the saved file's
+tensor hash comes from its writer, computed from memory while it writes; the loaded file's is
+cached by its stamp); ``Lineage.history`` over 200 derivations <= 20x networkx (a recursive
+query in SQLite, records built).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import statistics
 import sys
 import tempfile
 import timeit
@@ -24,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import median_time, publish, table  # noqa: E402
+from common import interleaved, median_time, publish, table  # noqa: E402
 
 import mlmf_lab as ml  # noqa: E402
 from mlmf_lab import events  # noqa: E402
@@ -46,10 +53,17 @@ def recording(folder: Path, src: Path, repeat: int) -> list[list[object]]:
     def op() -> None:
         ml.save_state_dict(ml.load_state_dict(src), dst)
 
-    plain = median_time(op, repeat)
     lin = Lineage(folder / "bench.db")
     with lin:
-        recorded = median_time(op, repeat)
+        op()  # the store hashes the source once; later loads find it by its stamp
+
+    def recorded_op() -> None:
+        with lin:
+            op()
+
+    # side by side, in turns: load from other processes hits both alike
+    times = interleaved({"plain": op, "recorded": recorded_op}, calls=1, rounds=repeat)
+    plain, recorded = (statistics.median(times[k]) for k in ("plain", "recorded"))
     lin.close()
     loops = 200_000
 
@@ -64,13 +78,15 @@ def recording(folder: Path, src: Path, repeat: int) -> list[list[object]]:
     t_act = min(timeit.repeat(act, number=loops, repeat=5)) / loops
     t_null = min(timeit.repeat(null, number=loops, repeat=5)) / loops
     mib = src.stat().st_size / 2**20
+    met = "yes" if recorded <= 1.15 * plain else "no"
     return [
-        [f"load + save {mib:.0f} MiB, no store (peer)", f"{plain * 1e3:.1f} ms", "1.00x", ""],
+        [f"load + save {mib:.0f} MiB, no store (peer)", f"{plain * 1e3:.1f} ms", "1.00x", "",
+         ""],
         [f"load + save {mib:.0f} MiB, store active", f"{recorded * 1e3:.1f} ms",
-         f"{recorded / plain:.2f}x", f"+{(recorded - plain) * 1e3:.1f} ms"],
-        ["`with nullcontext()` (peer)", f"{t_null * 1e9:.0f} ns", "1.00x", ""],
+         f"{recorded / plain:.2f}x", f"+{(recorded - plain) * 1e3:.1f} ms", met],
+        ["`with nullcontext()` (peer)", f"{t_null * 1e9:.0f} ns", "1.00x", "", ""],
         ["`with events.activity(...)`, no store", f"{t_act * 1e9:.0f} ns",
-         f"{t_act / t_null:.2f}x", f"+{(t_act - t_null) * 1e9:.0f} ns"],
+         f"{t_act / t_null:.2f}x", f"+{(t_act - t_null) * 1e9:.0f} ns", ""],
     ]
 
 
@@ -116,17 +132,19 @@ def queries(folder: Path, length: int, repeat: int) -> list[list[object]]:
     lin.close()
     return [
         [f"networkx.ancestors, chain of {length} (peer, graph in memory)",
-         f"{t_nx * 1e3:.2f} ms", "1.00x"],
+         f"{t_nx * 1e3:.2f} ms", "1.00x", ""],
         [f"Lineage.history, chain of {length} (SQLite, records built)",
-         f"{t_hist * 1e3:.2f} ms", f"{t_hist / t_nx:.0f}x"],
+         f"{t_hist * 1e3:.2f} ms", f"{t_hist / t_nx:.0f}x",
+         "yes" if t_hist <= 20 * t_nx else "no"],
         ["Lineage.graph (export the whole store to networkx)", f"{t_graph * 1e3:.2f} ms",
-         f"{t_graph / t_nx:.0f}x"],
+         f"{t_graph / t_nx:.0f}x", ""],
     ]
 
 
 def main(quick: bool) -> None:
     mib, repeat, length = (8, 3, 20) if quick else (256, 5, 200)
     torch.set_num_threads(1)
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         src = make_file(folder, mib)
@@ -134,15 +152,17 @@ def main(quick: bool) -> None:
         hsh = hashing(src, repeat)
         qry = queries(folder, length, repeat)
     body = "\n\n".join([
-        table(["recording", "time (median)", "ratio", "overhead"], rec),
+        table(["recording", "time (median)", "ratio", "overhead", "<= 1.15x"], rec),
         table(["content hash", "time (median)", "throughput", "vs file_digest"], hsh),
-        table(["query", "time (median)", "ratio"], qry),
+        table(["query", "time (median)", "ratio", "<= 20x"], qry),
     ])
-    how = (f"Median of {repeat} runs after a warm-up, one torch thread, files in the page cache "
-           f"({mib} MiB of float32). The store-active row includes hashing the loaded and "
-           "the saved file; hashes of unchanged files are cached by size/mtime/ctime/inode. The "
-           "no-store row is the normal cost of the operation; `events.activity` timings are "
-           "the best of 5 x 200000 calls.")
+    how = (f"Medians of {repeat} runs after a warm-up, one torch thread, files in the page "
+           f"cache ({mib} MiB of float32); the load + save with and without a store run in "
+           "turns. With a store, the saved file's tensor hash is computed by its writer from "
+           "memory while it writes (a second hashing thread), and the loaded file's is found "
+           "by its unchanged size/mtime/ctime/inode. The no-store row is the normal cost of "
+           "the operation; `events.activity` timings are the best of 5 x 200000 calls. Load "
+           f"average (1 min) at the start: {load_start:.2f}.")
     publish("provenance", "Provenance: recording overhead, content hashing, queries", how, body,
             quick)
 

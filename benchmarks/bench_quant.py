@@ -7,9 +7,12 @@ Sections (each a function returning a markdown table; ``main`` runs those in ``S
    a quantized linear takes (vs a plain copy of the same 64 MiB output, goal within 3x).
    Block types run the fused C kernels (``quant.native``); the torch block functions they
    replace (``MLMF_NATIVE=0``) are timed too, into the reused buffer.
-2. ``quantize``: quantizing the same tensor (vs ``gguf.quants.quantize``, goal >= 2x).
+2. ``quantize``: quantizing the same tensor (vs ``gguf.quants.quantize``, goal >= 2x), and
+   the K-quants against our q8_0 (goal: q4_k and q6_k <= 3x its time).
 3. ``linear``: forward of a 4096x4096 linear at batch 1 and 32, fp32 vs int8 vs q4_0
    (time, relative output error, weight memory), in ``bench_quant_linear.py``.
+4. ``busy``: our int8 and q4_0 linears at 1 and 2 threads with a busy neighbour on a core
+   (goal: 2 threads <= 1.2x one), also in ``bench_quant_linear.py``.
 
 Run: ``.venv/bin/python benchmarks/bench_quant.py [--quick]``. Each comparison times ours
 and the peer back to back, repeatedly, after a warm-up; the table gives the medians and the
@@ -33,10 +36,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_quant_linear import section_linear  # noqa: E402
+from bench_quant_linear import section_busy, section_linear  # noqa: E402
 from common import interleaved, median_time, publish, table  # noqa: E402
 
 import mlmf_lab as ml  # noqa: E402
+from mlmf_lab.quant import blocks_k_quant as bkq  # noqa: E402
 from mlmf_lab.quant import ggml, native  # noqa: E402
 
 DEQUANT_SCHEMES = ["f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1",
@@ -44,6 +48,7 @@ DEQUANT_SCHEMES = ["f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1",
 QUANT_SCHEMES = ["f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q6_k",
                  "int8", "int4"]
 NO_PEER = "no such type in gguf"  # int8 / int4: our schemes, not GGUF's
+K_VS_Q8 = ["q8_0", "q4_k", "q6_k"]
 # where the fp16 scale fields sit in the K blocks we cannot produce ourselves
 SCALE_SLOTS = {"q2_k": (80, 82), "q3_k": (108,), "q5_k": (0, 2)}
 
@@ -143,23 +148,38 @@ def section_quantize(quick: bool) -> str:
             rows.append([scheme, ms(ours), NO_PEER if qtype is None else
                          "not implemented in gguf", "-"])
     header = ["scheme", "ours (ms)", "gguf.quants (ms)", "speed-up (goal >= 2x)"]
-    return f"Quantize a {x.shape[0]}x{x.shape[1]} float32 tensor\n\n" + table(header, rows)
+    # K-quants against our q8_0, the block type that costs least: side by side, in turns
+    k_times = interleaved({s: lambda s=s: ml.quant.quantize(x, s) for s in K_VS_Q8},
+                          calls=1, rounds=repeat + 2)
+    med = {s: statistics.median(v) for s, v in k_times.items()}
+    k_rows = [[s, ms(med[s]), f"{med[s] / med['q8_0']:.2f}x",
+               "" if s == "q8_0" else ("yes" if med[s] <= 3 * med["q8_0"] else "no")]
+              for s in K_VS_Q8]
+    native_k = "C (native/kquant.c)" if native.quantizer(
+        "q4_k", 144, ggml.block_type("q4_k").quantize_blocks, bkq.sub_block_rms) else "torch"
+    return (f"Quantize a {x.shape[0]}x{x.shape[1]} float32 tensor\n\n" + table(header, rows)
+            + f"\n\nK-quant quantization ({native_k}, the same bytes as the torch reference) "
+            "against q8_0 on the same tensor, timed in turns (medians):\n\n"
+            + table(["scheme", "ms", "time vs q8_0", "<= 3x"], k_rows))
 
 
-SECTIONS: list[Callable[[bool], str]] = [section_dequantize, section_quantize, section_linear]
+SECTIONS: list[Callable[[bool], str]] = [section_dequantize, section_quantize, section_linear,
+                                         section_busy]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
     args = parser.parse_args(argv)
+    load_start = os.getloadavg()[0]
     body = "\n\n".join(section(args.quick) for section in SECTIONS)
     how = (
         f"torch {torch.__version__} with {torch.get_num_threads()} threads vs gguf-py "
         f"{importlib.metadata.version('gguf')} (numpy {np.__version__}). Ours and the peer "
         "run back to back, repeatedly, after a warm-up; medians of times and of per-pair "
         "ratios. Dequantization of block types uses the fused C kernels "
-        f"({'built' if native.library() is not None else 'NOT available: torch path'})."
+        f"({'built' if native.library() is not None else 'NOT available: torch path'}). "
+        f"Load average (1 min) at the start: {load_start:.2f}."
     )
     publish("quant", "Quantization: mlmf_lab vs gguf.quants (numpy)", how, body, args.quick)
 

@@ -12,11 +12,16 @@ Only the outermost activity is emitted: ``convert`` calls ``load_state_dict`` an
 ``save_state_dict``, which are activities of their own, but the user asked for one
 conversion, so the nested ``load``/``save`` stay silent. Listeners run while the
 activity is still open, so library calls a listener makes are never recorded either.
+
+A writer that hashes a file's content as it writes it (``formats.safetensors``) hands the
+hash to the open activity (``report_hash``), so the store does not read the file back to
+hash it; it does that only while one is recording (``recording()``).
 """
 
 from __future__ import annotations
 
 import contextvars
+import os
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -41,11 +46,29 @@ class Event:
     params: dict[str, Any] = field(default_factory=dict)
     started: float = 0.0
     ended: float = 0.0
+    # content hashes of written files, computed by their writer: real path -> (sha256, kind)
+    hashes: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 LISTENERS: list[Callable[[Event], None]] = []
 # How many activities are open in this thread/task; only depth 0 -> 1 emits.
 _DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("mlmf_activity_depth", default=0)
+# The outermost open activity that listeners will receive, while it is open.
+_OPEN: contextvars.ContextVar[Event | None] = contextvars.ContextVar("mlmf_open_activity",
+                                                                     default=None)
+
+
+def recording() -> bool:
+    """Whether an open activity will reach a listener (then writers report their hashes)."""
+    return bool(LISTENERS) and _OPEN.get() is not None
+
+
+def report_hash(path: str | os.PathLike[str], sha256: str, kind: str) -> None:
+    """Tell the open activity the content hash of a file it wrote (``kind`` as
+    ``provenance.hashing.ContentHash``); nothing happens outside an activity."""
+    event = _OPEN.get()
+    if event is not None:
+        event.hashes[os.path.realpath(path)] = (sha256, kind)
 
 
 def emit(event: Event) -> None:
@@ -56,16 +79,19 @@ def emit(event: Event) -> None:
 class _Activity:
     """The context manager behind ``activity``: nearly free when nobody listens."""
 
-    __slots__ = ("event", "_token")
+    __slots__ = ("event", "_token", "_open")
 
     def __init__(self, event: Event) -> None:
         self.event = event
         self._token: contextvars.Token[int] | None = None
+        self._open: contextvars.Token[Event | None] | None = None
 
     def __enter__(self) -> Event:
         if LISTENERS:
             self.event.started = time.time()
             self._token = _DEPTH.set(_DEPTH.get() + 1)
+            if self._token.old_value in (contextvars.Token.MISSING, 0):
+                self._open = _OPEN.set(self.event)
         return self.event
 
     def __exit__(
@@ -84,6 +110,8 @@ class _Activity:
                 emit(self.event)  # still at depth >= 1: a listener's own calls stay silent
         finally:
             _DEPTH.reset(token)
+            if self._open is not None:
+                _OPEN.reset(self._open)
 
 
 def activity(

@@ -36,7 +36,7 @@ SAFETENSORS_CASES = [
         "runs past the end of the file",
     ),
     ("truncated-header", st_bytes({"a": entry()})[:20], FormatError, "runs past the end"),
-    ("header-not-json", struct.pack("<Q", 6) + b"{nope}", FormatError, "not valid UTF-8 JSON"),
+    ("header-not-json", struct.pack("<Q", 6) + b"{nope}", FormatError, "header is not valid JSON"),
     ("header-not-object", struct.pack("<Q", 2) + b"[]", UnsupportedError, "not a weight file"),
     (
         "offsets-out-of-range",

@@ -106,7 +106,8 @@ def test_rank_best_orders_best_first():
     ({"keep_last": 0}, "keep_last must be at least 1"),
     ({"keep_best": 0}, "keep_best must be at least 1"),
     ({"mode": "avg"}, "mode must be one of min, max; got 'avg'"),
-    ({"max_shard_size": "lots"}, "max_shard_size must be a positive byte count or like '500MB'"),
+    ({"max_shard_size": "lots"}, r"max_shard_size must be a positive byte count \(1000000\) "
+                                 r"or a size with a unit \(500MB, 2GiB\), found 'lots'"),
 ])
 def test_bad_policies_are_refused(tmp_path, kwargs, message):
     with pytest.raises(ml.errors.MLMFError, match=message):

@@ -10,7 +10,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from gguf_bytes import ARRAY, STRING, UINT8, UINT32, gguf_bytes, info, kv, s
+from attacks.gguf_bytes import ARRAY, STRING, UINT8, UINT32, gguf_bytes, info, kv, s
 
 import mlmf_lab as ml
 from mlmf_lab.errors import FormatError, MLMFError, UnsupportedError

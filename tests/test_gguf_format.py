@@ -10,7 +10,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
-from gguf_bytes import k_blocks, mixed_state
+from attacks.gguf_bytes import k_blocks, mixed_state
 
 import mlmf_lab as ml
 from mlmf_lab.errors import MLMFError, UnsupportedError

@@ -15,7 +15,7 @@ from pathlib import Path
 import gguf
 import pytest
 import torch
-from gguf_bytes import gguf_bytes, k_blocks, kv, mixed_state
+from attacks.gguf_bytes import gguf_bytes, k_blocks, kv, mixed_state
 from test_gguf_bad_input import CASES
 
 import mlmf_lab as ml

@@ -79,13 +79,21 @@ def test_every_fusion_strategy_learns(report: FusionReport,
 @torch.no_grad()
 def test_the_strategies_compute_different_things(report: FusionReport,
                                                  test_data: demo.ShapesData) -> None:
-    out = {label: m(test_data.inputs(), need_weights=True) for label, m in report.models.items()}
+    out = {label: m(test_data.inputs(), output_attentions=True)
+           for label, m in report.models.items()}
     labels = list(out)
     for i, a in enumerate(labels):  # six different functions of the same inputs
         for b in labels[i + 1:]:
             assert not torch.allclose(out[a].logits, out[b].logits, atol=1e-3), (a, b)
-    # only middle fusion attends across modalities; early and middle weigh no modality
-    assert [label for label in labels if out[label].cross] == ["middle"]
+    # every encoder reports its self-attention; the fusions that attend report theirs
+    fusion_maps = {label: sorted(k for k in out[label].attentions if k.startswith("fusion"))
+                   for label in labels}
+    assert fusion_maps == {"early": ["fusion"], "middle": ["fusion.caption", "fusion.image",
+                                                           "fusion.tone"],
+                           "late (mean)": [], "late (weighted)": [], "late (gate)": [],
+                           "attention": ["fusion"]}
+    assert all({"caption", "image", "tone"} <= set(out[label].attentions) for label in labels)
+    # early and middle weigh no modality
     assert out["early"].modality_weights is None and out["middle"].modality_weights is None
     weights = {label: out[label].modality_weights for label in labels[2:]}
     for label, w in weights.items():  # every sample has all three inputs: weights sum to 1

@@ -15,18 +15,20 @@ from mlmf_lab.multimodal import attention as att
 from mlmf_lab.multimodal import fusion
 from mlmf_lab.multimodal.config import (
     LATE_MODES,
-    AudioPreprocessing,
     CrossModalAttentionConfig,
     FusionStrategy,
-    ImagePreprocessing,
     Modality,
     ModalityConfig,
     MultiModalConfig,
-    TextPreprocessing,
-    VideoPreprocessing,
 )
 from mlmf_lab.multimodal.io import load_multimodal, load_parts, save_multimodal, save_parts
 from mlmf_lab.multimodal.model import MultiModalModel
+from mlmf_lab.multimodal.preprocess.config import (
+    AudioPreprocessing,
+    ImagePreprocessing,
+    TextPreprocessing,
+    VideoPreprocessing,
+)
 
 
 def tiny_config(fusion_: str = "late", late_mode: str = "mean") -> MultiModalConfig:
@@ -132,7 +134,7 @@ def test_module_matches_naive_and_ignores_masked_keys() -> None:
     mod = att.CrossModalAttention(CrossModalAttentionConfig(8, 2), context_dim=6).eval()
     x, ctx = torch.randn(2, 3, 8), torch.randn(2, 5, 6)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]).bool()
-    out, w = mod(x, ctx, mask, need_weights=True)
+    out, w = mod(x, ctx, mask, output_attentions=True)
     q = att.split_heads(mod.q(x), 2)
     k, v = att.split_heads(mod.k(ctx), 2), att.split_heads(mod.v(ctx), 2)
     ref_out, ref_w = naive(q, k, v, mask)
@@ -206,16 +208,18 @@ def test_every_strategy_runs_and_missing_modality_is_masked(strategy: str, mode:
     torch.manual_seed(0)
     model = MultiModalModel(tiny_config(strategy, mode)).eval()
     inputs = tiny_inputs()
-    out = model(inputs, need_weights=True)
+    out = model(inputs, output_attentions=True)
     assert out.logits.shape == (3, 4) and torch.isfinite(out.logits).all()
+    assert torch.equal(out.logits, model(inputs).logits)  # asking for maps changes nothing
     assert out.present.all()
     if strategy in ("late", "attention"):
         assert out.modality_weights is not None
         assert torch.allclose(out.modality_weights.sum(-1), torch.ones(3))
     if strategy == "middle":
-        assert {m.query for m in out.cross} == {"text", "image", "audio", "video", "feats"}
-        img = next(m for m in out.cross if m.query == "text").span("image")
-        assert img.shape == (3, 2, 6, 4)
+        assert {k for k in out.attentions if k.startswith("fusion.")} == {
+            "fusion.text", "fusion.image", "fusion.audio", "fusion.video", "fusion.feats"}
+        img = out.attentions["fusion.text"].span("image")
+        assert img.shape == (3, 1, 2, 6, 4) and img.grid == (2, 2) and img.patch_offset == 0
     # audio left out of the dict == audio fully masked for that sample
     without = {k: v for k, v in inputs.items() if k != "audio"}
     out_without = model(without)

@@ -13,12 +13,6 @@ import torch
 
 import mlmf_lab as ml
 from mlmf_lab.errors import ConfigError, MLMFError
-from mlmf_lab.multimodal.config import (
-    AudioPreprocessing,
-    ImagePreprocessing,
-    TextPreprocessing,
-    VideoPreprocessing,
-)
 from mlmf_lab.multimodal.preprocess import image as pim
 from mlmf_lab.multimodal.preprocess import video as pvid
 from mlmf_lab.multimodal.preprocess.audio import (
@@ -27,6 +21,12 @@ from mlmf_lab.multimodal.preprocess.audio import (
     normalize_frames,
     power_spectrum,
     preprocess_audio,
+)
+from mlmf_lab.multimodal.preprocess.config import (
+    AudioPreprocessing,
+    ImagePreprocessing,
+    TextPreprocessing,
+    VideoPreprocessing,
 )
 from mlmf_lab.multimodal.preprocess.text import build_word_tokenizer, load_tokenizer, tokenize
 
@@ -54,7 +54,24 @@ def test_image_pipeline_keeps_aspect_and_crops_center() -> None:
     assert out.grid == (4, 4)
     # resized to 64x192 then the central 64 columns: all red (up to edge interpolation)
     assert out.pixels[0, 0, :, 2:-2].min() > 0.99 and out.pixels[0, 1:].abs().max() < 0.01
-    assert pim.resize_short_side(img, 64).shape == (64, 192, 3)
+    assert pim.resize(img, cfg).shape == (64, 192, 3)
+    stretched = ImagePreprocessing(size=64, patch=16, resize="stretch")
+    assert pim.resize(img, stretched).shape == (64, 64, 3)
+
+
+def test_resize_rounds_as_transformers_and_crops_or_pads() -> None:
+    from transformers.image_transforms import get_resize_output_image_size
+
+    for h, w in [(61, 97), (97, 61), (300, 451), (7, 300), (224, 224), (17, 29)]:
+        cfg = ImagePreprocessing(size=32, patch=8)
+        want = get_resize_output_image_size(np.zeros((h, w, 3)), 32, default_to_square=False,
+                                            input_data_format="channels_last")
+        assert pim.resize_size(h, w, cfg) == tuple(want), (h, w)
+    assert pim.resize_size(61, 97, ImagePreprocessing(32, 8)) == (32, 50)  # 50.9: truncated
+    small = np.full((3, 5, 3), 200, np.uint8)
+    padded = pim.center_crop(small, 8)  # zeros around; of an odd margin the larger half before
+    assert padded.shape == (8, 8, 3) and (padded[3:6, 2:7] == 200).all()
+    assert padded[:3].max() == 0 and padded[6:].max() == 0 and padded[:, 7:].max() == 0
 
 
 def test_normalize_and_reference_resize(tmp_path: Path) -> None:
@@ -65,12 +82,12 @@ def test_normalize_and_reference_resize(tmp_path: Path) -> None:
     path = tmp_path / "x.png"
     cv2.imwrite(str(path), img[:, :, ::-1])
     assert np.array_equal(pim.decode_image(path), img)  # PNG is lossless, RGB order kept
-    cfg = ImagePreprocessing(size=20, patch=5)
+    cfg = ImagePreprocessing(size=20, patch=5, resample="bicubic")
     got = pim.prepare_image(path, cfg)
-    # reference: PIL box resize (area averaging) 40x60 -> 20x30 is exact 2x2 means
-    ref = np.asarray(Image.fromarray(img).resize((30, 20), Image.Resampling.BOX), np.float32)
+    # reference: PIL's own bicubic 40x60 -> 20x30, the central 20 columns, normalized
+    ref = np.asarray(Image.fromarray(img).resize((30, 20), Image.Resampling.BICUBIC), np.float32)
     ref = (ref[:, 5:25] / 255 - np.array(cfg.mean, np.float32)) / np.array(cfg.std, np.float32)
-    assert np.abs(got - ref).max() < 0.02  # rounding of the 8-bit intermediate
+    assert np.abs(got - ref).max() < 1e-5
 
 
 def test_image_errors(tmp_path: Path) -> None:
@@ -238,6 +255,89 @@ def test_video_fps_sampling_and_clips(tmp_path: Path, suffix: str) -> None:
     assert first == [0, 4, 8, 12]
 
 
+def test_every_sampled_frame_is_in_a_clip(tmp_path: Path) -> None:
+    path = tmp_path / "v.avi"
+    pvid.write_video(path, _frames(12), fps=10)
+    cfg = VideoPreprocessing(fps=10, clip_frames=4, stride=3, image=ImagePreprocessing(
+        16, 8, mean=(0, 0, 0), std=(1, 1, 1)))
+    out = pvid.preprocess_video(path, cfg)  # clips start at 0, 3, 6, 9: the last is padded
+    levels = (out.pixels.mean(dim=(2, 3, 4)) * 255 / 10).round().long()
+    seen = {int(v) for v, m in zip(levels.flatten(), out.frame_mask.flatten(), strict=True) if m}
+    assert seen == set(range(12))  # was 10 of 12: the tail frames were left out
+    assert out.frame_mask.tolist()[-1] == [True, True, True, False]
+    assert levels[-1].tolist() == [9, 10, 11, 11]  # padding repeats the last frame
+    assert out.times[-1].tolist() == pytest.approx([0.9, 1.0, 1.1, 1.1])
+
+
+@pytest.mark.parametrize(("src", "fps"), [(10, 3), (10, 4), (25, 7), (30, 12), (12, 30),
+                                          (30, 30)])
+def test_decoding_picks_the_frames_the_arithmetic_says(tmp_path: Path, src: int,
+                                                       fps: int) -> None:
+    path = tmp_path / "v.avi"
+    pvid.write_video(path, _frames(23, 16, 16), fps=src)
+    frames, times = pvid.read_frames(path, fps)
+    chosen = [int(round(f.mean() / 10)) for f in frames]
+    assert chosen == pvid.sample_indices(23, src, fps).tolist()
+    assert times.tolist() == pytest.approx([i / src for i in chosen])
+    # the rule: output frame k is the frame shown at time k / fps (the last at or before it)
+    ref = sorted({int(np.floor(k / fps * src + 1e-6)) for k in range(int(23 / src * fps) + 2)
+                  if k / fps < 23 / src - 1e-9})
+    assert chosen == ref
+
+
+class FakeCapture:
+    """A variable-rate stream: frame i (a grey of level i) shown from ``times[i]``."""
+
+    def __init__(self, times: list[float], fps: float) -> None:
+        self.times, self.fps, self.i = times, fps, -1
+
+    def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+        return True
+
+    def get(self, prop: int) -> float:
+        if prop == cv2.CAP_PROP_FPS:
+            return self.fps
+        if prop == cv2.CAP_PROP_POS_MSEC:
+            return self.times[self.i] * 1000
+        return 0.0
+
+    def grab(self) -> bool:
+        self.i += 1
+        return self.i < len(self.times)
+
+    def retrieve(self) -> tuple[bool, np.ndarray]:
+        return True, np.full((4, 4, 3), self.i, np.uint8)
+
+    def release(self) -> None:
+        pass
+
+
+def test_variable_frame_rate_uses_decoded_timestamps(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # 25 fps nominal, with a burst at 50 fps and a frame held for 0.3 s
+    times = [0.0, 0.04, 0.08, 0.1, 0.12, 0.14, 0.16, 0.18, 0.22, 0.52, 0.56, 0.6, 0.64]
+    monkeypatch.setattr(pvid, "_open", lambda path: FakeCapture(times, 25.0))
+    frames, got = pvid.read_frames(tmp_path / "vfr.mp4", fps=10)
+    chosen = [int(f[0, 0, 0]) for f in frames]
+    # the frame shown at 0, 0.1, ..., 0.6 s: the last one at or before each time
+    want = sorted({max(i for i, t in enumerate(times) if t <= k / 10 + 1e-9)
+                   for k in range(7)})
+    assert chosen == want == [0, 3, 7, 8, 11]  # 0.3, 0.4 and 0.5 s all show frame 8
+    assert got.tolist() == pytest.approx([times[i] for i in chosen])  # not i / 25
+
+
+def test_frame_picker_edges() -> None:
+    picker, chosen = pvid.FramePicker(src_fps=25.0, fps=5.0), []
+    for t in [0.0, 0.04, 0.08, 0.08, 0.3]:  # a repeated time gets the nominal interval
+        chosen += picker.offer(t)
+    assert picker.times[3] == pytest.approx(0.12)
+    # 0 s shows frame 0, 0.2 s frame 3; at 0.4 s frame 4 (from 0.3 s) is no longer shown
+    assert chosen + picker.finish() == [0, 3]
+    assert pvid.sample_indices(0, 25.0, 5.0).tolist() == []
+    with pytest.raises(ConfigError, match="frame rates must be > 0"):
+        pvid.FramePicker(0.0, 5.0)
+
+
 def test_short_video_is_padded_with_mask(tmp_path: Path) -> None:
     path = tmp_path / "short.avi"
     pvid.write_video(path, _frames(3), fps=4)
@@ -249,11 +349,17 @@ def test_short_video_is_padded_with_mask(tmp_path: Path) -> None:
 
 def test_clip_and_sampling_maths() -> None:
     assert pvid.clip_starts(10, 4, 3) == [0, 3, 6]
+    assert pvid.clip_starts(12, 4, 3) == [0, 3, 6, 9]  # the last clip reaches frame 11
     assert pvid.clip_starts(3, 4, 2) == [0]
     assert pvid.sample_indices(30, 30.0, 10.0).tolist() == list(range(0, 30, 3))
     assert pvid.sample_indices(5, 10.0, 25.0).tolist() == [0, 1, 2, 3, 4]
     with pytest.raises(ConfigError):
         pvid.clip_starts(10, 0, 1)
+    with pytest.raises(ConfigError, match="stride 5 > clip_frames 4 would leave frames"):
+        pvid.clip_starts(10, 4, 5)
+    with pytest.raises(ConfigError, match="video stride 5 exceeds clip_frames 4"):
+        VideoPreprocessing(clip_frames=4, stride=5)
+    assert VideoPreprocessing(clip_frames=4).stride == 4
 
 
 def test_video_errors(tmp_path: Path) -> None:

@@ -116,7 +116,7 @@ def test_modalities_declared_beat_guesses(tmp_path):
     ml.save_state_dict(names, audio, metadata={"modalities": ["audio"]})
     assert ml.describe(audio).modalities == ("audio",)
     (tmp_path / "config.json").write_text("{broken")
-    with pytest.raises(MLMFError, match="config.json.*invalid JSON"):
+    with pytest.raises(MLMFError, match="config.json: the JSON beside the weights is not valid"):
         ml.describe(tmp_path / "model.safetensors")
 
 

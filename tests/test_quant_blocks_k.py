@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import mlmf_lab as ml
-from mlmf_lab.quant import blocks_k, blocks_k_quant
+from mlmf_lab.quant import blocks_k, blocks_k_quant, ggml, native
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -102,3 +102,68 @@ def test_scale_min_packing_round_trips() -> None:
     assert packed.shape == (50, 12)
     got = blocks_k.scale_min_k4(packed)
     assert torch.equal(got[:, 0], sc) and torch.equal(got[:, 1], mn)
+
+
+# -- the C quantizer (native/kquant.c): the bytes of the torch functions above -----------------
+needs_native = pytest.mark.skipif(native.compiler() is None or not native.enabled(),
+                                  reason="needs a C compiler")
+
+
+def hard_rows(seed: int) -> torch.Tensor:
+    """Gaussian rows at many scales, and rows that reach the corners of the search."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(96, 512, generator=g) * torch.exp(torch.randn(96, 1, generator=g) * 6)
+    x[0] = 0.0
+    x[1] = -0.0
+    x[2, ::3] = -0.0
+    x[3] = 7.0
+    x[4, 256:] = -1.5
+    x[5] = x[5].abs()
+    x[5, ::4] = 0.0
+    x[6] = -x[6].abs()
+    x[7] = torch.randint(-8, 8, (512,), generator=g).float() / 4
+    x[8, :40] = 0.0
+    x[9] *= 1e-30
+    return x
+
+
+@needs_native
+@pytest.mark.parametrize("scheme", ["q4_k", "q6_k"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_c_quantizer_gives_the_bytes_of_the_torch_one(
+        scheme: str, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    x = hard_rows(seed)
+    bt = ggml.block_type(scheme)
+    assert ggml._native_quantizer(bt) is not None  # built, and it passed its own probe
+    fast = ml.quant.quantize(x, scheme)
+    monkeypatch.setenv("MLMF_NATIVE", "0")
+    assert ggml._native_quantizer(bt) is None
+    assert torch.equal(fast.data, ml.quant.quantize(x, scheme).data)
+
+
+@needs_native
+@pytest.mark.parametrize("scheme", ["q4_k", "q6_k"])
+def test_rows_with_nan_or_inf_take_the_torch_path(scheme: str) -> None:
+    bt = ggml.block_type(scheme)
+    x = torch.randn(3, 256)
+    x[1, 5] = float("nan")
+    x[2, 9] = float("inf")
+    fast = ggml._native_quantizer(bt)
+    assert fast is not None
+    out = torch.zeros(3, bt.type_size, dtype=torch.uint8)
+    assert fast(x, out) is False and not out.any()  # declined, nothing written
+    expect = torch.empty_like(out)
+    bt.quantize_blocks(x, expect)
+    assert torch.equal(ml.quant.quantize(x, scheme).data.view(3, -1), expect)
+
+
+@needs_native
+def test_a_c_quantizer_that_differs_from_the_reference_is_not_used(
+        caplog: pytest.LogCaptureFixture) -> None:
+    def other(x: torch.Tensor, out: torch.Tensor) -> None:
+        blocks_k_quant.quantize_q6_k(x, out)
+        out[:, 0] ^= 1  # one bit off
+
+    with caplog.at_level("WARNING"):
+        assert native.quantizer("q6_k", 210, other) is None
+    assert "C q6_k quantizer differs from torch's" in caplog.text

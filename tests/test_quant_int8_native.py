@@ -1,8 +1,10 @@
-"""The ``int8-rowwise`` kernel (native/int8.c + torch._int_mm) against the naive formula."""
+"""The ``int8-rowwise`` and ``q4_0-vnni`` kernels (native/int8.c, q4_0.c) against the naive
+formulas, and their work split (native/pool.c)."""
 
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -105,16 +107,84 @@ def test_same_result_on_one_and_two_threads(m: int) -> None:
     try:
         torch.set_num_threads(1)
         one = native.int8_linear(x, codes, scale, codes.sum(1, dtype=torch.int32), bias)
-        many = native.int8_matmul(x, codes, scale, bias)
+        many = native.int8_matmul(x, codes, scale, codes.sum(1, dtype=torch.int32), bias)
         torch.set_num_threads(2)
         assert torch.equal(one, native.int8_linear(x, codes, scale,
                                                    codes.sum(1, dtype=torch.int32), bias))
-        assert torch.equal(many, native.int8_matmul(x, codes, scale, bias))
+        assert torch.equal(many, native.int8_matmul(x, codes, scale,
+                                                    codes.sum(1, dtype=torch.int32), bias))
         q4 = QuantLinear(ml.quant.quantize(codes.float(), "q4_0"), bias)
         torch.set_num_threads(1)
         one_q4 = q4(x)
         torch.set_num_threads(2)
         assert torch.equal(one_q4, q4(x))
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_concurrent_callers_and_more_threads_than_cores_give_the_same_bits() -> None:
+    """One caller at a time uses the helpers; a concurrent one runs alone: same results."""
+    layers = [QuantLinear(ml.quant.quantize(torch.randn(300, 256), s)) for s in ("int8", "q4_0")]
+    inputs = [torch.randn(m, 256) for m in (1, 3, 20)]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        expect = [[lay(x) for x in inputs] for lay in layers]
+        torch.set_num_threads(2 * (os.cpu_count() or 1) + 1)
+        results: list[bool] = []
+
+        def run() -> None:
+            for _ in range(20):
+                results.append(all(
+                    torch.equal(lay(x), e) for lay, ex in zip(layers, expect, strict=True)
+                    for x, e in zip(inputs, ex, strict=True)))
+
+        threads = [threading.Thread(target=run) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(results) == 60 and all(results)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_same_bits_on_torchs_team_and_on_the_librarys_own_threads() -> None:
+    """pool.c runs chunks on torch's OpenMP team, or on its own helpers after a stall."""
+    layers = [QuantLinear(ml.quant.quantize(torch.randn(320, 256), s)) for s in ("int8", "q4_0")]
+    inputs = [torch.randn(m, 256) for m in (1, 3, 40)]
+    lib = native.library("int8")
+    assert lib is not None
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        team = [lay(x) for lay in layers for x in inputs]
+        lib.mlmf_pool_openmp(0)
+        own = [lay(x) for lay in layers for x in inputs]
+    finally:
+        lib.mlmf_pool_openmp(len(native.openmp_runtimes()) == 1)
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(team, own, strict=True))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
+def test_a_forked_child_makes_its_own_helpers() -> None:
+    layer = QuantLinear(ml.quant.quantize(torch.randn(512, 256), "int8"))
+    x = torch.randn(20, 256)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        expect = layer(x)  # the parent's helpers exist now
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: its first call must start helpers, not wait for the parent's
+            ok = all(torch.equal(layer(x), expect) for _ in range(5))
+            os.write(write, b"1" if ok else b"0")
+            os._exit(0)
+        os.close(write)
+        answer = os.read(read, 1)
+        os.waitpid(pid, 0)
+        assert answer == b"1"
     finally:
         torch.set_num_threads(before)
 

@@ -23,15 +23,17 @@ def maps(layers: int = 3, heads: int = 4, q: int = 5, k: int = 5, seed: int = 0)
     return torch.rand(layers, 1, heads, q, k, generator=g).softmax(-1)
 
 
-def test_stack_accepts_a_transformers_tuple_a_tensor_and_cross_attention_maps() -> None:
-    from mlmf_lab.multimodal.fusion import CrossAttentionMap
+def test_stack_accepts_a_transformers_tuple_a_tensor_and_multimodal_maps() -> None:
+    from mlmf_lab.multimodal.maps import AttentionMaps, TokenInfo
 
     m = maps()
     as_tuple = tuple(m)  # one (B, H, Q, K) per layer, like output.attentions
     assert torch.equal(attention_stack(as_tuple), m[:, 0])
     assert torch.equal(attention_stack(m[:, 0]), m[:, 0])
-    cross = [CrossAttentionMap(i, "text", (("image", 0, 5),), m[i]) for i in range(3)]
-    assert torch.equal(attention_stack(cross), m[:, 0])
+    text = TokenInfo.uniform("text", list("abcde"), 1)
+    image = TokenInfo.uniform("image", [f"p{i}" for i in range(5)], 1)
+    record = AttentionMaps.build("fusion.text", list(m), text, [image])
+    assert torch.equal(attention_stack(record), m[:, 0])
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -166,8 +166,9 @@ def test_unsupported_target_and_bad_tensors(tmp_path: Path) -> None:
         ml.save_state_dict({"a": torch.ones(1)}, tmp_path / "x.npz")
     with pytest.raises(MLMFError, match="expected a dict of name -> torch.Tensor"):
         ml.save_state_dict({"a": [1, 2]}, tmp_path / "x.safetensors")  # type: ignore[dict-item]
-    with pytest.raises(MLMFError, match="max_shard_size must be a positive byte count or "
-                                        "like '500MB'"):
+    with pytest.raises(MLMFError, match=r"max_shard_size must be a positive byte count "
+                                        r"\(1000000\) or a size with a unit \(500MB, 2GiB\), "
+                                        "found 'lots'"):
         ml.save_state_dict({"a": torch.ones(1)}, tmp_path / "d", max_shard_size="lots")
 
 

@@ -9,18 +9,18 @@ names the first file that differs.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
+import stat
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from .. import atomic
-from ..errors import ChecksumError, FormatError, MLMFError
-from ..files import CHUNK, sha256_file
+from ..errors import ChecksumError, FormatError, MLMFError, UnsafeFileError
+from ..files import CHUNK, file_kind, read_json, sha256_file
 from ..formats import load_state_dict
 from ..formats.safetensors import write_safetensors
 from ..formats.sharded import INDEX_NAME
@@ -45,13 +45,10 @@ def read_manifest(folder: Path) -> dict[str, dict[str, Any]]:
     Raises:
         FormatError: a missing or malformed manifest, naming it.
     """
-    path = folder / MANIFEST
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FormatError("no manifest: not a checkpoint folder, or not finished", path) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FormatError(f"manifest is not valid JSON ({e})", path) from None
+    path = member(folder, MANIFEST)
+    if not os.path.lexists(path):
+        raise FormatError("no manifest: not a checkpoint folder, or not finished", path)
+    doc = read_json(path, "the manifest")
     if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
         raise FormatError(f"expected a {MANIFEST_FORMAT!r} document", path)
     files = doc.get("files")
@@ -66,8 +63,13 @@ def read_manifest(folder: Path) -> dict[str, dict[str, Any]]:
     return files
 
 
-def verify_manifest(folder: Path, workers: int = 2) -> dict[str, dict[str, Any]]:
+def verify_manifest(folder: Path, workers: int = 2,
+                    names: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
     """Check every file against the manifest (sizes first, then sha256 in parallel).
+
+    Args:
+        names: hash only these files (all when None; none with ``()``: sizes only). The
+            weights of a verified load are hashed as they are read (``fill.read_verified``).
 
     Returns:
         The manifest's file entries.
@@ -78,14 +80,14 @@ def verify_manifest(folder: Path, workers: int = 2) -> dict[str, dict[str, Any]]
     """
     files = read_manifest(folder)
     for name, entry in files.items():
-        path = folder / name
+        path = member(folder, name)
         if not path.is_file():
             raise ChecksumError("listed in the manifest but missing", path)
         size = path.stat().st_size
         if size != entry["size"]:
             raise ChecksumError(f"size {size} bytes, the manifest says {entry['size']}", path)
-    names = list(files)
-    if sum(e["size"] for e in files.values()) <= CHUNK or workers <= 1:
+    names = list(files) if names is None else [n for n in names if n in files]
+    if sum(files[n]["size"] for n in names) <= CHUNK or workers <= 1 or len(names) < 2:
         found = [sha256_file(folder / n) for n in names]
     else:  # hashlib releases the GIL: big files hash in parallel
         with ThreadPoolExecutor(min(workers, len(names))) as pool:
@@ -118,19 +120,61 @@ def read_part(folder: Path, files: Iterable[str], part: str) -> Any:
     if f"{part}.json" not in files:
         raise MLMFError(f"this checkpoint holds no {part} state; it was saved without "
                         f"{part}=", folder)
+    path = member(folder, f"{part}.json")
+    skeleton = read_json(path, f"the {part} state")
+    st = member(folder, f"{part}.safetensors")
+    return join_state(skeleton, load_state_dict(st) if os.path.lexists(st) else {}, path)
+
+
+def restore_part(folder: Path, files: Iterable[str], part: str, target: Any) -> None:
+    """``target.load_state_dict`` with the part (``"optimizer"``, ``"scheduler"``) stored.
+
+    torch checks little before it uses a state: a damaged ``optimizer.json`` fails deep inside
+    with ``KeyError``, ``TypeError`` or ``AttributeError`` (a scheduler's ``-1`` has no
+    ``items``), so those become a ``FormatError`` that says which file and which part.
+    """
+    state = read_part(folder, files, part)
     path = folder / f"{part}.json"
+    if not isinstance(state, dict):
+        raise FormatError(f"the {part} state must be a JSON object, found "
+                          f"{type(state).__name__}", path)
     try:
-        skeleton = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FormatError(f"not valid JSON ({e})", path) from None
-    st = folder / f"{part}.safetensors"
-    return join_state(skeleton, load_state_dict(st) if st.exists() else {}, path)
+        target.load_state_dict(state)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError, RuntimeError) as e:
+        raise FormatError(f"the {part} state does not fit the {type(target).__name__} given "
+                          f"({type(e).__name__}: {str(e)[:200]}); was it saved from another "
+                          f"{part}, or is the file damaged?", path) from None
+
+
+def member(folder: Path, name: str) -> Path:
+    """``folder/name``, checked before anything reads it: a link that leads out of the
+    checkpoint folder and anything but a regular file (a folder, a FIFO that would block
+    the reader) are refused. A missing file passes: the caller says what it lacks.
+
+    Raises:
+        UnsafeFileError: a link leaving the folder. FormatError: not a regular file.
+    """
+    path = folder / name
+    try:
+        real = path.resolve(strict=True)
+        mode = real.stat().st_mode
+    except FileNotFoundError:
+        return path
+    except (OSError, RuntimeError) as e:  # a loop of links, no permission
+        raise FormatError(f"cannot read the file ({getattr(e, 'strerror', None) or e})",
+                          path) from None
+    if not real.is_relative_to(folder.resolve()):
+        raise UnsafeFileError(f"a link that leaves the checkpoint folder (to {real}); a "
+                              "checkpoint's files must be inside it", path)
+    if not stat.S_ISREG(mode):
+        raise FormatError(f"expected a regular file, found {file_kind(mode)}", path)
+    return path
 
 
 def weights_file(folder: Path) -> Path:
     """The weights of a checkpoint folder: the sharded index, or ``model.safetensors``."""
-    index = folder / INDEX_NAME
-    return index if index.exists() else folder / "model.safetensors"
+    index = member(folder, INDEX_NAME)
+    return index if os.path.lexists(index) else member(folder, "model.safetensors")
 
 
 def remove_dir(path: Path) -> None:

@@ -24,7 +24,6 @@ process) writes to a root at a time.
 from __future__ import annotations
 
 import builtins
-import json
 import os
 import re
 import shutil
@@ -39,23 +38,25 @@ from torch import nn
 
 from .. import atomic, events
 from ..compare import CheckpointDiff, diff_state_dicts
-from ..errors import ConfigError, MLMFError, StateDictError
+from ..errors import ConfigError, MLMFError
+from ..files import read_json
 from ..formats import load_state_dict
 from ..formats.safetensors import write_safetensors
 from ..formats.sharded import write_sharded
 from ..formats.write import write_json
-from ..loading import compare_keys
 from ..runinfo import git_commit, versions
 from ..units import parse_size
 from .files import (
+    member,
     pid_alive,
-    read_part,
     remove_dir,
+    restore_part,
     verify_manifest,
     weights_file,
     write_manifest,
     write_part,
 )
+from .fill import fill_weights, weight_file_names
 from .record import (
     CheckpointList,
     CheckpointRecord,
@@ -245,7 +246,9 @@ class CheckpointManager:
             scheduler: restored likewise.
             restore_rng: put back the Python, numpy and torch generator states.
             strict: the model's keys and shapes must match the checkpoint's exactly.
-            verify: check every file's sha256 first (on by default).
+            verify: check every file's sha256 (on by default): the weight files as they are
+                read into ``model`` (a damaged one is found after its tensors were copied
+                in; the error says so), the others before anything is restored.
 
         Returns:
             The checkpoint's record (``metrics``, ``extra``, ``step`` ...).
@@ -257,18 +260,21 @@ class CheckpointManager:
         record = self.get(which)
         with events.activity("checkpoint-load", used=[record.path],
                              params={"step": record.step}) as act:
-            if verify:
-                verify_manifest(record.path)
+            weights = weight_file_names(record.path) if verify else []
+            if verify:  # the weight files are checked as they are read (fill.fill_weights)
+                verify_manifest(record.path, names=[n for n in record.files if n not in weights])
             if model is not None:
-                _fill(model, load_state_dict(weights_file(record.path)), strict, record.path)
+                fill_weights(model, record.path, strict, verify)
                 act.generated.append(model)
+            elif verify:
+                verify_manifest(record.path, names=weights)
             for part, target in (("optimizer", optimizer), ("scheduler", scheduler)):
                 if target is not None:
-                    target.load_state_dict(read_part(record.path, record.files, part))
+                    restore_part(record.path, record.files, part, target)
             if restore_rng:
-                doc = json.loads((record.path / "rng.json").read_text(encoding="utf-8"))
-                _restore_rng(doc, load_state_dict(record.path / "rng.safetensors"),
-                                  record.path / "rng.json")
+                doc = read_json(member(record.path, "rng.json"), "the RNG state")
+                _restore_rng(doc, load_state_dict(member(record.path, "rng.safetensors")),
+                             record.path / "rng.json")
         return record
 
     def diff(self, a: Which | Mapping[str, torch.Tensor] | nn.Module,
@@ -357,30 +363,3 @@ def _json_part(value: Any, what: str) -> Any:
         raise MLMFError(f"{what} holds tensors ({', '.join(list(tensors)[:3])}); it is stored as "
                         "JSON: pass numbers, or keep tensors in the model's state dict")
     return skeleton
-
-
-def _fill(target: Any, state: dict[str, torch.Tensor], strict: bool, path: Path) -> None:
-    if isinstance(target, nn.Module):
-        report = compare_keys(target, state)
-        if strict and not report.ok:
-            raise StateDictError(f"the model and the checkpoint disagree: {report.describe()}",
-                                 weights_file(path))
-        bad = {k for k, _, _ in report.mismatched} | set(report.unexpected)
-        target.load_state_dict({k: v for k, v in state.items() if k not in bad}, strict=False)
-        return
-    if not isinstance(target, MutableMapping):
-        raise MLMFError(f"cannot load weights into a {type(target).__name__}; pass an nn.Module "
-                        "or a dict", path)
-    missing = sorted(set(target) - set(state))
-    unexpected = sorted(set(state) - set(target))
-    reshaped = sorted(k for k in state if k in target and target[k].shape != state[k].shape)
-    if strict and (missing or unexpected or reshaped):
-        raise StateDictError(f"the state dict and the checkpoint disagree: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}, reshaped {reshaped[:5]}",
-                             weights_file(path))
-    with torch.no_grad():
-        for k, v in state.items():
-            if k in target and k not in reshaped:
-                target[k].copy_(v)
-            else:
-                target[k] = v.clone()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import re
 from collections.abc import Iterable
@@ -11,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ChecksumError, FormatError
-from ..files import sha256_file
+from ..errors import ChecksumError, FormatError, MLMFError
+from ..files import read_json, sha256_file
 from ..tables import Column, Table, cell, fields_dict
-from .files import read_manifest
+from .files import MANIFEST, member, read_manifest
 from .state import join_state
 
 META = "meta.json"
@@ -91,28 +90,36 @@ def read_record(folder: Path) -> CheckpointRecord:
         FormatError: the manifest or ``meta.json`` is missing or malformed, naming it.
     """
     files = read_manifest(folder)
-    path = folder / META
+    path = member(folder, META)
     if META not in files:
         raise FormatError(f"the manifest does not list {META}", folder)
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        meta = read_json(path, "the checkpoint's metadata")
+    except MLMFError as e:
         # A damaged file is a checksum failure (naming the file), not a puzzling parse error.
         if path.is_file() and sha256_file(path) != files[META]["sha256"]:
             raise ChecksumError("sha256 does not match the manifest; the file was changed or "
                                 "corrupted", path) from None
-        raise FormatError(f"cannot read the checkpoint's metadata ({e})", path) from None
+        raise FormatError(e.message, path) from None
     if not isinstance(meta, dict) or type(meta.get("step")) is not int:
         raise FormatError("expected a JSON object with an integer 'step'", path)
+    saved = meta.get("time", 0.0)
+    if type(saved) not in (int, float) or not 0 <= saved < 2**40:  # 2**40 s: year 36812
+        raise FormatError(f"'time' must be Unix seconds, found {str(saved)[:40]}", path)
     metrics = join_state(meta.get("metrics") or {}, {}, path)
     extra = join_state(meta.get("extra"), {}, path)
     if not isinstance(metrics, dict):
         raise FormatError(f"'metrics' must be an object, found {type(metrics).__name__}", path)
-    size = sum(int(e["size"]) for e in files.values()) + (folder / "manifest.json").stat().st_size
+    versions = meta.get("versions") or {}
+    if not isinstance(versions, dict) or not all(isinstance(v, str) for v in versions.values()):
+        raise FormatError("'versions' must map library names to version strings", path)
+    git = meta.get("git")
+    if git is not None and not isinstance(git, str):
+        raise FormatError(f"'git' must be a commit id or null, found {str(git)[:40]}", path)
+    size = sum(e["size"] for e in files.values()) + (folder / MANIFEST).stat().st_size
     return CheckpointRecord(
-        step=meta["step"], time=float(meta.get("time", 0.0)), metrics=metrics, size=size,
-        path=folder, extra=extra, files=tuple(files), versions=dict(meta.get("versions") or {}),
-        git=meta.get("git"),
+        step=meta["step"], time=float(saved), metrics=metrics, size=size, path=folder,
+        extra=extra, files=tuple(files), versions=versions, git=git,
     )
 
 

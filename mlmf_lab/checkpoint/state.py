@@ -24,6 +24,7 @@ from ..errors import FormatError, MLMFError
 
 TENSOR, TUPLE, ITEMS, FLOAT = "$tensor", "$tuple", "$items", "$float"
 _TAGS = (TENSOR, TUPLE, ITEMS, FLOAT)
+_KEYS = (bool, int, float, str)  # dict keys a skeleton may hold (and None)
 
 
 def split_state(obj: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
@@ -102,6 +103,9 @@ def join_state(skeleton: Any, tensors: dict[str, torch.Tensor], source: Any = No
     if len(skeleton) == 1:
         (tag, value), = skeleton.items()
         if tag == TENSOR:
+            if not isinstance(value, str):
+                raise FormatError(f"malformed {TENSOR} entry: {str(value)[:80]} (expected a "
+                                  "tensor name)", source)
             if value not in tensors:
                 raise FormatError(f"state refers to tensor {value!r}, which the file lacks", source)
             return tensors[value]
@@ -109,8 +113,9 @@ def join_state(skeleton: Any, tensors: dict[str, torch.Tensor], source: Any = No
             return tuple(join_state(v, tensors, source) for v in value)
         if tag == FLOAT and value in ("inf", "-inf", "nan"):
             return float(value)
-        if tag == ITEMS and isinstance(value, list) and all(
-            isinstance(p, list) and len(p) == 2 for p in value
+        if tag == ITEMS and isinstance(value, list) and all(  # keys as split_state writes them
+            isinstance(p, list) and len(p) == 2 and (p[0] is None or type(p[0]) in _KEYS)
+            for p in value
         ):
             return {k: join_state(v, tensors, source) for k, v in value}
         if tag in _TAGS:
@@ -139,20 +144,29 @@ def capture_rng() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     return doc, tensors
 
 
-def restore_rng(doc: dict[str, Any], tensors: dict[str, torch.Tensor], source: Any = None) -> None:
+def restore_rng(doc: Any, tensors: dict[str, torch.Tensor], source: Any = None) -> None:
     """Put back the generator states that ``capture_rng`` returned.
+
+    Every state is first set on a scratch generator of its kind, so a malformed one is
+    refused before any global generator has changed.
 
     Raises:
         FormatError: missing or malformed entries, naming ``source``.
     """
     try:
         py, nps = doc["python"], doc["numpy"]
-        state = (int(py["version"]), tuple(int(x) for x in py["state"]), py["gauss_next"])
+        gauss = py["gauss_next"]
+        state = (int(py["version"]), tuple(int(x) for x in py["state"]),
+                 None if gauss is None else float(gauss))
         np_state = (str(nps["algorithm"]), np.asarray(nps["keys"], dtype=np.uint32),
                     int(nps["pos"]), int(nps["has_gauss"]), float(nps["cached_gaussian"]))
         cpu = tensors["torch"]
-    except (KeyError, TypeError, ValueError) as e:
-        raise FormatError(f"RNG state is incomplete or malformed ({e!r})", source) from None
+        random.Random().setstate(state)
+        np.random.RandomState().set_state(np_state)
+        torch.Generator().set_state(cpu)
+    except (KeyError, TypeError, ValueError, OverflowError, RuntimeError, IndexError) as e:
+        raise FormatError(f"RNG state is incomplete or malformed ({str(e)[:200]})",
+                          source) from None
     random.setstate(state)
     np.random.set_state(np_state)
     torch.set_rng_state(cpu)

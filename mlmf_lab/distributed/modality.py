@@ -12,11 +12,11 @@ Tensors of no modality (fusion heads, projections) are ``shared``: replicated on
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, FormatError
+from ..files import loads_json
 from ..formats import TensorInfo
 from .plans import Layout, Piece, register_strategy, replicated, split_layers
 
@@ -32,8 +32,8 @@ def declared_modalities(metadata: Mapping[str, Any]) -> dict[str, list[str]]:
     raw = metadata.get(METADATA_KEY)
     if isinstance(raw, str):
         try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError:
+            raw = loads_json(raw, None, METADATA_KEY)
+        except FormatError:  # not JSON: a comma-separated list
             raw = [m.strip() for m in raw.split(",") if m.strip()]
     if raw is None:
         keys = ", ".join(sorted(metadata)) or "none"

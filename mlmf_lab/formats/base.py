@@ -68,6 +68,19 @@ def no_such_tensor(name: str, names: list[str], holder: str,
                      path)
 
 
+# numpy and torch address a tensor's elements (and strides) in int64 bytes, zero dimensions
+# aside; a header may state a 0-byte tensor of shape (0, 2**63), which neither can build
+MAX_EXTENT = 2**60
+
+
+def check_extent(name: str, shape: tuple[int, ...] | list[int],
+                 path: str | os.PathLike[str] | None) -> None:
+    """Refuse a shape whose non-zero dimensions multiply past ``MAX_EXTENT`` elements."""
+    if math.prod(max(int(d), 1) for d in shape) > MAX_EXTENT:
+        raise FormatError(f"tensor {name!r}: shape {list(shape)} cannot be addressed (its "
+                          "non-zero dimensions multiply to more than 2**60 elements)", path)
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     """``torch.float32`` -> ``"float32"``."""
     return str(dtype).removeprefix("torch.")

@@ -14,6 +14,7 @@ Other metadata travels in ``mlmf_metadata.json`` beside the data (DCP has no pla
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -26,8 +27,8 @@ import torch
 
 from ..atomic import replacing_dir
 from ..errors import FormatError, MLMFError, UnsafeFileError
-from ..files import sha256_file
-from .base import TensorInfo, WeightFile, dtype_name
+from ..files import open_regular, read_json, sha256_file
+from .base import TensorInfo, WeightFile, check_extent, dtype_name
 from .registry import Format, Writer, register_format, register_writer
 
 METADATA_FILE = ".metadata"
@@ -79,18 +80,55 @@ def read_metadata(folder: str | os.PathLike[str]) -> Any:
     if not path.is_file():
         raise FormatError(f"not a DCP checkpoint: expected a {METADATA_FILE} file in the folder",
                           root)
+    with open_regular(path, METADATA_FILE) as f:
+        raw = f.read()  # small; unpickled from memory, so no length in it is allocated blindly
     try:
-        with open(path, "rb") as f:
-            md = _MetadataUnpickler(f, path).load()
-    except (pickle.UnpicklingError, EOFError, TypeError, AttributeError, ValueError) as e:
-        raise FormatError(f"DCP metadata is not readable ({type(e).__name__}: {e})", path) from None
-    if not isinstance(md, Metadata) or not isinstance(md.state_dict_metadata, dict):
+        md = _MetadataUnpickler(io.BytesIO(raw), path).load()
+    except MLMFError:
+        raise
+    except Exception as e:  # damaged pickles fail in whatever the unpickler or a record raises
+        raise FormatError(f"DCP metadata is not readable ({type(e).__name__}: "
+                          f"{str(e)[:200]})", path) from None
+    if not isinstance(md, Metadata) or not isinstance(
+            getattr(md, "state_dict_metadata", None), dict):
         raise FormatError(f"DCP metadata holds a {type(md).__name__}, expected Metadata", path)
+    for name, entry in md.state_dict_metadata.items():
+        _check_record(name, entry, path)
     stored = _stored_chunks(md, root, path)
     for name, entry in md.state_dict_metadata.items():
         if hasattr(entry, "chunks"):
             _check_chunks(name, entry, stored, path)
     return md
+
+
+def _sizes(x: Any) -> bool:
+    """Whether ``x`` is a shape: a tuple (``torch.Size``) or list of non-negative ints."""
+    return isinstance(x, tuple | list) and len(x) <= 64 and all(
+        type(d) is int and d >= 0 for d in x)
+
+
+def _check_record(name: Any, entry: Any, path: Path) -> None:
+    """One entry of the metadata as DCP's loader will use it: a pickle can build the record
+    classes with any fields (or none), so each field is checked before anything reads it."""
+    from torch.distributed.checkpoint.metadata import (
+        BytesStorageMetadata,
+        ChunkStorageMetadata,
+        TensorStorageMetadata,
+    )
+
+    if isinstance(entry, BytesStorageMetadata) and isinstance(name, str):
+        return
+    chunks = getattr(entry, "chunks", None)
+    size = getattr(entry, "size", None)
+    if not (isinstance(name, str) and isinstance(entry, TensorStorageMetadata)
+            and _sizes(size) and isinstance(getattr(getattr(entry, "properties", None),
+                                                    "dtype", None), torch.dtype)
+            and isinstance(chunks, list) and all(
+                isinstance(c, ChunkStorageMetadata) and _sizes(getattr(c, "offsets", None))
+                and _sizes(getattr(c, "sizes", None)) for c in chunks)):
+        raise FormatError(f"DCP entry {str(name)[:80]!r} is malformed: expected a tensor "
+                          "record with a size, a dtype and chunks of offsets and sizes", path)
+    check_extent(name, list(entry.size), path)
 
 
 def _stored_chunks(md: Any, root: Path, path: Path) -> dict[tuple[str, tuple[int, ...]], int]:
@@ -169,14 +207,20 @@ class DCPFile(WeightFile):
 
     def _load(self, names: list[str]) -> dict[str, torch.Tensor]:
         import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.api import CheckpointException
 
         if self._md is None:
             raise self.closed_error(names[0])
         state = {n: torch.empty(self._infos[n].shape, dtype=self._infos[n].torch_dtype)
                  for n in names}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "no process group: assuming a single process"
-            dcp.load(state, storage_reader=_reader(self.path, self._md), no_dist=True)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "no process group: assuming a single process"
+                dcp.load(state, storage_reader=_reader(self.path, self._md), no_dist=True)
+        # DCP wraps what failed in a CheckpointException per rank (a BaseException)
+        except (Exception, CheckpointException) as e:
+            raise FormatError(f"DCP could not read the tensors ({_reason(e)})",
+                              self.path) from None
         return state
 
     def _read(self, info: TensorInfo) -> torch.Tensor:
@@ -196,17 +240,22 @@ class DCPFile(WeightFile):
         self._md = None
 
 
+def _reason(e: BaseException) -> str:
+    """What failed, for a message: the first rank's exception inside a CheckpointException."""
+    failures = getattr(e, "failures", None)
+    if isinstance(failures, dict) and failures:  # rank -> (exception, its traceback)
+        first = next(iter(failures.values()))
+        e = first[0] if isinstance(first, tuple) else first
+    text = str(e).partition("WeightsUnpickler error:")[2] or str(e)  # past torch's preamble
+    lines = text.strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:200] if lines else ''}"
+
+
 def _side_metadata(folder: Path) -> dict[str, Any]:
     side = folder / SIDE_METADATA
     if not side.is_file():
         return {}
-    try:
-        meta = json.loads(side.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise FormatError(f"{SIDE_METADATA} is not valid JSON ({e})", side) from None
-    if not isinstance(meta, dict):
-        raise FormatError(f"{SIDE_METADATA} must hold a JSON object, found "
-                          f"{type(meta).__name__}", side)
+    meta: dict[str, Any] = read_json(side, SIDE_METADATA, expect=dict)
     return meta
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import MLMFError, UnsupportedError
+from ..files import read_json
 
 if TYPE_CHECKING:
     from gguf import MODEL_ARCH, MODEL_TENSOR, GGUFWriter
@@ -168,16 +169,15 @@ def _bert_hparams(c: HFConfig, w: GGUFWriter) -> None:
 def _sentence_pooling(c: HFConfig) -> str | None:
     """The pooling a sentence-transformers folder declares (``modules.json``), as a
     ``gguf.PoolingType`` name, like llama.cpp's converter reads it."""
-    import json
-
     folder = Path(c.path).parent if c.path is not None else None
     if folder is None or not (folder / "modules.json").is_file():
         return None
     try:
-        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+        modules = read_json(folder / "modules.json", "modules.json", expect=list)
         entry = next(m for m in modules if str(m.get("type", "")).endswith("Pooling"))
-        pooling = json.loads((folder / entry["path"] / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, StopIteration):
+        pooling = read_json(folder / str(entry["path"]) / "config.json", "the pooling config",
+                            expect=dict)
+    except (MLMFError, TypeError, KeyError, AttributeError, StopIteration):
         return None
     for key, kind in (("pooling_mode_mean_tokens", "MEAN"), ("pooling_mode_cls_token", "CLS"),
                       ("pooling_mode_lasttoken", "LAST")):

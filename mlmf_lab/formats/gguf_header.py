@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import mmap
+import os
 import struct
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,6 +27,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..errors import FormatError, UnsupportedError
+from ..files import open_regular
+from .base import check_extent
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
@@ -144,8 +147,8 @@ def read_header(path: Path, block_sizes: dict[int, tuple[int, int]]) -> Header:
             range, overlapping tensors, unknown ggml types, duplicate keys or names.
         UnsupportedError: a big-endian file.
     """
-    with open(path, "rb") as f:
-        size = path.stat().st_size
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
         if size < 24:
             raise FormatError(
                 f"truncated: {size} bytes, shorter than the 24-byte GGUF header", path
@@ -205,6 +208,7 @@ def _tensor_entry(cur: _Cursor, i: int, block_sizes: dict[int, tuple[int, int]])
             f"tensor {name!r} has {n_dims} dimensions; GGUF allows {MAX_DIMS}", cur.path
         )
     dims = tuple(cur.u64(f"the dimensions of {name!r}") for _ in range(n_dims))
+    check_extent(name, dims, cur.path)  # a 0 beside 2**63 passes the range checks
     type_id = cur.u32(f"the type of {name!r}")
     offset = cur.u64(f"the offset of {name!r}")
     if type_id not in block_sizes:

@@ -12,7 +12,6 @@ back (``gguf_hf``) gives the same config, not one rebuilt from llama.cpp's keys 
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Iterable
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import MLMFError
+from ..files import read_json
 from .gguf import write_gguf
 from .gguf_arch import Arch, HFConfig, TensorName, arch_for, gguf_names, permute_qk
 from .gguf_vocab import write_vocabulary
@@ -80,16 +80,10 @@ def count_types(types: Iterable[str]) -> dict[str, int]:
 def read_config(folder: Path) -> HFConfig:
     """The folder's ``config.json`` (a JSON object), with errors naming the file."""
     path = folder / "config.json"
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not path.exists():
         raise MLMFError("no config.json: a model folder needs one to be converted to GGUF",
-                        folder) from None
-    except (OSError, ValueError) as e:
-        raise MLMFError(f"cannot read the config ({e})", path) from None
-    if not isinstance(values, dict):
-        raise MLMFError("config.json must hold a JSON object", path)
-    return HFConfig(values, path)
+                        folder)
+    return HFConfig(read_json(path, "config.json", expect=dict), path)
 
 
 def model_type(src: Path) -> str | None:

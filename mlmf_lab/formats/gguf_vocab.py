@@ -23,7 +23,6 @@ saves as Hugging Face tokenizer files.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MLMFError
+from ..files import read_json
 
 if TYPE_CHECKING:
     from gguf import GGUFWriter
@@ -81,8 +81,8 @@ def write_vocabulary(folder: Path, writer: GGUFWriter, n_vocab: int) -> Vocabula
     if not path.is_file():
         writer.add_tokenizer_model("none")
         return Vocabulary("none", 0, note=NO_TOKENIZER)
+    doc = read_json(path, "tokenizer.json", expect=dict)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
         model = doc["model"]
         kind, byte_fallback = model["type"], bool(model.get("byte_fallback"))
     except (OSError, ValueError, TypeError, KeyError) as e:

@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 from ..errors import FormatError, MLMFError
+from ..files import loads_json
 
 JSON_KEYS = "mlmf.json"
 TIED_KEY = "mlmf.tied"
@@ -53,14 +54,21 @@ def decode_metadata(
     """safetensors header strings -> (metadata with JSON values decoded, tied aliases)."""
     # Sorted: safetensors stores metadata in a hash map, so the order on disk varies.
     meta: dict[str, Any] = {k: raw[k] for k in sorted(raw) if k not in RESERVED}
-    try:
-        json_keys = json.loads(raw.get(JSON_KEYS, "[]"))
-        aliases = json.loads(raw.get(TIED_KEY, "{}"))
-        for key in json_keys:
-            if key in meta:
-                meta[key] = json.loads(meta[key])
-    except (json.JSONDecodeError, TypeError) as e:
-        raise FormatError(f"structured metadata is not valid JSON ({e})", path) from None
-    if not isinstance(aliases, dict):
-        raise FormatError(f"{TIED_KEY} must be a JSON object", path)
-    return meta, aliases
+    json_keys = loads_json(raw.get(JSON_KEYS, "[]"), path, JSON_KEYS, expect=list)
+    for key in json_keys:
+        if isinstance(key, str) and key in meta:
+            meta[key] = loads_json(meta[key], path, f"structured metadata {key!r}")
+    return meta, decode_aliases(raw.get(TIED_KEY, "{}"), path)
+
+
+def decode_aliases(text: Any, path: str | os.PathLike[str] | None) -> dict[str, str]:
+    """The ``mlmf.tied`` listing (JSON object alias -> stored name), checked to hold names."""
+    if not isinstance(text, str):
+        raise FormatError(f"{TIED_KEY} must be a JSON text, found {type(text).__name__}", path)
+    aliases = loads_json(text, path, TIED_KEY)
+    if not isinstance(aliases, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()
+    ):
+        raise FormatError(f"{TIED_KEY} must be a JSON object of names (alias -> stored name)",
+                          path)
+    return aliases

@@ -17,6 +17,7 @@ import torch
 
 from .. import events
 from ..errors import FormatError, MLMFError, UnsupportedError
+from ..files import open_regular
 from .base import WeightFile, dtype_name
 
 HEAD_BYTES = 64
@@ -80,11 +81,11 @@ HF_NAMES = ("model.safetensors", "model.safetensors.index.json")  # from_pretrai
 
 
 def _head(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as f:
+    with open_regular(path) as f:  # a FIFO would block open() forever
+        try:
             return f.read(HEAD_BYTES)
-    except OSError as e:
-        raise MLMFError(f"cannot read the file ({e.strerror})", path) from None
+        except OSError as e:
+            raise MLMFError(f"cannot read the file ({e.strerror})", path) from None
 
 
 def _first(path: Path, head: bytes) -> Format | None:

@@ -18,29 +18,31 @@ import json
 import math
 import os
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .. import atomic
+from .. import atomic, events
 from ..errors import FormatError, MLMFError
+from ..files import loads_json, open_regular
 from ..progress import Progress
 from ..quant.base import QTensor, dequantize
-from .base import TORCH_TO_ST, TensorInfo, WeightFile, dtype_name, torch_dtype
+from .base import TORCH_TO_ST, TensorInfo, WeightFile, check_extent, dtype_name, torch_dtype
 from .metadata import QUANT_KEY, QUANTIZATION_VERSION_KEY, decode_metadata, encode_metadata
 from .registry import Format, Writer, register_format, register_writer
 from .safetensors_quant import SCHEMES, QuantEntry, assemble, quantize_parts, read_entries
-from .write import dedupe_shared, tensor_view, write_views
+from .write import dedupe_shared, sha256_of, tensor_hash_views, tensor_view, write_views
 
 MAX_HEADER = 100 * 1024 * 1024  # the safetensors package's own limit
 
 
 def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
     """Parse and validate a safetensors header; returns (infos, raw metadata, data start)."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
         first = f.read(8)
         if len(first) < 8:
             raise FormatError(
@@ -54,12 +56,7 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]
                 path,
             )
         raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FormatError(f"header is not valid UTF-8 JSON ({e})", path) from None
-    if not isinstance(header, dict):
-        raise FormatError(f"header must be a JSON object, found {type(header).__name__}", path)
+    header = loads_json(raw, path, "header", expect=dict)
     meta = header.pop("__metadata__", None) or {}
     if not isinstance(meta, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
@@ -88,6 +85,7 @@ def _entry_info(path: Path, name: str, entry: Any, start: int, data_size: int) -
     shape, offsets = entry["shape"], entry["data_offsets"]
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise FormatError(f"tensor {name!r}: shape {shape!r} is not a list of sizes", path)
+    check_extent(name, shape, path)
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
@@ -279,8 +277,18 @@ def save_safetensors(
     if max_shard_size is not None:
         raise MLMFError("max_shard_size needs a folder target (the HF sharded layout)", path)
     views = encode_safetensors(tensors, path, metadata, quant)
-    with atomic.replacing(path) as tmp:
-        digest = write_views(views, tmp, label=path.name)
+    if quant is not None or not events.recording():
+        with atomic.replacing(path) as tmp:
+            digest = write_views(views, tmp, label=path.name)
+        return {path.name: digest}
+    # A lineage store records this save: it needs the file's tensor hash, which is the
+    # state dict's; hashed from the same memory while the file is written, so that the
+    # store does not read the file back (it would cost a second pass over the disk).
+    with ThreadPoolExecutor(1) as pool:
+        tensor_hash = pool.submit(sha256_of, tensor_hash_views(dedupe_shared(tensors)[0]))
+        with atomic.replacing(path) as tmp:
+            digest = write_views(views, tmp, label=path.name)
+        events.report_hash(path, tensor_hash.result(), "tensors")
     return {path.name: digest}
 
 

@@ -39,10 +39,11 @@ from typing import Any, NamedTuple
 import torch
 
 from ..errors import FormatError, MLMFError, UnsupportedError
+from ..files import loads_json
 from ..progress import bar
 from ..quant.base import QTensor, quantize
 from ..quant.intx import DEFAULT_GROUP_SIZE
-from .base import TensorInfo, dtype_name
+from .base import TensorInfo, check_extent, dtype_name
 from .metadata import QUANT_KEY
 
 SCHEMES = ("int8", "int4")
@@ -170,10 +171,7 @@ def read_entries(
     raw: str, infos: dict[str, TensorInfo], path: Path
 ) -> tuple[dict[str, TensorInfo], dict[str, QuantEntry]]:
     """Check the ``mlmf.quant`` listing against the file; (logical infos, entries by name)."""
-    try:
-        listed = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise FormatError(f"{QUANT_KEY} is not valid JSON ({e})", path) from None
+    listed = loads_json(raw, path, QUANT_KEY)
     if not isinstance(listed, dict):
         raise FormatError(f"{QUANT_KEY} must be a JSON object of tensor name -> layout", path)
     entries = {name: _entry(name, spec, infos, path) for name, spec in listed.items()}
@@ -210,6 +208,7 @@ def _entry(name: str, spec: Any, infos: dict[str, TensorInfo], path: Path) -> Qu
         type(d) is int and d > 0 for d in shape
     ):
         raise FormatError(f"{where}: shape {shape!r} is not a list of 2+ positive sizes", path)
+    check_extent(name, shape, path)
     options: dict[str, Any] = {}
     if spec["scheme"] == "int4":
         g = spec.get("group_size")

@@ -47,6 +47,10 @@ def safe_member(folder: Path, name: Any, index: Path) -> Path:
         raise ShardError(f"shard name {_shown(name)} is not a file name", index)
     if "\0" in name:
         raise ShardError(f"shard name {_shown(name)} holds a NUL byte", index)
+    try:
+        os.fsencode(name)
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800") names no file
+        raise ShardError(f"shard name {_shown(name)} is not valid text", index) from None
     if os.path.isabs(name) or ".." in Path(name).parts or "\\" in name:
         raise UnsafeFileError(f"shard name {_shown(name)} escapes the checkpoint folder", index)
     p = folder / name
@@ -71,7 +75,8 @@ def safe_member(folder: Path, name: Any, index: Path) -> Path:
 def _shown(name: Any) -> str:
     """A shard name as a message shows it: its repr, cut when long."""
     text = repr(name)
-    return text if len(text) <= 80 else f"{text[:60]}...' ({len(name)} characters)"
+    size = len(name) if isinstance(name, str) else len(text)  # a name, or a 100-digit number
+    return text if len(text) <= 80 else f"{text[:60]}... ({size} characters)"
 
 
 class ShardedFile(WeightFile):
@@ -149,14 +154,17 @@ class ShardedFile(WeightFile):
 
 
 def _detect(path: Path, head: bytes) -> bool:
-    return path.name.endswith(".json") and head.lstrip()[:1] == b"{" and _has_weight_map(path)
+    return path.name.endswith(".json") and head.lstrip()[:1] == b"{" and _has_weight_map(path,
+                                                                                        head)
 
 
-def _has_weight_map(path: Path) -> bool:
+def _has_weight_map(path: Path, head: bytes) -> bool:
+    """An index by its content; a damaged one that starts like an index is still claimed,
+    so that the index reader says what is wrong with it (not "no format knows it")."""
     try:
         return "weight_map" in read_json(path, "the index", expect=dict)
     except MLMFError:
-        return False
+        return b'"weight_map"' in head
 
 
 def plan_shards(sizes: dict[str, int], max_bytes: int) -> list[list[str]]:

@@ -7,6 +7,10 @@ extra wall time when the disk is the bottleneck. The safetensors and sharded wri
 out their files as such views (``safetensors.encode_safetensors``, ``sharded.shard_files``),
 so every file they write comes back with its sha256, which checkpoints list in their
 manifest.
+
+The *tensor hash* (``provenance.hashing``: the identity of weights, whatever the file layout)
+is defined here too, as the byte stream it covers (``tensor_hash_views``), so that a writer
+can compute it from the memory it writes (``save_safetensors``, for a recording lineage store).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,7 +28,7 @@ import torch
 from ..errors import MLMFError
 from ..files import CHUNK  # write/hash granularity: big enough for throughput, small to overlap
 from ..progress import Progress, bar
-from .base import alias_key
+from .base import alias_key, dtype_name
 
 PROGRESS_MIN_BYTES = 256 * 2**20  # with progress=True, a bar only for files at least this big
 
@@ -74,7 +78,27 @@ def _chunks(views: list[memoryview]) -> Iterator[memoryview]:
             yield flat[i : i + CHUNK]
 
 
-def _sha256(views: list[memoryview]) -> str:
+def record_line(name: str, kind: str, shape: Iterable[int], nbytes: int) -> bytes:
+    """The header that precedes one tensor's bytes in the tensor hash."""
+    dims = ",".join(str(int(d)) for d in shape)
+    return f"{name}\0{kind}\0{dims}\0{nbytes}\n".encode()
+
+
+def tensor_hash_views(tensors: dict[str, torch.Tensor]) -> list[memoryview]:
+    """What the tensor hash of ``tensors`` (tied names already dropped) covers: in name
+    order, each tensor's ``record_line`` (its dtype named as ``dtype_name`` does), then its
+    bytes; ``sha256_of`` of these is the hash."""
+    views = []
+    for name in sorted(tensors):
+        t = tensors[name]
+        view = tensor_view(t)
+        views.append(memoryview(record_line(name, dtype_name(t.dtype), t.shape, view.nbytes)))
+        views.append(view)
+    return views
+
+
+def sha256_of(views: list[memoryview]) -> str:
+    """The hex sha256 of the views' bytes, in order."""
     h = hashlib.sha256()
     for chunk in _chunks(views):
         h.update(chunk)  # releases the GIL: runs beside the writing thread
@@ -99,11 +123,11 @@ def write_views(
     """
     total = sum(v.nbytes for v in views)
     if total <= CHUNK:  # small: a hashing thread would cost more than it saves
-        digest = _sha256(views)
+        digest = sha256_of(views)
         _write_and_sync(views, path, total, label, progress)
         return digest
     with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(_sha256, views)
+        pending = pool.submit(sha256_of, views)
         _write_and_sync(views, path, total, label, progress)
         return pending.result()
 
@@ -137,6 +161,6 @@ def write_json(obj: Any, path: Path) -> str:
 
 
 __all__ = [
-    "PROGRESS_MIN_BYTES", "dedupe_shared", "json_bytes", "tensor_view",
-    "write_json", "write_views",
+    "PROGRESS_MIN_BYTES", "dedupe_shared", "json_bytes", "record_line", "sha256_of",
+    "tensor_hash_views", "tensor_view", "write_json", "write_views",
 ]

@@ -21,6 +21,7 @@ from torch import nn
 from .. import events
 from ..atomic import replacing
 from ..errors import ConfigError, FormatError, MLMFError, StateDictError, UnsupportedError
+from ..files import read_json
 from ..formats import load_state_dict, save_state_dict
 from .layer import (
     AdapterSpec,
@@ -34,6 +35,7 @@ from .layer import (
     wrap_module,
 )
 from .math import matches_target, pattern_value
+from .patterns import pattern_problem
 from .summary import LoraSummary, summary
 
 CONFIG_NAME = "adapter_config.json"
@@ -58,12 +60,7 @@ def _read_config(folder: Path) -> dict[str, Any]:
     cfg_path = folder / CONFIG_NAME
     if not cfg_path.is_file():
         raise MLMFError(f"expected a PEFT adapter folder with {CONFIG_NAME}; not found", folder)
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FormatError(f"expected JSON, found invalid text ({exc})", cfg_path) from exc
-    if not isinstance(cfg, dict):
-        raise FormatError(f"expected a JSON object, found {type(cfg).__name__}", cfg_path)
+    cfg = read_json(cfg_path, "the adapter config", expect=dict)
     if cfg.get("peft_type", "LORA") != "LORA":
         raise UnsupportedError(f"expected peft_type 'LORA', found {cfg.get('peft_type')!r}",
                                cfg_path)
@@ -79,11 +76,46 @@ def _read_config(folder: Path) -> dict[str, Any]:
             "weights; expected a plain LoRA init (true, false, 'gaussian', 'orthogonal', "
             "'eva'). Convert it with PEFT: save_pretrained(..., "
             "path_initial_model_for_weight_conversion=...)", cfg_path)
-    for field in ("r", "lora_alpha"):
-        if not isinstance(cfg.get(field), int | float) or isinstance(cfg.get(field), bool):
-            raise FormatError(f"expected a number for {field!r}, found {cfg.get(field)!r}",
-                              cfg_path)
+    _check_values(cfg, cfg_path)
     return cfg
+
+
+MAX_ALPHA = 1e6  # PEFT configs use up to a few thousand; far beyond, updates overflow float16
+
+
+def _check_values(cfg: dict[str, Any], cfg_path: Path) -> None:
+    """The numbers, patterns and flags the loader uses, checked before any is used."""
+    def bad(field: str, expected: str, value: Any) -> FormatError:
+        return FormatError(f"expected {expected} for {field!r}, found {str(value)[:80]}",
+                           cfg_path)
+
+    def rank_ok(v: Any) -> bool:
+        return type(v) is int and v > 0 or type(v) is float and v.is_integer() and 0 < v < 2**31
+
+    def alpha_ok(v: Any) -> bool:  # abs(NaN) <= x is False; a huge int compares exactly
+        return type(v) in (int, float) and abs(v) <= MAX_ALPHA
+
+    if not rank_ok(cfg.get("r")):
+        raise bad("r", "a positive integer", cfg.get("r"))
+    if not alpha_ok(cfg.get("lora_alpha")):
+        raise bad("lora_alpha", f"a finite number of at most {MAX_ALPHA:g}", cfg.get("lora_alpha"))
+    for field, ok, expected in (("rank_pattern", rank_ok, "positive integers"),
+                                ("alpha_pattern", alpha_ok, f"numbers up to {MAX_ALPHA:g}")):
+        patterns = cfg.get(field) or {}
+        if not isinstance(patterns, dict):
+            raise bad(field, "an object of module pattern -> value", patterns)
+        for key, value in patterns.items():
+            problem = pattern_problem(key)
+            if problem is not None:
+                raise FormatError(f"{field} key {str(key)[:80]!r} cannot be used: {problem}",
+                                  cfg_path)
+            if not ok(value):
+                raise bad(f"{field}[{str(key)[:80]!r}]", expected, value)
+    dropout = cfg.get("lora_dropout") or 0.0
+    if type(dropout) not in (int, float) or not 0 <= dropout < 1:
+        raise bad("lora_dropout", "a number in [0, 1)", dropout)
+    if type(cfg.get("use_rslora", False)) is not bool:
+        raise bad("use_rslora", "true or false", cfg.get("use_rslora"))
 
 
 def _read_factors(folder: Path) -> tuple[Path, dict[str, dict[str, torch.Tensor]]]:
@@ -136,9 +168,22 @@ def load_peft_adapter(
         StateDictError: keys matching no module (all listed), missing factors, or shapes
             that do not fit (module and both shapes named).
         UnsupportedError: DoRA, trained biases, modules_to_save and similar extras.
+        FormatError: ``adapter_config.json`` is not JSON, or a value in it cannot work (a
+            rank that is not a positive integer, a non-finite alpha, a rank/alpha pattern
+            that is not a simple regular expression, a dropout outside [0, 1)).
         ConfigError: ``name`` already exists.
+        Each names the file (``adapter_config.json``, or the weights).
     """
     folder = Path(path)
+    try:
+        return _load(model, folder, name)
+    except (ConfigError, UnsupportedError) as e:  # from the layers, which know no file
+        if e.path is not None:
+            raise
+        raise type(e)(e.message, folder / CONFIG_NAME) from None
+
+
+def _load(model: nn.Module, folder: Path, name: str) -> LoraSummary:
     cfg = _read_config(folder)
     weights, factors = _read_factors(folder)
     if name in adapter_names(model):
@@ -158,7 +203,8 @@ def load_peft_adapter(
         kind = module.kind if isinstance(module, LoraLayer) else base_kind(module, mod_path)
         n_in, n_out = kind.features(module.base_layer if isinstance(module, LoraLayer) else module)
         rank = int(pattern_value(cfg.get("rank_pattern") or {}, mod_path, cfg["r"]))
-        alpha = float(pattern_value(cfg.get("alpha_pattern") or {}, mod_path, cfg["lora_alpha"]))
+        alpha = float(pattern_value(cfg.get("alpha_pattern") or {}, mod_path,
+                                    cfg["lora_alpha"]))
         for factor, want in (("A", (rank, n_in)), ("B", (n_out, rank))):
             if tuple(f[factor].shape) != want:
                 raise StateDictError(

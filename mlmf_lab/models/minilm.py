@@ -8,7 +8,6 @@ as sentence-transformers' all-MiniLM-L6-v2 does.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, fields
@@ -19,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import MLMFError
+from ..errors import MLMFError, StateDictError
+from ..files import read_json
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,7 @@ class BertConfig:
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> BertConfig:
         """Read the fields we use from an HF ``config.json`` (others are ignored)."""
-        try:
-            doc = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise MLMFError(f"cannot read the model config ({e})", path) from None
+        doc = read_json(path, "the model config", expect=dict)
         return cls(**{f.name: doc[f.name] for f in fields(cls) if f.name in doc})
 
 
@@ -156,14 +153,30 @@ class MiniLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike[str]) -> MiniLM:
-        """Build on the meta device and memory-map the weights of ``folder/model.safetensors``."""
+        """Build on the meta device and memory-map the weights of ``folder``'s weight file.
+
+        A file without ``embeddings.position_ids`` (what transformers >= 4.31 saves: the
+        buffer is non-persistent there) gets it rebuilt, as ``BertEmbeddings`` does.
+
+        Raises:
+            StateDictError: any other tensor missing, unexpected or of another shape.
+        """
         from ..loading import load_into
 
         folder = Path(folder)
         config = BertConfig.from_json(folder / "config.json")
         with torch.device("meta"):
             model = cls(config, tokenizer=load_tokenizer(folder))
-        load_into(model, folder / "model.safetensors")
+        weights = folder / "model.safetensors"
+        path = weights if weights.is_file() else folder
+        report = load_into(model, path, strict=False)
+        rebuilt = ["embeddings.position_ids"]
+        if report.missing == rebuilt:
+            model.embeddings.position_ids = torch.arange(config.max_position_embeddings)[None]
+        elif not report.ok:
+            raise StateDictError(f"the model and the file disagree: {report.describe()}", path)
+        if report.unexpected or report.mismatched:
+            raise StateDictError(f"the model and the file disagree: {report.describe()}", path)
         return model.eval()
 
     def forward(

@@ -85,7 +85,8 @@ def pool_attention(weights: torch.Tensor,
     to sum to 1 over the keys: what a view draws over an image's patches.
 
     Args:
-        weights: (B, H, Nq, Nk) attention probabilities, e.g. ``CrossAttentionMap.span``.
+        weights: (B, H, Nq, Nk) attention probabilities, e.g. one layer of
+            ``AttentionMaps.span("image").weights``.
         query_mask: (B, Nq) bool, True on real query tokens; None = every token.
 
     Returns:
@@ -110,7 +111,7 @@ class CrossModalAttention(nn.Module):
 
     Example:
         >>> att = CrossModalAttention(CrossModalAttentionConfig(dim=32, heads=4))
-        >>> out, w = att(torch.randn(2, 5, 32), torch.randn(2, 7, 32), need_weights=True)
+        >>> out, w = att(torch.randn(2, 5, 32), torch.randn(2, 7, 32), output_attentions=True)
         >>> tuple(out.shape), tuple(w.shape)
         ((2, 5, 32), (2, 4, 5, 7))
     """
@@ -126,12 +127,12 @@ class CrossModalAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor,
                 context_mask: torch.Tensor | None = None,
-                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Attend from ``x`` (B, Nq, D) to ``context`` (B, Nk, Dc).
 
         Args:
             context_mask: (B, Nk) bool, True on context tokens that exist.
-            need_weights: also return the per-head weights (B, H, Nq, Nk).
+            output_attentions: also return the per-head weights (B, H, Nq, Nk).
 
         Returns:
             (output (B, Nq, D), weights or None).
@@ -142,5 +143,5 @@ class CrossModalAttention(nn.Module):
         v = split_heads(self.v(context), h)
         p = self.cfg.dropout if self.training else 0.0
         out = self.out(merge_heads(attend(q, k, v, context_mask, p)))
-        weights = attention_weights(q, k, context_mask).detach() if need_weights else None
+        weights = attention_weights(q, k, context_mask).detach() if output_attentions else None
         return out, weights

@@ -3,9 +3,8 @@
 A view or a figure of attention needs the same few steps whatever produced the maps:
 
 - ``attention_stack``: a transformers ``output.attentions`` tuple (``(B, H, Q, K)`` per
-  layer), the lab's own MiniLM maps (the same), the multi-modal model's cross-attention
-  records (``CrossAttentionMap``) or a ``(L, H, Q, K)`` tensor -> one ``(L, H, Q, K)``
-  float32 tensor for one sample;
+  layer), the lab's own MiniLM maps (the same), a multi-modal ``AttentionMaps`` record
+  or a ``(L, H, Q, K)`` tensor -> one ``(L, H, Q, K)`` float32 tensor for one sample;
 - ``thumbnails``: every layer and head max-pooled to a few pixels, as uint8, so a grid of
   144 heads costs a few tens of KB;
 - ``quantize_map``: one ``(Q, K)`` map as uint8 bytes and the scale to read them back;
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MLMFError
+from .maps import AttentionMaps
 
 SDPA_HINT = ("a transformers model running with SDPA or flash attention returns no attention "
              "weights; get them with ml.views.capture_attentions(model, **inputs), which runs "
@@ -49,8 +49,9 @@ def attention_stack(attentions: Any, batch: int = 0) -> torch.Tensor:
     Args:
         attentions: a tuple/list with one ``(B, H, Q, K)`` (or ``(H, Q, K)``) tensor per
             layer (transformers' ``output.attentions``, ``MiniLM(..., output_attentions=True)``),
-            a list of ``CrossAttentionMap`` (the multi-modal model's cross-attention), or
-            a tensor ``(L, H, Q, K)`` / ``(L, B, H, Q, K)``.
+            an ``AttentionMaps`` record (what every multi-modal encoder and fusion returns;
+            ``AttentionMaps.view_args`` also gives the labels), a list of objects with a
+            ``.weights`` tensor, or a tensor ``(L, H, Q, K)`` / ``(L, B, H, Q, K)``.
         batch: which sample of a batch.
 
     Returns:
@@ -66,6 +67,8 @@ def attention_stack(attentions: Any, batch: int = 0) -> torch.Tensor:
     """
     if attentions is None:
         raise AttentionError(f"no attention maps (None): {SDPA_HINT}")
+    if isinstance(attentions, AttentionMaps):
+        attentions = attentions.stack(batch)  # (L, H, Q, K) of that sample
     if isinstance(attentions, torch.Tensor):
         t = attentions.detach()
         if t.dim() == 5:
@@ -84,9 +87,9 @@ def attention_stack(attentions: Any, batch: int = 0) -> torch.Tensor:
         for i, item in enumerate(items):
             if item is None:
                 raise AttentionError(f"layer {i} has no attention map (None): {SDPA_HINT}")
-            weights = getattr(item, "weights", item)  # a CrossAttentionMap carries .weights
+            weights = getattr(item, "weights", item)  # a record carrying .weights
             if not isinstance(weights, torch.Tensor):
-                raise AttentionError(f"layer {i}: expected a tensor or a CrossAttentionMap, "
+                raise AttentionError(f"layer {i}: expected a tensor or a record with .weights, "
                                      f"found {type(item).__name__}")
             w = weights.detach()
             if w.dim() == 4:

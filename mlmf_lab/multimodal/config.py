@@ -11,8 +11,17 @@ from dataclasses import dataclass, field, fields
 from enum import Enum, StrEnum
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, FormatError
+from ..files import loads_json
 from ..tables import fields_dict
+from .preprocess.config import (
+    AudioPreprocessing,
+    ImagePreprocessing,
+    Preprocessing,
+    TextPreprocessing,
+    VideoPreprocessing,
+    positive,
+)
 
 
 class Modality(StrEnum):
@@ -51,110 +60,6 @@ def _enum(cls: type[Enum], value: Any, what: str) -> Any:
         raise ConfigError(f"unknown {what} {value!r}; supported: {known}") from None
 
 
-def _positive(name: str, value: int | float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{name} must be > 0, found {value!r}")
-
-
-@dataclass(frozen=True)
-class TextPreprocessing:
-    """Tokenization: the model's own ``tokenizer.json`` through the ``tokenizers`` package."""
-
-    tokenizer: str | None = None  # path of tokenizer.json (None: the caller passes a Tokenizer)
-    max_length: int = 64  # longer texts are truncated (when truncation) to this many tokens
-    padding: str = "longest"  # "longest" in the batch or "max_length"
-    truncation: bool = True
-
-    def __post_init__(self) -> None:
-        _positive("text max_length", self.max_length)
-        if self.padding not in ("longest", "max_length"):
-            raise ConfigError(
-                f"text padding must be 'longest' or 'max_length', found {self.padding!r}")
-
-
-@dataclass(frozen=True)
-class ImagePreprocessing:
-    """Resize keeping the aspect ratio, center crop, normalize, cut into ViT patches."""
-
-    size: int = 224  # output side (square) in pixels
-    patch: int = 16  # patch side; must divide size
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # per RGB channel, on [0, 1]
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-    def __post_init__(self) -> None:
-        _positive("image size", self.size)
-        _positive("image patch", self.patch)
-        if self.size % self.patch:
-            raise ConfigError(
-                f"image patch {self.patch} must divide the image size {self.size}; "
-                f"use a size that is a multiple of {self.patch}")
-        if len(self.mean) != 3 or len(self.std) != 3:
-            raise ConfigError("image mean and std need 3 values (R, G, B)")
-        if any(s <= 0 for s in self.std):
-            raise ConfigError(f"image std must be > 0, found {self.std}")
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        """Patch grid (rows, columns)."""
-        return (self.size // self.patch, self.size // self.patch)
-
-    @property
-    def num_patches(self) -> int:
-        return (self.size // self.patch) ** 2
-
-    @property
-    def patch_dim(self) -> int:
-        return self.patch * self.patch * 3
-
-
-@dataclass(frozen=True)
-class AudioPreprocessing:
-    """Load + resample (soxr), mono, Hann-windowed frames, (log-)mel spectrogram, normalize."""
-
-    sample_rate: int = 16000
-    n_fft: int = 400  # frame length in samples
-    hop: int = 160  # step between frames in samples
-    n_mels: int = 64
-    fmin: float = 0.0
-    fmax: float | None = None  # None: sample_rate / 2
-    log: bool = True  # log-mel (dB) instead of power
-    normalize: bool = True  # zero mean, unit variance per clip
-    max_seconds: float | None = None  # longer clips are cut
-
-    def __post_init__(self) -> None:
-        for name in ("sample_rate", "n_fft", "hop", "n_mels"):
-            _positive(f"audio {name}", getattr(self, name))
-        if self.hop > self.n_fft:
-            raise ConfigError(f"audio hop {self.hop} exceeds the frame length n_fft {self.n_fft}")
-        top = self.fmax if self.fmax is not None else self.sample_rate / 2
-        if not 0 <= self.fmin < top <= self.sample_rate / 2:
-            raise ConfigError(
-                f"audio needs 0 <= fmin < fmax <= sample_rate/2, found fmin={self.fmin}, "
-                f"fmax={top}, sample_rate={self.sample_rate}")
-        if self.max_seconds is not None:
-            _positive("audio max_seconds", self.max_seconds)
-
-
-@dataclass(frozen=True)
-class VideoPreprocessing:
-    """Frames read at ``fps``, clips of ``clip_frames`` every ``stride`` frames, image pipeline."""
-
-    fps: float = 4.0
-    clip_frames: int = 8
-    stride: int = 8  # frames between clip starts (== clip_frames: no overlap)
-    image: ImagePreprocessing = field(default_factory=ImagePreprocessing)
-
-    def __post_init__(self) -> None:
-        _positive("video fps", self.fps)
-        _positive("video clip_frames", self.clip_frames)
-        _positive("video stride", self.stride)
-        if isinstance(self.image, dict):
-            object.__setattr__(self, "image", ImagePreprocessing(**self.image))
-
-
-Preprocessing = TextPreprocessing | ImagePreprocessing | AudioPreprocessing | VideoPreprocessing
 PREPROCESSING: dict[Modality, type] = {
     Modality.TEXT: TextPreprocessing,
     Modality.IMAGE: ImagePreprocessing,
@@ -163,13 +68,20 @@ PREPROCESSING: dict[Modality, type] = {
 }
 
 # encoder kinds each modality supports (see encoders.py)
+PRETRAINED = "pretrained"  # the kind whose backbone comes from a Hugging Face folder
 ENCODERS: dict[Modality, tuple[str, ...]] = {
-    Modality.TEXT: ("transformer", "minilm"),
-    Modality.IMAGE: ("patch_transformer",),
-    Modality.AUDIO: ("mel_transformer",),
+    Modality.TEXT: ("transformer", PRETRAINED),
+    Modality.IMAGE: ("patch_transformer", PRETRAINED),
+    Modality.AUDIO: ("mel_transformer", PRETRAINED),
     Modality.VIDEO: ("frame_temporal", "frame_pool"),
     Modality.CUSTOM: ("linear",),
 }
+
+
+def pretrained_kinds() -> str:
+    """The (modality/kind) pairs that take ``pretrained=``, for error messages."""
+    return ", ".join(f"{m.value}/{PRETRAINED}" for m, kinds in ENCODERS.items()
+                     if PRETRAINED in kinds)
 
 
 @dataclass(frozen=True)
@@ -177,7 +89,11 @@ class ModalityConfig:
     """One input branch: its encoder and how its raw input is prepared.
 
     ``input_dim`` is the vocabulary size for text, ``n_mels`` for audio, the feature
-    size for custom inputs, and is ignored for images and video (the patch size says).
+    size for custom inputs, and is ignored for images, video and pretrained encoders (the
+    patch size or the folder's config says). Encoder ``"pretrained"`` is a Hugging Face
+    model (``ml.multimodal.load_encoder(pretrained)``: BERT and its relatives, CLIP, ViT,
+    Whisper) under ``layers`` blocks of its own; every other kind starts from random
+    weights and refuses ``pretrained=``.
     """
 
     name: str  # key of this input in the model's inputs dict, e.g. "caption"
@@ -190,7 +106,7 @@ class ModalityConfig:
     max_tokens: int = 512  # size of the learned position table
     device: str = "cpu"
     preprocessing: Preprocessing | None = None
-    pretrained: str | None = None  # weights for the encoder backbone (e.g. the MiniLM folder)
+    pretrained: str | None = None  # a Hugging Face folder (encoder "pretrained" only)
 
     def __post_init__(self) -> None:
         modality = _enum(Modality, self.modality, "modality")
@@ -202,7 +118,7 @@ class ModalityConfig:
                 f"unknown {modality.value} encoder {self.encoder!r}; supported: "
                 f"{', '.join(ENCODERS[modality])}")
         for key in ("dim", "heads", "max_tokens"):
-            _positive(f"{self.name}.{key}", getattr(self, key))
+            positive(f"{self.name}.{key}", getattr(self, key))
         if self.layers < 0:
             raise ConfigError(f"{self.name}.layers must be >= 0, found {self.layers}")
         if self.dim % self.heads:
@@ -217,8 +133,16 @@ class ModalityConfig:
             raise ConfigError(
                 f"{self.name}: a {modality.value} input needs "
                 f"{PREPROCESSING[modality].__name__}, found {type(prep).__name__}")
+        if self.encoder == PRETRAINED and not self.pretrained:
+            raise ConfigError(f"{self.name}: encoder {PRETRAINED!r} needs pretrained=<a Hugging "
+                              "Face folder> (bert, clip, vit, whisper, ...)")
+        if self.encoder != PRETRAINED and self.pretrained is not None:
+            raise ConfigError(
+                f"{self.name}: the {modality.value} encoder {self.encoder!r} starts from random "
+                f"weights and cannot take pretrained={self.pretrained!r}; the kinds that can: "
+                f"{pretrained_kinds()}")
         needs_input = modality in (Modality.TEXT, Modality.AUDIO, Modality.CUSTOM)
-        if needs_input and self.encoder != "minilm" and self.input_dim <= 0:
+        if needs_input and self.encoder != PRETRAINED and self.input_dim <= 0:
             what = {Modality.TEXT: "the vocabulary size", Modality.AUDIO: "n_mels"}.get(
                 modality, "the feature size")
             raise ConfigError(
@@ -237,8 +161,8 @@ class CrossModalAttentionConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        _positive("attention dim", self.dim)
-        _positive("attention heads", self.heads)
+        positive("attention dim", self.dim)
+        positive("attention heads", self.heads)
         if self.dim % self.heads:
             raise ConfigError(f"attention dim {self.dim} is not divisible by heads {self.heads}")
         if not 0.0 <= self.dropout < 1.0:
@@ -270,7 +194,7 @@ class MultiModalConfig:
         names = [m.name for m in mods]
         if len(set(names)) != len(names):
             raise ConfigError(f"modality names must be unique, found {names}")
-        _positive("num_classes", self.num_classes)
+        positive("num_classes", self.num_classes)
         if self.late_mode not in LATE_MODES:
             raise ConfigError(
                 f"unknown late fusion mode {self.late_mode!r}; supported: {', '.join(LATE_MODES)}")
@@ -334,9 +258,9 @@ class MultiModalConfig:
     @classmethod
     def from_json(cls, text: str) -> MultiModalConfig:
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"the multi-modal config is not valid JSON: {exc}") from None
+            data = loads_json(text, None, "the multi-modal config")
+        except FormatError as exc:
+            raise ConfigError(exc.message) from None
         return cls.from_dict(data)
 
 

@@ -4,25 +4,27 @@ Shapes: ``vectors`` (B, M, D) are the pooled outputs of M modalities, ``present`
 bool says which modalities a sample has. A missing modality never contributes: every
 combination below renormalises over the present ones.
 
-A fusion module is called as ``fusion(tokens, masks, index, present)`` with the encoded
-tokens (B, Ni, D) and masks (B, Ni) of the given inputs, in config order, ``index`` their
-modality numbers, and returns ``(fused (B, D), modality weights (B, M) or None)``. A
-fusion that also works inside the encoders (middle fusion) names the encoder layers in
-``exchange_layers`` and gets ``exchange`` called after each of them. A new strategy is one
-module and one entry in ``FUSIONS``; ``MultiModalModel`` asks the registry, nothing else.
+A fusion module is called as ``fusion(tokens, masks, index, present, infos)`` with the
+encoded tokens (B, Ni, D) and masks (B, Ni) of the given inputs, in config order, ``index``
+their modality numbers, and ``infos`` what their tokens are (``TokenInfo``, given when
+attention maps are wanted); it returns ``(fused (B, D), modality weights (B, M) or None,
+attention maps)``. A fusion that also works inside the encoders (middle fusion) names the
+encoder layers in ``exchange_layers`` and gets ``exchange`` called after each of them. A new
+strategy is one module and one entry in ``FUSIONS``; ``MultiModalModel`` asks the registry,
+nothing else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError, MLMFError
+from ..errors import ConfigError
+from .blocks import Block, masked_mean
 from .config import CrossModalAttentionConfig, FusionStrategy, MultiModalConfig
-from .encoders import Block, masked_mean
+from .maps import AttentionMaps, TokenInfo
 
 
 def fuse_mean(vectors: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
@@ -79,29 +81,9 @@ def pooled(tokens: list[torch.Tensor], masks: list[torch.Tensor], index: list[in
     return vectors
 
 
-class CrossAttentionMap(NamedTuple):
-    """Weights of one middle-fusion cross-attention block, for the views.
-
-    layer: encoder layer after which it runs. query: the modality whose tokens attend.
-    keys: (modality, start, stop) spans of the key axis. weights: (B, H, Nq, Nk).
-    """
-
-    layer: int
-    query: str
-    keys: tuple[tuple[str, int, int], ...]
-    weights: torch.Tensor
-
-    def span(self, name: str) -> torch.Tensor:
-        """The weights on one key modality's tokens: (B, H, Nq, N_name)."""
-        for key, start, stop in self.keys:
-            if key == name:
-                return self.weights[..., start:stop]
-        raise MLMFError(f"{self.query} did not attend to {name!r} here; keys: "
-                        f"{', '.join(k for k, _, _ in self.keys)}")
-
-
 Tokens = dict[str, torch.Tensor]
-FusionOutput = tuple[torch.Tensor, torch.Tensor | None]
+Infos = Sequence[TokenInfo] | None
+FusionOutput = tuple[torch.Tensor, torch.Tensor | None, list[AttentionMaps]]
 
 
 class Fusion(nn.Module):
@@ -109,9 +91,10 @@ class Fusion(nn.Module):
 
     exchange_layers: tuple[int, ...] = ()  # encoder layers after which ``exchange`` runs
 
-    def exchange(self, layer: int, tokens: Tokens, masks: Tokens, need_weights: bool,
-                 cross: list[CrossAttentionMap]) -> Tokens:
-        """Mix the modalities' tokens after encoder ``layer`` (middle fusion only)."""
+    def exchange(self, layer: int, tokens: Tokens, masks: Tokens, output_attentions: bool
+                 ) -> tuple[Tokens, dict[str, torch.Tensor]]:
+        """Mix the modalities' tokens after encoder ``layer`` (middle fusion only); with
+        ``output_attentions`` also each modality's weights over the others' tokens."""
         raise NotImplementedError(f"{type(self).__name__} exchanges no tokens")
 
 
@@ -119,11 +102,11 @@ class MeanFusion(Fusion):
     """Late fusion: the plain mean of the pooled outputs."""
 
     def forward(self, tokens: list[torch.Tensor], masks: list[torch.Tensor], index: list[int],
-                present: torch.Tensor) -> FusionOutput:
+                present: torch.Tensor, infos: Infos = None) -> FusionOutput:
         vectors = pooled(tokens, masks, index, present)
         w = present.to(vectors.dtype)
         w = w / w.sum(-1, keepdim=True).clamp_min(1.0)
-        return fuse_mean(vectors, present), w
+        return fuse_mean(vectors, present), w, []
 
 
 class WeightedFusion(Fusion):
@@ -134,8 +117,8 @@ class WeightedFusion(Fusion):
         self.logits = nn.Parameter(torch.zeros(num_modalities))
 
     def forward(self, tokens: list[torch.Tensor], masks: list[torch.Tensor], index: list[int],
-                present: torch.Tensor) -> FusionOutput:
-        return fuse_weighted(pooled(tokens, masks, index, present), present, self.logits)
+                present: torch.Tensor, infos: Infos = None) -> FusionOutput:
+        return (*fuse_weighted(pooled(tokens, masks, index, present), present, self.logits), [])
 
 
 class GateFusion(Fusion):
@@ -146,23 +129,35 @@ class GateFusion(Fusion):
         self.gate = nn.Linear(num_modalities * dim, num_modalities)
 
     def forward(self, tokens: list[torch.Tensor], masks: list[torch.Tensor], index: list[int],
-                present: torch.Tensor) -> FusionOutput:
+                present: torch.Tensor, infos: Infos = None) -> FusionOutput:
         vectors = pooled(tokens, masks, index, present)
         visible = vectors * present[..., None].to(vectors.dtype)
-        return fuse_gate(vectors, present, torch.sigmoid(self.gate(visible.flatten(1))))
+        gates = torch.sigmoid(self.gate(visible.flatten(1)))
+        return (*fuse_gate(vectors, present, gates), [])
 
 
 class AttentionFusion(Fusion):
-    """Learned softmax weights across modalities: a small scorer reads each pooled vector."""
+    """Learned softmax weights across modalities: a small scorer reads each pooled vector.
 
-    def __init__(self, dim: int) -> None:
+    Its attention map: one query (the fused vector) over one key per modality of the
+    config (a missing one gets weight 0)."""
+
+    def __init__(self, names: tuple[str, ...], dim: int) -> None:
         super().__init__()
+        self.names = names
         self.score = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, 1))
 
     def forward(self, tokens: list[torch.Tensor], masks: list[torch.Tensor], index: list[int],
-                present: torch.Tensor) -> FusionOutput:
+                present: torch.Tensor, infos: Infos = None) -> FusionOutput:
         vectors = pooled(tokens, masks, index, present)
-        return fuse_attention(vectors, present, self.score(vectors).squeeze(-1))
+        fused, w = fuse_attention(vectors, present, self.score(vectors).squeeze(-1))
+        maps = []
+        if infos is not None:
+            b = w.shape[0]
+            query = TokenInfo.uniform("fusion", ["fused"], b)
+            keys = [TokenInfo.uniform(n, [n], b) for n in self.names]
+            maps.append(AttentionMaps.build("fusion", [w[:, None, None, :]], query, keys))
+        return fused, w, maps
 
 
 class EarlyFusion(Fusion):
@@ -177,16 +172,25 @@ class EarlyFusion(Fusion):
         self.norm = nn.LayerNorm(cfg.dim)
 
     def forward(self, tokens: list[torch.Tensor], masks: list[torch.Tensor], index: list[int],
-                present: torch.Tensor) -> FusionOutput:
-        """tokens[i] (B, Ni, D) of modality number index[i] -> fused (B, D)."""
+                present: torch.Tensor, infos: Infos = None) -> FusionOutput:
+        """tokens[i] (B, Ni, D) of modality number index[i] -> fused (B, D); the attention
+        map ``"fusion"`` has the whole sequence ([CLS] then every input) on both axes."""
         b = tokens[0].shape[0]
         seq = [self.cls.expand(b, 1, -1)] + [t + self.types[i] for t, i in zip(tokens, index,
                                                                              strict=True)]
         mask = [torch.ones(b, 1, dtype=torch.bool, device=tokens[0].device), *masks]
         x, m = torch.cat(seq, dim=1), torch.cat(mask, dim=1)
+        weights = []
         for block in self.blocks:
-            x, _ = block(x, m)
-        return self.norm(x[:, 0]), None
+            x, w = block(x, m, output_attentions=infos is not None)
+            weights.append(w)
+        maps = []
+        if infos is not None and weights:
+            query = TokenInfo("fusion", tuple(("[CLS]",) + tuple(x for info in infos
+                                                                 for x in info.labels[i])
+                                              for i in range(b)))
+            maps.append(AttentionMaps.build("fusion", weights, query, infos, prefix=("[CLS]",)))
+        return self.norm(x[:, 0]), None, maps
 
 
 class MiddleFusion(Fusion):
@@ -205,27 +209,23 @@ class MiddleFusion(Fusion):
     def block(self, layer: int, name: str) -> Block:
         return self.cross[f"l{layer}_{name}"]  # type: ignore[return-value]
 
-    def exchange(self, layer: int, tokens: Tokens, masks: Tokens, need_weights: bool,
-                 cross: list[CrossAttentionMap]) -> Tokens:
-        """Each modality attends to the others' tokens; the maps go to ``cross``."""
-        updated = {}
+    def exchange(self, layer: int, tokens: Tokens, masks: Tokens, output_attentions: bool
+                 ) -> tuple[Tokens, dict[str, torch.Tensor]]:
+        """Each modality attends to the others' tokens (concatenated in input order)."""
+        updated, weights = {}, {}
         for n in tokens:
             others = [o for o in tokens if o != n]
             ctx = torch.cat([tokens[o] for o in others], dim=1)
             ctx_mask = torch.cat([masks[o] for o in others], dim=1)
             updated[n], w = self.block(layer, n)(tokens[n], masks[n], ctx, ctx_mask,
-                                                 need_weights)
+                                                 output_attentions)
             if w is not None:
-                spans, start = [], 0
-                for o in others:
-                    spans.append((o, start, start + tokens[o].shape[1]))
-                    start += tokens[o].shape[1]
-                cross.append(CrossAttentionMap(layer, n, tuple(spans), w))
-        return updated
+                weights[n] = w
+        return updated, weights
 
     def forward(self, tokens: list[torch.Tensor], masks: list[torch.Tensor], index: list[int],
-                present: torch.Tensor) -> FusionOutput:
-        return fuse_mean(pooled(tokens, masks, index, present), present), None
+                present: torch.Tensor, infos: Infos = None) -> FusionOutput:
+        return fuse_mean(pooled(tokens, masks, index, present), present), None, []
 
 
 # -- the registries ------------------------------------------------------------------------
@@ -240,7 +240,7 @@ FUSIONS: dict[str, Callable[[MultiModalConfig], Fusion]] = {
     FusionStrategy.MIDDLE: lambda c: MiddleFusion(c.names, c.attention, c.middle_layers),
     FusionStrategy.LATE: lambda c: _lookup(LATE_FUSIONS, c.late_mode, "late fusion mode")(
         len(c.names), c.attention.dim),
-    FusionStrategy.ATTENTION: lambda c: AttentionFusion(c.attention.dim),
+    FusionStrategy.ATTENTION: lambda c: AttentionFusion(c.names, c.attention.dim),
 }
 
 

@@ -19,6 +19,7 @@ from ..errors import MLMFError, StateDictError
 from ..formats import open_weights, save_state_dict
 from ..loading import compare_keys, load_into
 from .config import MultiModalConfig
+from .hf import finish_loading
 from .model import MultiModalModel
 
 CONFIG_KEY = "mlmf.multimodal.config"
@@ -86,6 +87,7 @@ def load_multimodal(path: str | os.PathLike[str]) -> MultiModalModel:
     with events.activity("load", used=[os.fspath(path)], params={"kind": "multimodal"}) as act:
         model = _empty(config)
         load_into(model, path)
+        finish_loading(model, path)  # buffers no file holds (a pretrained backbone's)
         act.generated.append(model)
     return model.eval()
 
@@ -122,7 +124,9 @@ def load_parts(parts: Mapping[str, str | os.PathLike[str]],
         parts: ``"fusion"`` -> the fusion file (heads, projections, fusion blocks);
             ``"<modality>"`` -> that encoder's weights (keys relative to the encoder);
             ``"<modality>.<submodule>"`` -> weights of a part of an encoder, e.g.
-            ``"caption.backbone"`` -> a pretrained MiniLM ``model.safetensors``.
+            ``"caption.backbone"`` -> the ``model.safetensors`` of the Hugging Face model
+            under a ``"pretrained"`` encoder (an old ``position_ids`` buffer in it is
+            skipped, as transformers does).
         config: the model config; by default read from the fusion file's metadata.
 
     Raises:
@@ -150,9 +154,14 @@ def load_parts(parts: Mapping[str, str | os.PathLike[str]],
                 state[full] = wf.tensor(key)
                 source[full] = os.fspath(path)
     model = _empty(config)
+    expected = model.state_dict(keep_vars=True)
+    # transformers made position_ids non-persistent (4.31): older files still hold them
+    state = {k: v for k, v in state.items()
+             if k in expected or not (k == "position_ids" or k.endswith(".position_ids"))}
     report = compare_keys(model, state)
+    where = ", ".join(sorted({os.fspath(p) for p in parts.values()}))
     if not report.ok:
-        raise StateDictError(f"the parts do not make up this model: {report.describe()}",
-                             ", ".join(sorted({os.fspath(p) for p in parts.values()})))
+        raise StateDictError(f"the parts do not make up this model: {report.describe()}", where)
     model.load_state_dict(state, strict=True, assign=True)
+    finish_loading(model, where)
     return model.eval()

@@ -2,9 +2,10 @@
 
 Inputs are a dict ``name -> input`` keyed by the modality names of the config. An input
 is a tensor, a ``(tensor, mask)`` pair, or a preprocessing batch (``TextBatch``,
-``ImageBatch``, ``AudioBatch``, ``VideoBatch``). A modality left out of the dict, or
-whose mask is all False for a sample, is treated as missing: it is masked out of every
-attention and every combination, never a crash.
+``ImageBatch``, ``AudioBatch``, ``VideoBatch``: their token strings, patch grid and frame
+times label the attention maps). A modality left out of the dict, or whose mask is all
+False for a sample, is treated as missing: it is masked out of every attention and every
+combination, never a crash.
 """
 
 from __future__ import annotations
@@ -17,43 +18,26 @@ from torch import nn
 
 from ..errors import MLMFError
 from ..tables import Column, Table
+from .blocks import Encoder
 from .config import FusionStrategy, MultiModalConfig
-from .encoders import Encoder, build_encoder
-from .fusion import CrossAttentionMap, build_fusion
-from .preprocess.audio import AudioBatch
-from .preprocess.image import ImageBatch
-from .preprocess.text import TextBatch
-from .preprocess.video import VideoBatch
+from .encoders import build_encoder
+from .fusion import build_fusion
+from .maps import AttentionMaps, TokenInfo
 
 
 class MultiModalOutput(NamedTuple):
     """logits (B, C); fused (B, D); modality_weights (B, M) for late/attention fusion;
-    cross: the cross-attention maps (middle fusion, ``need_weights=True``);
+    attentions: with ``output_attentions=True``, an ``AttentionMaps`` record per part that
+    computes attention, by source: ``"<input>"`` (an encoder's blocks), ``"<input>.backbone"``
+    (a pretrained backbone), ``"<input>.frames"`` (inside video frames), ``"fusion"`` (early
+    or attention fusion), ``"fusion.<input>"`` (middle fusion's cross-attention);
     present (B, M) bool: which modalities each sample had."""
 
     logits: torch.Tensor
     fused: torch.Tensor
     modality_weights: torch.Tensor | None
-    cross: list[CrossAttentionMap]
+    attentions: dict[str, AttentionMaps]
     present: torch.Tensor
-
-
-def as_input(value: Any, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A model input as (tensor, mask or None)."""
-    if isinstance(value, TextBatch):
-        return value.input_ids, value.attention_mask
-    if isinstance(value, ImageBatch):
-        return value.patches, None
-    if isinstance(value, AudioBatch):
-        return value.mel, value.mask
-    if isinstance(value, VideoBatch):
-        return value.patches, value.frame_mask
-    if isinstance(value, torch.Tensor):
-        return value, None
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], torch.Tensor):
-        return value[0], value[1]
-    raise MLMFError(f"input {name!r}: expected a tensor, a (tensor, mask) pair or a "
-                    f"preprocessing batch, found {type(value).__name__}")
 
 
 class MultiModalModel(nn.Module):
@@ -61,8 +45,9 @@ class MultiModalModel(nn.Module):
 
     Example:
         >>> model = MultiModalModel(config)  # doctest: +SKIP
-        >>> out = model({"caption": text_batch, "image": image_batch})  # audio missing: fine
+        >>> out = model({"caption": text, "image": image})  # doctest: +SKIP
         >>> out.logits.argmax(-1)  # doctest: +SKIP
+        >>> maps = model(inputs, output_attentions=True).attentions  # doctest: +SKIP
     """
 
     def __init__(self, config: MultiModalConfig, dropout: float = 0.0) -> None:
@@ -77,27 +62,30 @@ class MultiModalModel(nn.Module):
         self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(),
                                   nn.Linear(d, config.num_classes))
 
-    def _inputs(self, inputs: Mapping[str, Any]) -> dict[str, tuple[torch.Tensor, Any]]:
+    def _inputs(self, inputs: Mapping[str, Any]) -> dict[str, tuple[torch.Tensor, Any, Any]]:
+        """name -> (tensor, mask or None, the value as given) on the model's device."""
         unknown = [k for k in inputs if k not in self.config.names]
         if unknown:
             raise MLMFError(f"unknown inputs {unknown}; this model reads: "
                             f"{', '.join(self.config.names)}")
-        given = {k: as_input(v, k) for k, v in inputs.items() if v is not None}
+        given = {k: (*self.encoder(k).prepare(v), v) for k, v in inputs.items() if v is not None}
         if not given:
             raise MLMFError(f"no input given; this model reads: {', '.join(self.config.names)}")
-        sizes = {k: x.shape[0] for k, (x, _) in given.items()}
+        sizes = {k: x.shape[0] for k, (x, _, _) in given.items()}
         if len(set(sizes.values())) != 1:
             raise MLMFError(f"inputs disagree on the batch size: {sizes}")
         device = next(self.parameters()).device
-        return {k: (x.to(device), None if m is None else m.to(device))
-                for k, (x, m) in given.items()}
+        return {k: (x.to(device), None if m is None else m.to(device), v)
+                for k, (x, m, v) in given.items()}
 
-    def forward(self, inputs: Mapping[str, Any], need_weights: bool = False) -> MultiModalOutput:
+    def forward(self, inputs: Mapping[str, Any],
+                output_attentions: bool = False) -> MultiModalOutput:
         """Encode the given modalities, fuse, classify.
 
         Args:
             inputs: modality name -> input; missing names are masked out.
-            need_weights: collect the cross-attention maps (middle fusion).
+            output_attentions: return the attention maps of every encoder and fusion that
+                computes attention (``MultiModalOutput.attentions``).
 
         Raises:
             MLMFError: unknown names, no input, batch sizes that disagree, bad shapes.
@@ -105,33 +93,59 @@ class MultiModalModel(nn.Module):
         given = self._inputs(inputs)
         names = [n for n in self.config.names if n in given]
         index = [self.config.names.index(n) for n in names]
-        cross: list[CrossAttentionMap] = []
-        tokens, masks = self._encode(given, names, need_weights, cross)
+        infos = ({n: self.encoder(n).describe(given[n][2], given[n][0]) for n in names}
+                 if output_attentions else None)
+        maps: list[AttentionMaps] = []
+        tokens, masks = self._encode(given, names, infos, maps)
         b = tokens[names[0]].shape[0]
         present = torch.zeros(b, len(self.config.names), dtype=torch.bool,
                               device=tokens[names[0]].device)
         for n, i in zip(names, index, strict=True):
             present[:, i] = masks[n].any(dim=1)
-        fused, weights = self.fusion([tokens[n] for n in names], [masks[n] for n in names],
-                                     index, present)
-        return MultiModalOutput(self.head(fused), fused, weights, cross, present)
+        fused, weights, fusion_maps = self.fusion(
+            [tokens[n] for n in names], [masks[n] for n in names], index, present,
+            None if infos is None else [infos[n] for n in names])
+        maps += fusion_maps
+        return MultiModalOutput(self.head(fused), fused, weights,
+                                {m.source: m for m in maps}, present)
 
-    def _encode(self, given: dict[str, tuple[torch.Tensor, Any]], names: list[str],
-                need_weights: bool, cross: list[CrossAttentionMap]
+    def _encode(self, given: dict[str, tuple[torch.Tensor, Any, Any]], names: list[str],
+                infos: dict[str, TokenInfo] | None, maps: list[AttentionMaps]
                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Run the encoders layer by layer (``Encoder.forward``'s steps), letting the fusion
-        exchange tokens after its ``exchange_layers``; project to the fusion width."""
+        exchange tokens after its ``exchange_layers``; project to the fusion width. Attention
+        maps (when ``infos``) go to ``maps``."""
+        want = infos is not None
         tokens, masks = {}, {}
         for n in names:
-            tokens[n], masks[n] = self.encoder(n).embed(*given[n])
+            tokens[n], masks[n], inner = self.encoder(n).embed(
+                given[n][0], given[n][1], None if infos is None else infos[n])
+            maps += inner
         depth = max(len(self.encoder(n).blocks) for n in names)
+        own: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+        cross: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+        exchanged: list[int] = []
         for layer in range(depth):
             for n in names:
                 blocks = self.encoder(n).blocks
                 if layer < len(blocks):
-                    tokens[n], _ = blocks[layer](tokens[n], masks[n])
+                    tokens[n], w = blocks[layer](tokens[n], masks[n], output_attentions=want)
+                    if w is not None:
+                        own[n].append(w)
             if layer in self.fusion.exchange_layers and len(names) > 1:
-                tokens = self.fusion.exchange(layer, tokens, masks, need_weights, cross)
+                tokens, weights = self.fusion.exchange(layer, tokens, masks, want)
+                exchanged.append(layer)
+                for n, w in weights.items():
+                    cross[n].append(w)
+        if infos is not None:
+            for n in names:
+                if own[n]:
+                    maps.append(AttentionMaps.build(n, own[n], infos[n], [infos[n]]))
+            for n in names:
+                if cross[n]:
+                    maps.append(AttentionMaps.build(
+                        f"fusion.{n}", cross[n], infos[n],
+                        [infos[o] for o in names if o != n], layers=exchanged))
         out = {n: self.proj[n](self.encoder(n).norm(tokens[n])) for n in names}
         return out, masks
 

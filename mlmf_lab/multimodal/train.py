@@ -5,6 +5,7 @@ caption's cross-attention lands on the image.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 import torch
@@ -14,12 +15,13 @@ from ..errors import ConfigError
 from ..progress import Progress, bar, stage
 from ..tables import Column, Table, fields_dict, fields_row
 from .attention import pool_attention
-from .config import FusionStrategy
+from .config import FusionStrategy, MultiModalConfig
 from .demo import IMAGE_ONLY_BOUND, ShapesData, ShapesTask, demo_config, make_dataset
 from .model import MultiModalModel
 
-# found by a small sweep (1e-2, 5e-3, 3e-3) at 300 steps: cross-attention needs a gentler step
-LEARNING_RATES = {FusionStrategy.EARLY: 5e-3, FusionStrategy.MIDDLE: 3e-3,
+# found by a small sweep (1e-2, 5e-3, 3e-3) at 300 steps: attention between modalities needs a
+# gentler step (early fusion at 5e-3 collapsed to one constant answer on seeds 0 and 1 of 0-2)
+LEARNING_RATES = {FusionStrategy.EARLY: 3e-3, FusionStrategy.MIDDLE: 3e-3,
                   FusionStrategy.LATE: 5e-3, FusionStrategy.ATTENTION: 5e-3}
 
 
@@ -28,6 +30,7 @@ def train_classifier(model: MultiModalModel, data: ShapesData, steps: int = 300,
                      progress: Progress = False) -> list[float]:
     """AdamW on cross-entropy over random mini-batches; returns the loss per step.
 
+    The model gets the inputs it reads (a single-modality model only its own).
     ``progress``: a bar, or a function told ``(steps done, steps)``.
     """
 
@@ -39,7 +42,7 @@ def train_classifier(model: MultiModalModel, data: ShapesData, steps: int = 300,
     losses = []
     for _ in bar(range(steps), progress=progress, desc="train", leave=False):
         idx = torch.randint(data.n, (batch_size,), generator=gen)
-        loss = F.cross_entropy(model(data.inputs(idx)).logits, data.labels[idx])
+        loss = F.cross_entropy(model(_read(model, data.inputs(idx))).logits, data.labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -53,9 +56,13 @@ def train_classifier(model: MultiModalModel, data: ShapesData, steps: int = 300,
 def accuracy(model: MultiModalModel, data: ShapesData, drop: Sequence[str] = ()) -> float:
     """Share of correct answers; ``drop`` leaves those inputs out (missing modalities)."""
     model.eval()
-    inputs = {k: v for k, v in data.inputs().items() if k not in drop}
+    inputs = {k: v for k, v in _read(model, data.inputs()).items() if k not in drop}
     pred = model(inputs).logits.argmax(-1)
     return float((pred == data.labels).float().mean())
+
+
+def _read(model: MultiModalModel, inputs: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in inputs.items() if k in model.config.names}
 
 
 class AttentionMass(NamedTuple):
@@ -90,13 +97,14 @@ def image_attention(model: MultiModalModel, data: ShapesData,
         ConfigError: the model has no cross-attention from ``query`` (not middle fusion).
     """
     model.eval()
-    out = model(data.inputs(), need_weights=True)
-    maps = [m for m in out.cross if m.query == query]
-    if not maps:
+    out = model(data.inputs(), output_attentions=True)
+    maps = out.attentions.get(f"fusion.{query}")
+    if maps is None:
         raise ConfigError(f"no cross-attention from {query!r}: attention over the {key!r} "
                           f"needs a middle-fusion model, this one is {model.config.fusion.value}")
     qmask = data.inputs()[query]
-    return pool_attention(maps[-1].span(key), qmask[1] if isinstance(qmask, tuple) else None)
+    last = maps.span(key).weights[:, -1]  # (N, heads, queries, patches)
+    return pool_attention(last, qmask[1] if isinstance(qmask, tuple) else None)
 
 
 def attention_mass(model: MultiModalModel, data: ShapesData) -> AttentionMass:
@@ -162,7 +170,8 @@ def compare_fusions(strategies: Sequence[tuple[str, FusionStrategy, str]] | None
                     n_train: int = 2048, n_test: int = 512, steps: int = 300,
                     batch_size: int = 128, dim: int = 32, seed: int = 0,
                     progress: Progress = False,
-                    task: ShapesTask | None = None, threads: int = 1) -> FusionReport:
+                    task: ShapesTask | None = None, threads: int = 1,
+                    alone: Sequence[str] = ()) -> FusionReport:
     """Train one small model per strategy on the same data; test on held-out samples.
 
     Args:
@@ -172,6 +181,8 @@ def compare_fusions(strategies: Sequence[tuple[str, FusionStrategy, str]] | None
             and samples per step (drawn with replacement).
         progress: a bar per model, or a function told ``(steps done, steps)`` over all
             the models.
+        alone: inputs (``"caption"``, ``"image"``, ``"tone"``) to also train on their own,
+            the same way: the single-modality baselines, labelled ``"<input> alone"``.
     """
     task = task or ShapesTask()
     strategies = strategies or [
@@ -183,14 +194,18 @@ def compare_fusions(strategies: Sequence[tuple[str, FusionStrategy, str]] | None
     tok = task.tokenizer()
     train = make_dataset(n_train, seed, task, tok)
     test = make_dataset(n_test, seed + 1, task, tok)
+    runs = [(label, strategy, mode, None) for label, strategy, mode in strategies] + [
+        (f"{name} alone", FusionStrategy.LATE, "mean", name) for name in alone]
     rows, models, losses = [], {}, {}
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)  # tiny models: one thread is faster and reproducible
     try:
-        for i, (label, strategy, mode) in enumerate(strategies):
-            row, model, loss = _train_one(label, strategy, mode, task, tok.get_vocab_size(),
-                                          train, test, steps, batch_size, dim, seed,
-                                          stage(progress, i * steps, len(strategies) * steps))
+        for i, (label, strategy, mode, only) in enumerate(runs):
+            config = demo_config(strategy, task, tok.get_vocab_size(), dim, mode)
+            if only is not None:
+                config = replace(config, modalities=(config.modality(only),))
+            row, model, loss = _train_one(label, config, train, test, steps, batch_size, seed,
+                                          stage(progress, i * steps, len(runs) * steps))
             rows.append(row)
             models[label], losses[label] = model, loss
     finally:
@@ -198,15 +213,15 @@ def compare_fusions(strategies: Sequence[tuple[str, FusionStrategy, str]] | None
     return FusionReport(rows, 1.0 / 3, IMAGE_ONLY_BOUND, models, losses)
 
 
-def _train_one(label: str, strategy: FusionStrategy, mode: str, task: ShapesTask, vocab: int,
-               train: ShapesData, test: ShapesData, steps: int, batch_size: int, dim: int,
-               seed: int, progress: Progress) -> tuple[FusionResult, MultiModalModel, list[float]]:
+def _train_one(label: str, config: MultiModalConfig, train: ShapesData, test: ShapesData,
+               steps: int, batch_size: int, seed: int,
+               progress: Progress) -> tuple[FusionResult, MultiModalModel, list[float]]:
     torch.manual_seed(seed)
-    model = MultiModalModel(demo_config(strategy, task, vocab, dim, mode))
+    model = MultiModalModel(config)
     losses = train_classifier(model, train, steps, batch_size=batch_size,
-                              lr=LEARNING_RATES[strategy], seed=seed, progress=progress)
+                              lr=LEARNING_RATES[config.fusion], seed=seed, progress=progress)
     with torch.no_grad():
-        pred = model(test.inputs()).logits.argmax(-1)
+        pred = model(_read(model, test.inputs())).logits.argmax(-1)
     ok = (pred == test.labels).float()
     row = FusionResult(label, float(ok.mean()), float(ok[~test.spoken].mean()),
                        float(ok[test.spoken].mean()), sum(losses[-20:]) / len(losses[-20:]))

@@ -9,7 +9,6 @@ tensor names, and it is marked as a guess.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import MLMFError
+from ..files import read_json
 from ..formats import open_weights
 from ..formats.base import dtype_name
 from ..tables import Column, Table, fields_dict
@@ -123,18 +123,12 @@ class ModelDescription:
         return self.table().html() + stats
 
 
-def read_json(p: Path) -> dict[str, Any] | None:
+def json_beside(p: Path) -> dict[str, Any] | None:
     """The JSON object in ``p`` (``config.json`` and the like beside the weights), or None
-    when there is no such file; ``MLMFError`` naming it when it is not a JSON object."""
-    if not p.is_file():
+    when there is no such file; an ``MLMFError`` naming it when it is not a JSON object."""
+    if not p.exists():
         return None
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MLMFError(f"expected a JSON object beside the weights, found invalid JSON ({e})",
-                        p) from None
-    if not isinstance(doc, dict):
-        raise MLMFError(f"expected a JSON object, found {type(doc).__name__}", p)
+    doc: dict[str, Any] = read_json(p, "the JSON beside the weights", expect=dict)
     return doc
 
 
@@ -183,7 +177,7 @@ def _declared_modalities(meta: dict[str, Any], config: dict[str, Any] | None,
     if folder is not None:
         if (folder / "tokenizer.json").is_file() or (folder / "vocab.txt").is_file():
             add("text", "tokenizer beside the file")
-        pre = read_json(folder / "preprocessor_config.json") or {}
+        pre = json_beside(folder / "preprocessor_config.json") or {}
         if any(k.startswith("image_") for k in pre):
             add("vision", "preprocessor_config.json")
         if "sampling_rate" in pre:
@@ -260,9 +254,9 @@ def describe(x: str | os.PathLike[str] | nn.Module, stats: bool = False,
         n_params, nbytes, by_type = wf.num_parameters, wf.nbytes, wf.bytes_by_type()
         path = Path(wf.path)
     folder = Path(x) if Path(x).is_dir() else path.parent
-    config = read_json(folder / "config.json")
+    config = json_beside(folder / "config.json")
     # the adapter's config describes the adapter's weights only, not a model beside them
-    adapter = read_json(folder / "adapter_config.json") if path.name.startswith(
+    adapter = json_beside(folder / "adapter_config.json") if path.name.startswith(
         "adapter_model") else None
     arch, arch_source = _architecture(meta, config, adapter)
     mods, mod_source = _declared_modalities(meta, config, folder)

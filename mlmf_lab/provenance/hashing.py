@@ -3,8 +3,10 @@
 The *tensor hash* is a sha256 over every tensor in sorted-name order. Each tensor
 contributes a record line ``name \\0 type \\0 d0,d1,... \\0 nbytes \\n`` (``type`` is the
 quant type where there is one, else the dtype, e.g. ``float32``) followed by its raw
-bytes. Files are hashed straight from a memory map in chunks, so a 10 GB file costs
-10 GB of reads but no extra memory. Because only names, types, shapes and bytes
+bytes (``formats.write.record_line`` and ``tensor_hash_views``, where writers find them: the
+safetensors writer computes this hash as it writes when a lineage store records the save).
+Files are hashed straight from a memory map in chunks, so a 10 GB file costs 10 GB of reads
+but no extra memory. Because only names, types, shapes and bytes
 count, a state dict in memory and the safetensors file it was saved to have the
 same hash, and so do a single file and the same tensors in an HF sharded folder.
 
@@ -15,18 +17,18 @@ hash*: sha256 over the relative file names and their bytes.
 from __future__ import annotations
 
 import hashlib
-import json
 import mmap
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
 from ..errors import MLMFError
-from ..files import hash_file_into, walk_files
-from ..formats.base import alias_key, dtype_name
+from ..files import hash_file_into, read_json, walk_files
+from ..formats.base import alias_key
+from ..formats.write import record_line, sha256_of, tensor_hash_views
 from ..tables import fields_dict, fields_row
 
 CHUNK = 8 * 1024 * 1024
@@ -48,12 +50,6 @@ class ContentHash(NamedTuple):
 
     def rows(self) -> list[dict[str, Any]]:
         return [fields_row(self)]
-
-
-def record_line(name: str, kind: str, shape: Iterable[int], nbytes: int) -> bytes:
-    """The header that precedes one tensor's bytes in the tensor hash."""
-    dims = ",".join(str(int(d)) for d in shape)
-    return f"{name}\0{kind}\0{dims}\0{nbytes}\n".encode()
 
 
 def _update_from_file(h: hashlib._Hash, mm: mmap.mmap, offset: int, nbytes: int) -> None:
@@ -132,16 +128,11 @@ def state_hash(tensors: Mapping[str, torch.Tensor]) -> ContentHash:
     Raises:
         MLMFError: a tensor is on the meta device (it has no bytes to hash).
     """
-    h = hashlib.sha256()
     kept = unique_tensors(tensors)
     for name in sorted(kept):
-        t = kept[name]
-        if t.device.type == "meta":
+        if kept[name].device.type == "meta":
             raise MLMFError(f"tensor {name!r} is on the meta device and has no data to hash")
-        nbytes = t.nbytes
-        h.update(record_line(name, dtype_name(t.dtype), t.shape, nbytes))
-        h.update(tensor_bytes(t))
-    return ContentHash(h.hexdigest(), "tensors")
+    return ContentHash(sha256_of(tensor_hash_views(kept)), "tensors")
 
 
 def bytes_hash(path: str | os.PathLike[str]) -> ContentHash:
@@ -186,8 +177,8 @@ def _holds_more_than_its_model(folder: Path) -> bool:
     used = {opened.name}
     if opened.name.endswith(".index.json"):
         try:
-            used |= set(map(str, json.loads(opened.read_text(encoding="utf-8"))["weight_map"]
+            used |= set(map(str, read_json(opened, "the index", expect=dict)["weight_map"]
                             .values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (MLMFError, KeyError, AttributeError):
             return False  # a broken index: opening it reports that
     return any(f.name not in used for f in folder.iterdir() if f.suffix in WEIGHT_SUFFIXES)

@@ -102,6 +102,18 @@ def _chunk_blocks(bt: BlockType) -> int:
     return max(1, CHUNK_WEIGHTS // bt.block_size)
 
 
+# the C quantizers (same bytes as the torch functions) and what each takes besides the rows
+NATIVE_QUANTIZERS: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
+    "Q4_K": bkq.sub_block_rms, "Q6_K": None}
+
+
+def _native_quantizer(bt: BlockType) -> native.Quantizer | None:
+    if bt.name not in NATIVE_QUANTIZERS or bt.quantize_blocks is None:
+        return None
+    return native.quantizer(bt.scheme, bt.type_size, bt.quantize_blocks,
+                            NATIVE_QUANTIZERS[bt.name])
+
+
 def quantize_tensor(tensor: torch.Tensor, name: str) -> QTensor:
     """Quantize a float tensor into GGUF blocks along its last dimension.
 
@@ -135,9 +147,11 @@ def quantize_tensor(tensor: torch.Tensor, name: str) -> QTensor:
     x = tensor.detach().to("cpu", torch.float32).contiguous().view(-1, bt.block_size)
     out = torch.empty(x.shape[0], bt.type_size, dtype=torch.uint8)
     fn = bt.quantize_blocks
+    fast = _native_quantizer(bt)
 
     def run(start: int, stop: int) -> None:
-        fn(x[start:stop], out[start:stop])
+        if fast is None or not fast(x[start:stop], out[start:stop]):
+            fn(x[start:stop], out[start:stop])
 
     run_chunks(run, x.shape[0], _chunk_blocks(bt))
     data = out.view(*shape[:-1], bt.row_bytes(shape[-1]))

@@ -6,11 +6,15 @@ Quantizing each input row with its own scale keeps one outlier token from coarse
 others; fbgemm's dynamic linear (``fbgemm-int8``) uses one scale for the whole input, which
 costs BERT-style models (outlier features after LayerNorm) several times the output error.
 
-- up to ``GEMV_ROWS`` (4) rows (decoding token by token): ``native/int8.c``, uint8 activations
-  with a scale and zero point per row, AVX512-VNNI dot products that read the weights once
-  for all rows, spread over torch's own OpenMP threads;
-- more rows: int8 activations (symmetric, a scale per row, in C), ``torch._int_mm``
-  (oneDNN's int8 GEMM), then the row and channel scales and the bias (in C, in place).
+- up to ``GEMV_ROWS`` (4) rows (decoding token by token): uint8 activations with a scale
+  and zero point per row, AVX512-VNNI dot products that read the weights once for all rows;
+- more rows: int8 activations (symmetric, a scale per row), an int8 GEMM on AMX tiles
+  (Sapphire Rapids and later), else in blocks of 4 by 4 with VNNI.
+
+Both in ``native/int8.c``, the work cut into small chunks that torch's OpenMP threads take
+from a shared counter, or, while a busy process on another core stalls that team, helper
+threads that the caller never waits for unless they took work (``native/pool.c``): a busy
+neighbour slows a call down by at most its share of a core instead of stalling it.
 
 ``q4_0-vnni``: q4_0 weights as stored in GGUF (4.5 bits per weight), activations quantized
 to q8_0 (int8 per block of 32) per call, llama.cpp's scheme, for any number of rows.
@@ -31,8 +35,8 @@ from . import native
 from .base import QTensor
 from .blocks_legacy import join_q4_0, split_q4_0
 
-MATMUL_MIN_IN = 16  # narrower layers always take the C path
-GEMV_ROWS = 4  # both paths timed on a 4096x4096 layer, 2 threads: C wins up to 4, ties at 6
+MATMUL_MIN_IN = 16  # narrower layers always take the few-rows path (a zero point per row)
+GEMV_ROWS = 4  # beyond, the tiled GEMM reads the weights fewer times than row-by-row dots
 
 
 def _native_or_float(
@@ -49,7 +53,7 @@ def _native_or_float(
 
 def available(qt: QTensor) -> bool:
     return (qt.scheme == "int8" and len(qt.shape) == 2 and 0 < qt.shape[1] <= native.INT8_MAX_IN
-            and hasattr(torch, "_int_mm") and native.int8_vnni())
+            and native.int8_vnni())
 
 
 class Int8Rowwise:
@@ -67,10 +71,9 @@ class Int8Rowwise:
         return _native_or_float(self, x, bias, self._native)
 
     def _native(self, x: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor | None:
-        # torch._int_mm gives garbage for a single input feature (torch 2.13, CPU)
-        if x.shape[0] <= GEMV_ROWS or self.shape[1] < MATMUL_MIN_IN:
-            return native.int8_linear(x, self.codes, self.scale, self.rowsum, b)
-        return native.int8_matmul(x, self.codes, self.scale, b)
+        few = x.shape[0] <= GEMV_ROWS or self.shape[1] < MATMUL_MIN_IN
+        run = native.int8_linear if few else native.int8_matmul
+        return run(x, self.codes, self.scale, self.rowsum, b)
 
     def qtensor(self) -> QTensor:
         return QTensor("int8", self.shape, self.codes, {"scale": self.scale})

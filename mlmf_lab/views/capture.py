@@ -57,13 +57,13 @@ def capture_attentions(model: Any, **inputs: Any) -> Any:
 
     Args:
         model: a transformers model (any attention implementation), the lab's ``MiniLM``
-            or a multi-modal ``MultiModalModel`` (middle fusion).
+            or a multi-modal ``MultiModalModel``.
         inputs: the model's inputs (``input_ids=...``, ``attention_mask=...``; for the
             multi-modal model ``inputs={"text": ..., "image": ...}``).
 
     Returns:
         A tuple with one ``(B, H, Q, K)`` tensor per layer; for the multi-modal model its
-        list of ``CrossAttentionMap`` records.
+        ``AttentionMaps`` records by source (``"fusion.text"``, ``"image.backbone"``, ...).
 
     Raises:
         AttentionError: the model cannot give its weights; the message says why and how.
@@ -81,11 +81,11 @@ def capture_attentions(model: Any, **inputs: Any) -> Any:
         return tuple(maps)
     if isinstance(model, MultiModalModel):
         with torch.no_grad():
-            out = model(inputs.get("inputs", inputs), need_weights=True)
-        if not out.cross:
-            raise AttentionError("this MultiModalModel has no cross-attention maps: only "
-                                 "middle fusion (FusionStrategy.MIDDLE) has any")
-        return out.cross
+            out = model(inputs.get("inputs", inputs), output_attentions=True)
+        if not out.attentions:
+            raise AttentionError("this MultiModalModel computes no attention: its encoders "
+                                 "have no layers and its fusion is late")
+        return out.attentions
     if hasattr(model, "config") and callable(model):
         maps = _transformers_attentions(model, inputs)
         attention_stack(maps)  # fail here, naming the problem, not later in the view

@@ -1,4 +1,4 @@
-"""Preprocessing, one module per modality: ``text`` (tokenizers), ``image`` (OpenCV),
+"""Preprocessing, one module per modality: ``text`` (tokenizers), ``image`` (OpenCV + PIL),
 ``audio`` (librosa + torch spectrogram maths), ``video`` (OpenCV + the image pipeline).
 
 Each is pure and batched; bad input raises ``MLMFError`` naming the file.

@@ -1,10 +1,12 @@
-"""Image preprocessing with OpenCV: decode, resize keeping the aspect ratio, center crop,
-normalize, cut into ViT patches.
+"""Image preprocessing: decode (OpenCV), resize (PIL, as Hugging Face's image processors),
+center crop, rescale and normalize, cut into ViT patches.
 
 The steps are pure functions on numpy arrays (HWC, RGB, uint8 in, float32 out) so each can
-be tested alone; ``preprocess_images`` chains them for a batch. Patches are flattened in
-(row, column, channel) order and listed row by row, so patch ``i`` sits at grid cell
-``divmod(i, grid[1])``.
+be tested alone; ``preprocess_images`` chains them for a batch. Resizing goes through PIL
+on 8-bit RGB because that is what ``CLIPImageProcessor`` and ``ViTImageProcessor`` run: the
+same filter with the same support and the same 8-bit rounding, so a pretrained encoder sees
+the pixels it was trained on. Patches are flattened in (row, column, channel) order and
+listed row by row, so patch ``i`` sits at grid cell ``divmod(i, grid[1])``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 
 from ...errors import ConfigError, MLMFError
-from ..config import ImagePreprocessing
+from .config import ImagePreprocessing
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -86,55 +88,74 @@ def _as_rgb(arr: np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
-def resize_short_side(image: np.ndarray, size: int) -> np.ndarray:
-    """Scale so that the shorter side is ``size``, keeping the aspect ratio.
+def resize_size(height: int, width: int, cfg: ImagePreprocessing) -> tuple[int, int]:
+    """(height, width) after ``cfg``'s resize, with Hugging Face's rounding.
 
-    Shrinking first averages k x k blocks for the largest whole factor k (OpenCV's fast
-    integer area path, no aliasing), then interpolates bilinearly for the last factor
-    below 2. Enlarging is bilinear.
+    "shortest_edge": the short side becomes ``resize_size`` (default ``size``) and the long
+    side ``int(resize_size * long / short)``, truncated as ``get_resize_output_image_size``
+    does (rounding it would shift the center crop by a pixel). "stretch": both sides
+    ``resize_size`` (default ``size``). "none": as they are.
+
+    Example:
+        >>> resize_size(333, 500, ImagePreprocessing(224, 16))  # 224 * 500 / 333 = 336.3
+        (224, 336)
+        >>> resize_size(333, 500, ImagePreprocessing(224, 16, resize="stretch"))
+        (224, 224)
+    """
+    target = cfg.resize_size or cfg.size
+    if cfg.resize == "stretch":
+        return target, target
+    if cfg.resize == "none":
+        return height, width
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(target * long / short)
+    return (new_long, target) if width <= height else (target, new_long)
+
+
+def resize(image: np.ndarray, cfg: ImagePreprocessing) -> np.ndarray:
+    """Resize an RGB uint8 image (H, W, 3) as ``cfg`` says, with PIL's ``cfg.resample`` filter.
 
     Raises:
-        ConfigError: ``size`` < 1. MLMFError: an empty image.
+        MLMFError: an empty image.
     """
-    import cv2
+    from PIL import Image
 
-    if size < 1:
-        raise ConfigError(f"resize size must be >= 1, found {size}")
     h, w = image.shape[:2]
     if h == 0 or w == 0:
         raise MLMFError(f"cannot resize an empty image of shape {image.shape}")
-    k = min(h, w) // size
-    if k >= 2:
-        image = image[: h - h % k, : w - w % k]
-        image = cv2.resize(image, (image.shape[1] // k, image.shape[0] // k),
-                           interpolation=cv2.INTER_AREA)
-        h, w = image.shape[:2]
-    scale = size / min(h, w)
-    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+    new_h, new_w = resize_size(h, w, cfg)
     if (new_h, new_w) == (h, w):
         return image
-    return cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    if min(new_h, new_w) < 1:
+        raise MLMFError(f"a {h}x{w} image would be resized to {new_h}x{new_w}; its aspect "
+                        "ratio is too extreme for this size")
+    filt = Image.Resampling[cfg.resample.upper()]
+    return np.asarray(Image.fromarray(image).resize((new_w, new_h), resample=filt))
 
 
 def center_crop(image: np.ndarray, size: int) -> np.ndarray:
-    """The central ``size`` x ``size`` square.
+    """The central ``size`` x ``size`` square, as Hugging Face's ``center_crop``.
 
-    Raises:
-        MLMFError: the image is smaller than ``size`` on either side.
+    Offsets are rounded down; where the image is smaller than ``size`` it is first padded
+    with zeros, centred (the extra row or column of an odd margin goes before).
     """
     h, w = image.shape[:2]
     if h < size or w < size:
-        raise MLMFError(f"cannot crop {size}x{size} from an image of {h}x{w}; resize it first")
+        big_h, big_w = max(h, size), max(w, size)
+        padded = np.zeros((big_h, big_w, *image.shape[2:]), image.dtype)
+        top, left = -(-(big_h - h) // 2), -(-(big_w - w) // 2)  # ceil, as transformers
+        padded[top:top + h, left:left + w] = image
+        image, h, w = padded, big_h, big_w
     top, left = (h - size) // 2, (w - size) // 2
     return image[top:top + size, left:left + size]
 
 
-def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """uint8 RGB -> float32 ``(x / 255 - mean) / std`` per channel."""
-    scale = np.float32(1 / 255)
+def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float],
+              rescale: float = 1 / 255) -> np.ndarray:
+    """uint8 RGB -> float32 ``(x * rescale - mean) / std`` per channel."""
     m = np.asarray(mean, np.float32)
     s = np.asarray(std, np.float32)
-    return (image.astype(np.float32) * scale - m) / s
+    return ((image.astype(np.float64) * rescale).astype(np.float32) - m) / s
 
 
 def patchify(pixels: torch.Tensor, patch: int) -> torch.Tensor:
@@ -175,10 +196,10 @@ def thread_map(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
 
 
 def prepare_image(source: ImageInput, cfg: ImagePreprocessing) -> np.ndarray:
-    """One image: decode, resize the short side, center crop, normalize -> (S, S, 3) float32."""
+    """One image: decode, resize, center crop, rescale, normalize -> (S, S, 3) float32."""
     image = decode_image(source)
-    image = center_crop(resize_short_side(image, cfg.size), cfg.size)
-    return normalize(image, cfg.mean, cfg.std)
+    image = center_crop(resize(image, cfg), cfg.size)
+    return normalize(image, cfg.mean, cfg.std, cfg.rescale)
 
 
 def preprocess_images(sources: Sequence[ImageInput], cfg: ImagePreprocessing) -> ImageBatch:
@@ -212,4 +233,4 @@ def denormalize(pixels: torch.Tensor, cfg: ImagePreprocessing) -> np.ndarray:
     """(3, S, S) normalized -> (S, S, 3) floats in [0, 1], for showing."""
     m = torch.tensor(cfg.mean).view(3, 1, 1)
     s = torch.tensor(cfg.std).view(3, 1, 1)
-    return (pixels * s + m).clamp(0, 1).permute(1, 2, 0).numpy()
+    return ((pixels * s + m) / (255 * cfg.rescale)).clamp(0, 1).permute(1, 2, 0).numpy()

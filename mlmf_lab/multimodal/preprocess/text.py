@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 
 from ...errors import ConfigError, MLMFError
-from ..config import TextPreprocessing
+from .config import TextPreprocessing
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -51,7 +51,15 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
         raise MLMFError(f"expected a tokenizers JSON file, cannot parse it: {exc}", p) from None
 
 
-def _pad_id(tok: Tokenizer) -> tuple[int, str]:
+def _pad_id(tok: Tokenizer, pad_token: str | None = None) -> tuple[int, str]:
+    """The padding id and token: ``pad_token`` when given (it must be in the vocabulary),
+    else the first of [PAD], <pad>, <PAD>, else id 0."""
+    if pad_token is not None:
+        idx = tok.token_to_id(pad_token)
+        if idx is None:
+            raise ConfigError(f"pad_token {pad_token!r} is not in this tokenizer's vocabulary "
+                              f"of {tok.get_vocab_size()} tokens")
+        return idx, pad_token
     for cand in ("[PAD]", "<pad>", "<PAD>"):
         idx = tok.token_to_id(cand)
         if idx is not None:
@@ -116,7 +124,7 @@ def _configured(tok: Tokenizer, cfg: TextPreprocessing) -> Tokenizer:
                               f"special tokens: {exc}") from None
     else:
         tok.no_truncation()
-    pad_id, pad_token = _pad_id(tok)
+    pad_id, pad_token = _pad_id(tok, cfg.pad_token)
     length = cfg.max_length if cfg.padding == "max_length" else None
     tok.enable_padding(pad_id=pad_id, pad_token=pad_token, length=length)
     return tok

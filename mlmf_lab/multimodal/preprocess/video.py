@@ -1,8 +1,11 @@
 """Video preprocessing with OpenCV: frames read at a target fps, clips of T frames every
 ``stride`` frames, each frame through the image pipeline.
 
-A video shorter than one clip gives one clip padded by repeating its last frame; the
-frame mask says which frames are real.
+Sampling follows the frames' decoded timestamps (``FramePicker``), so a variable-rate video
+is sampled at the times it shows, and the frame-count arithmetic (``sample_indices``) is the
+same rule run on a constant rate. Every sampled frame lands in a clip: the last clip is
+padded by repeating its last frame when fewer than T frames are left; the frame mask says
+which frames are real.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 import torch
 
 from ...errors import ConfigError, MLMFError
-from ..config import VideoPreprocessing
+from .config import VideoPreprocessing
 from .image import patchify, prepare_image
 
 
@@ -71,39 +74,106 @@ def video_info(path: str | os.PathLike[str]) -> VideoInfo:
         cap.release()
 
 
-def sample_indices(n_frames: int, src_fps: float, fps: float) -> np.ndarray:
-    """Source frame indices that sample a video of ``n_frames`` at ``fps``.
+EPS = 1e-4  # seconds: containers round timestamps to the millisecond
 
-    Frame k of the output is the source frame shown at time k / fps (nearest earlier
-    frame). When ``fps`` >= ``src_fps`` every source frame is kept once.
+
+class FramePicker:
+    """Online choice of the frames that sample a stream at ``fps``.
+
+    For each time ``t0 + k / fps`` (``t0``: the first frame's time) the frame shown then is
+    chosen: the last frame whose timestamp is at or before it; a frame is chosen at most
+    once (when ``fps`` >= the source rate every frame is kept once). Frames arrive in order
+    through ``offer(t)``, which returns the earlier frames now known to be chosen; the last
+    frame counts as shown for one nominal frame interval. A timestamp that does not increase
+    (a container without times) is replaced by the previous one plus the nominal interval.
+
+    Example:
+        >>> picker, chosen = FramePicker(src_fps=30.0, fps=10.0), []
+        >>> for i in range(8):
+        ...     chosen += picker.offer(i / 30)
+        >>> chosen + picker.finish()
+        [0, 3, 6]
+    """
+
+    def __init__(self, src_fps: float, fps: float) -> None:
+        if not (src_fps > 0 and fps > 0 and np.isfinite(src_fps)):
+            raise ConfigError(f"frame rates must be > 0, found source {src_fps}, target {fps}")
+        self.step, self.fps = 1.0 / src_fps, fps
+        self.k, self.count = 0, 0
+        self.t0: float | None = None
+        self.last_t = 0.0
+        self.candidate: int | None = None  # the last frame at or before the next time
+        self.times: dict[int, float] = {}  # timestamp of each frame offered
+
+    def target(self) -> float:
+        return (self.t0 or 0.0) + self.k / self.fps
+
+    def offer(self, t: float) -> list[int]:
+        """Frame number ``count`` is shown from time ``t`` (seconds); returns the frames
+        chosen now, in order."""
+        i = self.count
+        self.count += 1
+        if self.t0 is None:
+            self.t0 = t
+        elif not t > self.last_t:
+            t = self.last_t + self.step
+        self.last_t = self.times[i] = t
+        emit: list[int] = []
+        if t > self.target() + EPS:
+            if self.candidate is not None:  # it was the last frame at or before the target
+                emit.append(self.candidate)
+            while self.target() < t - EPS:  # later times before t would repeat that frame
+                self.k += 1
+        self.candidate = i
+        return emit
+
+    def finish(self) -> list[int]:
+        """The last frame, if it is still shown at the next sampling time."""
+        last, self.candidate = self.candidate, None
+        shown = last is not None and self.target() < self.last_t + self.step - EPS
+        return [last] if shown and last is not None else []
+
+
+def sample_indices(n_frames: int, src_fps: float, fps: float) -> np.ndarray:
+    """Frame indices that sample a constant-rate video of ``n_frames`` at ``fps``: frame k of
+    the output is the frame shown at time k / fps (``FramePicker`` on times i / src_fps).
+
+    Example:
+        >>> sample_indices(10, 30.0, 12.0).tolist()  # 30 -> 12 fps: times 0, 1/12, 2/12, ...
+        [0, 2, 5, 7]
     """
     if n_frames <= 0:
         return np.zeros(0, np.int64)
-    if src_fps <= 0 or fps <= 0:
-        raise ConfigError(f"frame rates must be > 0, found source {src_fps}, target {fps}")
-    if fps >= src_fps:
-        return np.arange(n_frames)
-    duration = n_frames / src_fps
-    times = np.arange(0.0, duration - 1e-9, 1.0 / fps)
-    return np.unique(np.minimum(np.floor(times * src_fps + 1e-6).astype(np.int64), n_frames - 1))
+    picker, chosen = FramePicker(src_fps, fps), []
+    for i in range(n_frames):
+        chosen += picker.offer(i / src_fps)
+    return np.asarray(chosen + picker.finish(), np.int64)
 
 
 def clip_starts(n: int, clip_frames: int, stride: int) -> list[int]:
-    """Start indices of clips of ``clip_frames`` every ``stride`` frames (at least one clip).
+    """Start indices of clips of ``clip_frames`` every ``stride`` frames, until a clip
+    reaches the last frame (that clip may run past the end: it is padded).
 
-    The last partial window is kept only when no full clip fits.
+    Example:
+        >>> clip_starts(12, 4, 3), clip_starts(10, 4, 3), clip_starts(3, 4, 2)
+        ([0, 3, 6, 9], [0, 3, 6], [0])
     """
     if clip_frames < 1 or stride < 1:
         raise ConfigError(f"clip_frames and stride must be >= 1, found {clip_frames}, {stride}")
-    if n <= clip_frames:
-        return [0]
-    return list(range(0, n - clip_frames + 1, stride))
+    if stride > clip_frames:
+        raise ConfigError(f"stride {stride} > clip_frames {clip_frames} would leave frames "
+                          "between clips out of every clip")
+    starts = [0]
+    while starts[-1] + clip_frames < n:
+        starts.append(starts[-1] + stride)
+    return starts
 
 
 def read_frames(path: str | os.PathLike[str], fps: float) -> tuple[list[np.ndarray], np.ndarray]:
     """Decode the frames that sample the video at ``fps``: (RGB frames, times in seconds).
 
-    Only the chosen frames are decoded (the others are grabbed and skipped).
+    Times are the container's decoded timestamps, and the frames are chosen by them
+    (``FramePicker``), so a variable-rate video is sampled at the times it shows.
 
     Raises:
         MLMFError: the file cannot be opened or holds no decodable frame.
@@ -118,25 +188,28 @@ def read_frames(path: str | os.PathLike[str], fps: float) -> tuple[list[np.ndarr
 
 
 def _iter_frames(path: str | os.PathLike[str], fps: float) -> Iterator[tuple[np.ndarray, float]]:
+    """The chosen frames as they become known. Every frame is converted to RGB: whether it
+    is chosen is known only once the next one's time is read, and by then OpenCV can no
+    longer return it (``grab`` has decoded it already; ``retrieve`` only converts)."""
     import cv2
 
     cap = _open(path)
     try:
         src_fps = float(cap.get(cv2.CAP_PROP_FPS))
-        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         if src_fps <= 0 or not np.isfinite(src_fps):
             raise MLMFError(f"the container gives no frame rate (found {src_fps})", path)
-        wanted = set(sample_indices(count, src_fps, fps).tolist()) if count > 0 else None
-        step = max(1.0, src_fps / fps)
-        i, next_t = 0, 0.0
+        picker = FramePicker(src_fps, fps)
+        last: tuple[int, np.ndarray] | None = None
         while cap.grab():
-            take = (i in wanted) if wanted is not None else (i + 1e-6 >= next_t)
-            if take:
-                ok, bgr = cap.retrieve()
-                if ok and bgr is not None:
-                    yield np.ascontiguousarray(bgr[:, :, ::-1]), i / src_fps
-                next_t += step
-            i += 1
+            for j in picker.offer(cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0):
+                if last is not None and last[0] == j:
+                    yield last[1], picker.times[j]
+            ok, bgr = cap.retrieve()
+            last = (picker.count - 1, np.ascontiguousarray(bgr[:, :, ::-1])) \
+                if ok and bgr is not None else None
+        for j in picker.finish():
+            if last is not None and last[0] == j:
+                yield last[1], picker.times[j]
     finally:
         cap.release()
 
@@ -168,7 +241,7 @@ def preprocess_video(path: str | os.PathLike[str], cfg: VideoPreprocessing) -> V
             raise MLMFError("expected at least one decodable frame, found none", path)
         prepared = np.stack([f.result() for f in pending])  # (F, S, S, 3)
     frames, times = prepared, np.asarray(stamps)
-    starts = clip_starts(len(frames), cfg.clip_frames, cfg.stride)
+    starts = clip_starts(len(frames), cfg.clip_frames, cfg.stride or cfg.clip_frames)
     idx = np.asarray(starts)[:, None] + np.arange(cfg.clip_frames)[None, :]  # (C, T)
     mask = idx < len(frames)
     idx = np.minimum(idx, len(frames) - 1)

@@ -29,6 +29,7 @@ from .records import Activity, Entity
 BUSY_TIMEOUT_MS = 60_000
 # kinds and activity names become PROV qualified names (mlmf:<name>)
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+ENTITY_COLUMNS = ("id", "kind", "label", "path", "sha256", "hash_kind", "created", "attrs")
 _TIME_LIMIT = 1e11  # seconds since the epoch (year 5138): what datetime can hold, with room
 
 
@@ -96,6 +97,9 @@ class Database:
             except sqlite3.DatabaseError as e:
                 raise MLMFError(f"cannot read the lineage store (SQLite: {e})",
                                 self.path) from None
+            except UnicodeDecodeError as e:  # damaged bytes where SQLite keeps text
+                raise MLMFError(f"cannot read the lineage store: it holds text that is not "
+                                f"UTF-8 ({e.reason}); the file is damaged", self.path) from None
             finally:
                 c.row_factory = None
 
@@ -121,30 +125,42 @@ class Database:
                 out[r["id"]] = self.to_entity(r)
         return out
 
-    def activities(self, where: str = "", args: tuple[Any, ...] = ()) -> list[Activity]:
-        """Activities matching ``where`` (SQL on table ``a``), oldest first, with their entities."""
-        rows = self.query(
-            "SELECT a.*, g.user, g.host, g.versions, g.git_commit FROM activities a "
-            f"LEFT JOIN agents g ON g.id = a.agent {where} ORDER BY a.started, a.id", args)
+    def activities(self, where: str = "", args: tuple[Any, ...] = (),
+                   known: dict[str, Entity] | None = None) -> list[Activity]:
+        """Activities matching ``where`` (SQL on table ``a``), oldest first, with their entities
+        (those in ``known`` are not read again)."""
+        rows = self.query(  # the columns _to_activity unpacks, in its order
+            "SELECT a.id, a.name, a.started, a.ended, a.params, a.agent, a.pid, g.user, g.host, "
+            f"g.versions, g.git_commit FROM activities a LEFT JOIN agents g ON g.id = a.agent "
+            f"{where} ORDER BY a.started, a.id", args)
         if not rows:
             return []
-        ids = [r["id"] for r in rows]
+        ids = [r[0] for r in rows]  # by position: sqlite3.Row finds a name in a linear search
         links: dict[str, dict[str, list[str]]] = {i: {"used": [], "generated": []} for i in ids}
         for start in range(0, len(ids), 500):
             part = ids[start : start + 500]
             marks = ",".join("?" * len(part))
             for u in self.query(f"SELECT activity, entity, role FROM usages WHERE activity IN "
                                 f"({marks}) ORDER BY rowid", tuple(part)):
-                links[u["activity"]][u["role"]].append(u["entity"])
-        ents = self.entities(sorted({e for d in links.values() for v in d.values() for e in v}))
-        return [self._to_activity(r, links[r["id"]], ents) for r in rows]
+                activity, entity, role = u
+                roles = links.get(activity, {})
+                if role not in roles:  # an index that disagrees with its table
+                    raise self._bad(f"usage of activity {str(activity)[:40]!r}",
+                                    "it names an activity or a role that is not stored")
+                roles[role].append(entity)
+        ents = dict(known or {})
+        # ids sorted as text: a changed store may hold a blob among them
+        ents.update(self.entities(sorted({e for d in links.values() for v in d.values()
+                                          for e in v if e not in ents}, key=str)))
+        agents: dict[Any, dict[str, Any]] = {}  # one agent records many activities
+        return [self._to_activity(r, links[r["id"]], ents, agents) for r in rows]
 
     # -- rows checked as they become records ---------------------------------------------
     def _bad(self, what: str, problem: str) -> MLMFError:
         return MLMFError(f"{what}: {problem}; the store was changed outside mlmf_lab",
                          self.path)
 
-    def _field(self, r: sqlite3.Row, column: str, what: str, kind: str) -> Any:
+    def _field(self, r: Any, column: str, what: str, kind: str) -> Any:
         """``r[column]`` checked: ``str``, ``str?`` (or NULL), ``name``, ``time``, ``int?``."""
         v = r[column]
         if kind == "name" and isinstance(v, str) and not is_name(v):
@@ -171,8 +187,19 @@ class Database:
             raise self._bad(what, f"a JSON {type(value).__name__}, expected an object")
         return value
 
-    def to_entity(self, r: sqlite3.Row) -> Entity:
-        """An ``entities`` row as a record, every column checked."""
+    def to_entity(self, r: sqlite3.Row | tuple[Any, ...]) -> Entity:
+        """An ``entities`` row (or its columns in table order) as a record, every column
+        checked."""
+        row = tuple(r)  # by position: sqlite3.Row finds a name in a linear search
+        if _plain_entity(row):  # what the store writes: checked in one pass
+            attrs = _plain_json(row[7])
+            if attrs is not None:
+                return Entity(row[0], row[1], row[2], row[3], row[4], row[5], float(row[6]),
+                              attrs)
+        return self._checked_entity(r if isinstance(r, sqlite3.Row)
+                                    else dict(zip(ENTITY_COLUMNS, row, strict=False)))
+
+    def _checked_entity(self, r: Any) -> Entity:
         what = f"entity {str(r['id'])[:40]!r}"
         f = self._field
         return Entity(f(r, "id", what, "str"), f(r, "kind", what, "name"),
@@ -181,20 +208,67 @@ class Database:
                       f(r, "created", what, "time"), self._json(r["attrs"], f"{what}: attrs"))
 
     def _to_activity(self, r: sqlite3.Row, links: dict[str, list[str]],
-                     ents: dict[str, Entity]) -> Activity:
-        what = f"activity {str(r['id'])[:40]!r}"
-        f = self._field
-        missing = [e for role in links.values() for e in role if e not in ents]
+                     ents: dict[str, Entity], agents: dict[Any, dict[str, Any]]) -> Activity:
+        # sqlite3.Row finds a column by name in a linear search: read the row once, by position
+        aid, name, started, ended, params, agent_id, pid, user, host, versions, commit = r
+        missing = [e for e in links["used"] + links["generated"] if e not in ents]
         if missing:
-            raise self._bad(what, f"it names entity {missing[0][:40]!r}, which is not stored")
-        agent = {"user": f(r, "user", what, "str?"), "host": f(r, "host", what, "str?"),
-                 "versions": self._json(r["versions"], f"{what}: agent versions", True),
-                 "git_commit": f(r, "git_commit", what, "str?")}
+            raise self._bad(f"activity {str(aid)[:40]!r}",
+                            f"it names entity {str(missing[0])[:40]!r}, which is not stored")
+        key = (agent_id, user, host, versions, commit)
+        if key not in agents:
+            what = f"activity {str(aid)[:40]!r}"
+            f = self._field
+            agents[key] = {"user": f(r, "user", what, "str?"), "host": f(r, "host", what, "str?"),
+                           "versions": self._json(versions, f"{what}: agent versions", True),
+                           "git_commit": f(r, "git_commit", what, "str?")}
+        agent = dict(agents[key])  # the versions inside are shared: records are read-only
+        used = tuple([ents[e] for e in links["used"]])
+        generated = tuple([ents[e] for e in links["generated"]])
+        if _plain_activity(aid, name, started, ended, params, pid):  # as the store writes them
+            value = _plain_json(params)
+            if value is not None:
+                return Activity(aid, name, float(started), float(ended), value, agent, used,
+                                generated, pid or 0)
+        what = f"activity {str(aid)[:40]!r}"
+        f = self._field
         return Activity(
             f(r, "id", what, "str"), f(r, "name", what, "name"), f(r, "started", what, "time"),
             f(r, "ended", what, "time"), self._json(r["params"], f"{what}: params"), agent,
-            tuple(ents[e] for e in links["used"]), tuple(ents[e] for e in links["generated"]),
-            f(r, "pid", what, "int?") or 0)
+            used, generated, f(r, "pid", what, "int?") or 0)
+
+
+def _plain_json(text: str) -> dict[str, Any] | None:
+    """A JSON object, or None for anything else (then ``Database._json`` names the problem)."""
+    if text == "{}":
+        return {}
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _plain_activity(aid: Any, name: Any, started: Any, ended: Any, params: Any,
+                    pid: Any) -> bool:
+    """The columns of an activity as the store writes them (else ``_field`` says what is
+    wrong)."""
+    return (type(aid) is str and type(name) is str and _NAME.fullmatch(name) is not None
+            and type(started) in (int, float) and abs(started) < _TIME_LIMIT
+            and type(ended) in (int, float) and abs(ended) < _TIME_LIMIT
+            and type(params) is str and (pid is None or type(pid) is int))
+
+
+def _plain_entity(row: tuple[Any, ...]) -> bool:
+    """The columns of an entity as the store writes them (else ``_field`` says what is wrong)."""
+    if len(row) != 8:
+        return False
+    eid, kind, label, path, sha, hkind, created, attrs = row
+    return (type(eid) is str and type(kind) is str and _NAME.fullmatch(kind) is not None
+            and type(label) is str and (path is None or type(path) is str)
+            and (sha is None or type(sha) is str) and (hkind is None or type(hkind) is str)
+            and type(created) in (int, float) and abs(created) < _TIME_LIMIT
+            and type(attrs) is str)
 
 
 def is_name(v: str) -> bool:

@@ -50,21 +50,43 @@ def counts(db: Database) -> tuple[int, int]:
     return int(n_e), int(n_a)
 
 
+def _closure(up: bool) -> str:
+    """A recursive query of every entity reachable from ``?`` along derivations, ``?``
+    included: ``reach(id)``, to put in a ``WITH RECURSIVE``. ``UNION`` (not ``UNION ALL``)
+    keeps each id once, so a cycle in a changed store ends the recursion."""
+    src, dst = ("generated", "used") if up else ("used", "generated")
+    return (f"reach(id) AS (SELECT ? UNION SELECT d.{dst} FROM derivations d "
+            f"JOIN reach r ON d.{src} = r.id)")
+
+
+def _edges(db: Database, start: str, up: bool) -> list[tuple[str, str]]:
+    """The derivations (from, to) among everything reachable from ``start``, in one query."""
+    src, dst = ("generated", "used") if up else ("used", "generated")
+    rows = db.query(f"WITH RECURSIVE {_closure(up)} SELECT d.{src} AS f, d.{dst} AS t "
+                    f"FROM derivations d WHERE d.{src} IN (SELECT id FROM reach) "
+                    f"ORDER BY d.rowid", (start,))
+    return [(r["f"], r["t"]) for r in rows]
+
+
 def walk(db: Database, start: str, up: bool) -> dict[str, int]:
     """Entity id -> distance from ``start`` (excluded), following derivations up or down."""
-    src, dst = ("generated", "used") if up else ("used", "generated")
+    return _depths(start, _edges(db, start, up))
+
+
+def _depths(start: str, edges: list[tuple[str, str]]) -> dict[str, int]:
+    """Breadth-first distances from ``start``; among equals, derivations in recorded order."""
+    nexts: dict[str, list[str]] = {}
+    for f, t in edges:
+        nexts.setdefault(f, []).append(t)
     depth = {start: 0}
     frontier = [start]
     while frontier:
         nxt: list[str] = []
-        for part, marks in _batches(frontier):
-            rows = db.query(
-                f"SELECT {src} AS f, {dst} AS t FROM derivations WHERE {src} IN ({marks}) "
-                f"ORDER BY rowid", tuple(part))
-            for r in rows:
-                if r["t"] not in depth:
-                    depth[r["t"]] = depth[r["f"]] + 1
-                    nxt.append(r["t"])
+        for f in frontier:
+            for t in nexts.get(f, ()):
+                if t not in depth:
+                    depth[t] = depth[f] + 1
+                    nxt.append(t)
         frontier = nxt
     del depth[start]
     return depth
@@ -91,13 +113,30 @@ def generating(db: Database, ids: list[str]) -> list[Activity]:
 
 
 def history(db: Database, target: Entity) -> History:
-    """Every activity behind ``target`` and the origins that nothing recorded generated."""
-    ancestors = related(db, target.id, up=True)
-    ids = [target.id] + [e.id for e in ancestors]
-    steps = generating(db, ids)
+    """Every activity behind ``target`` and the origins that nothing recorded generated.
+
+    A handful of queries whatever the length of the chain: the ancestors and their
+    derivations in one recursive query, their records in one, the activities that generated
+    any of them in one more, with their usages (entities already read are not read again).
+    """
+    # the derivations among the ancestors, each with the record of the entity it leads to
+    rows = db.query(f"WITH RECURSIVE {_closure(True)} SELECT d.generated, d.used, e.* "
+                    "FROM derivations d LEFT JOIN entities e ON e.id = d.used "
+                    "WHERE d.generated IN (SELECT id FROM reach) ORDER BY d.rowid", (target.id,))
+    edges = [(r[0], r[1]) for r in rows]
+    depth = _depths(target.id, edges)
+    known = {r[1]: db.to_entity(r[2:]) for r in rows if r[2] is not None}
+    known[target.id] = target
+    ancestors = sorted((known[i] for i in depth if i in known),
+                       key=lambda e: (depth[e.id], e.created, e.id))
+    found: dict[str, Activity] = {}
+    for part, marks in _batches([target.id, *depth]):
+        for a in db.activities(f"WHERE a.id IN (SELECT activity FROM usages WHERE role = "
+                               f"'generated' AND entity IN ({marks}))", tuple(part), known):
+            found[a.id] = a
+    steps = sorted(found.values(), key=lambda a: (a.started, a.id))
     made = {e.id for a in steps for e in a.generated}
-    parents = {r["generated"] for part, marks in _batches(ids) for r in db.query(
-        f"SELECT DISTINCT generated FROM derivations WHERE generated IN ({marks})", tuple(part))}
+    parents = {f for f, _ in edges}
     origins = tuple(e for e in [target, *ancestors] if e.id not in made and e.id not in parents)
     return History(target, tuple(steps), origins)
 

@@ -16,10 +16,12 @@ are adopted (marked under the write lock). Rows are checked again as they are re
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
 from ...errors import MLMFError
+from ...files import open_regular
 
 APPLICATION_ID = 0x4D4C4D46  # b"MLMF"
 SCHEMA_VERSION = 1
@@ -133,12 +135,13 @@ def inspect(path: Path) -> str:
         MLMFError: naming the file, for anything a store must not write to.
     """
     try:
-        with open(path, "rb") as f:
-            head = f.read(len(SQLITE_MAGIC))
+        os.stat(path)
     except FileNotFoundError:
         return "new"
     except OSError as e:
         raise MLMFError(f"cannot read the lineage store ({e.strerror})", path) from None
+    with open_regular(path, "the lineage store") as f:  # a FIFO would block open()
+        head = f.read(len(SQLITE_MAGIC))
     if not head:
         return "new"
     if head != SQLITE_MAGIC:
@@ -158,6 +161,8 @@ def inspect(path: Path) -> str:
                           f"{'; '.join(map(str, problems))})")
     except sqlite3.DatabaseError as e:
         result = f"refused: the file is corrupted or not SQLite (SQLite: {e})"
+    except UnicodeDecodeError as e:  # damaged bytes where SQLite keeps text
+        result = f"refused: the file is corrupted (text that is not UTF-8: {e.reason})"
     finally:
         c.close()
     if result.startswith("refused: "):

@@ -87,7 +87,10 @@ class Lineage:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, check: str = "stamp") -> None:
-        self.path = Path(path).resolve()
+        try:
+            self.path = Path(path).resolve()
+        except (OSError, RuntimeError) as e:  # a loop of links
+            raise MLMFError(f"cannot open the lineage store ({e})", path) from None
         if check not in CHECKS:
             raise ConfigError(f"unknown check {check!r}; supported: {', '.join(CHECKS)}",
                               self.path)

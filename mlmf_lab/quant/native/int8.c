@@ -1,17 +1,21 @@
-/* int8 linear for a few input rows (batch 1-4, token-by-token decoding): y = x @ W.T + b.
+/* int8 linear, y = x @ W.T + b, for a few input rows (batch 1-4, token-by-token decoding) and
+ * for many (further down).
  *
- * Each input row is quantized to uint8 with its own scale and zero point (asymmetric, so 0
+ * Few rows: each input row is quantized to uint8 with its own scale and zero point (asymmetric, so 0
  * is exact), dotted with the int8 weight rows (per-output-channel scales) in int32, and
  * scaled back: y[r, j] = s_x[r] * s_w[j] * (sum_i q_x[r, i] * w[j, i] - z_x[r] * sum_i w[j, i]).
  * The weights are read once for all the input rows, row after row; with
  * AVX512-VNNI one instruction multiplies and adds 64 byte pairs into 16 int32 lanes without
- * saturation. Output rows are split across threads with OpenMP: loaded into a process that
- * has imported torch, this library binds to torch's own libgomp (same soname), so it runs on
- * torch's thread team instead of competing with it.
+ * saturation. Output rows are split across threads in small chunks (pool.c), which keeps a
+ * busy neighbour on another core from stalling the call.
  */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
+
+#include "amx.h"
+#include "pool.h"
 #if defined(__AVX512VNNI__) && defined(__AVX512F__)
 #include <immintrin.h>
 #define MLMF_VNNI 1
@@ -54,13 +58,6 @@ static int32_t dot_row(const uint8_t *x, const int8_t *w, int64_t k) {
 #endif
 }
 
-/* acc[r, j] for every input row r < m and weight rows j in [j0, j1) */
-static void dot_rows(const uint8_t *xq, int64_t m, int64_t k, const int8_t *w,
-                     int64_t j0, int64_t j1, int32_t *acc, int64_t n) {
-    for (int64_t j = j0; j < j1; j++)
-        for (int64_t r = 0; r < m; r++) acc[r * n + j] = dot_row(xq + r * k, w + j * k, k);
-}
-
 /* Quantizes row x (k floats) into q; returns 0, or 1 if it holds NaN or infinity or its
  * range is too small for a finite inverse step (the caller takes the float path). */
 static int quantize_row(const float *x, int64_t k, uint8_t *q, float *scale, int32_t *zero) {
@@ -85,6 +82,29 @@ static int quantize_row(const float *x, int64_t k, uint8_t *q, float *scale, int
     return 0;
 }
 
+typedef struct {
+    const uint8_t *xq;  /* (m, k) */
+    const float *sx;    /* (m) */
+    const int32_t *zx;  /* (m) */
+    int64_t m, k, n;
+    const int8_t *w;
+    const float *w_scale, *bias;
+    const int32_t *w_rowsum;
+    float *y;
+} gemv_job;
+
+/* y[r, j] for every input row r and weight rows j in [j0, j1) */
+static void gemv_rows(void *arg, int64_t j0, int64_t j1) {
+    const gemv_job *t = arg;
+    for (int64_t j = j0; j < j1; j++)
+        for (int64_t r = 0; r < t->m; r++) {
+            const int32_t acc = dot_row(t->xq + r * t->k, t->w + j * t->k, t->k);
+            const int64_t dot = (int64_t)acc - (int64_t)t->zx[r] * t->w_rowsum[j];
+            const float v = (float)dot * (t->sx[r] * t->w_scale[j]);
+            t->y[r * t->n + j] = t->bias ? v + t->bias[j] : v;
+        }
+}
+
 /* x (m, k) float32, w (n, k) int8 with float32 scales and int32 row sums, bias (n,) or NULL,
  * y (m, n) float32. Returns 0; 1 when an input row holds NaN or infinity (the caller takes a
  * float path); -1 when memory runs out. k must be at most 65536 (int32 sums cannot overflow).
@@ -92,195 +112,211 @@ static int quantize_row(const float *x, int64_t k, uint8_t *q, float *scale, int
 int mlmf_int8_linear(const float *x, int64_t m, int64_t k, const int8_t *w, int64_t n,
                      const float *w_scale, const int32_t *w_rowsum, const float *bias,
                      float *y, int threads) {
-    enum { GROUP = 64 };  /* weight rows per scheduling unit */
     uint8_t *xq = malloc((size_t)(m * k));
-    int32_t *acc = malloc(sizeof(int32_t) * (size_t)(m * n));
     float *sx = malloc(sizeof(float) * (size_t)m);
     int32_t *zx = malloc(sizeof(int32_t) * (size_t)m);
-    int status = (xq && acc && sx && zx) ? 0 : -1;
+    int status = (xq && sx && zx) ? 0 : -1;
     for (int64_t r = 0; r < m && status == 0; r++)
         status = quantize_row(x + r * k, k, xq + r * k, sx + r, zx + r);
     if (status == 0) {
-        const int64_t units = (n + GROUP - 1) / GROUP;
-        if (threads < 1 || units < 2) threads = 1;
-        #pragma omp parallel for num_threads(threads) schedule(static)
-        for (int64_t u = 0; u < units; u++) {
-            const int64_t j0 = u * GROUP, j1 = j0 + GROUP < n ? j0 + GROUP : n;
-            dot_rows(xq, m, k, w, j0, j1, acc, n);
-        }
-        for (int64_t r = 0; r < m; r++) {
-            const int32_t *ar = acc + r * n;
-            float *yr = y + r * n;
-            for (int64_t j = 0; j < n; j++) {
-                const int64_t dot = (int64_t)ar[j] - (int64_t)zx[r] * w_rowsum[j];
-                const float v = (float)dot * (sx[r] * w_scale[j]);
-                yr[j] = bias ? v + bias[j] : v;
-            }
-        }
+        gemv_job job = {xq, sx, zx, m, k, n, w, w_scale, bias, w_rowsum, y};
+        mlmf_parallel(gemv_rows, &job, n, mlmf_chunk_rows(m * k), threads);
     }
     free(xq);
-    free(acc);
     free(sx);
     free(zx);
     return status;
 }
 
-/* The two ends of the many-rows path, around an int8 GEMM (torch._int_mm) in between. */
-
-/* x (m, k) float32 -> q (m, k) int8, symmetric with step[r] = max|x[r]| / 127 (1 for a zero
- * row). Returns 0, or 1 if x holds NaN or infinity or a row's step is subnormal. */
-int mlmf_int8_quantize_rows(const float *x, int64_t m, int64_t k, int8_t *q, float *step,
-                            int threads) {
-    int bad = 0;
-    #pragma omp parallel for num_threads(threads) schedule(static) reduction(|:bad) if(m * k >= 65536)
-    for (int64_t r = 0; r < m; r++) {
-        const float *xr = x + r * k;
-        float amax = 0.0f;
-        int finite = 1;
-        for (int64_t i = 0; i < k; i++) {
-            const float a = fabsf(xr[i]);
-            finite &= isfinite(xr[i]) != 0;
-            amax = a > amax ? a : amax;
-        }
-        if (!finite) { bad |= 1; continue; }
-        const float s = amax > 0.0f ? amax / 127.0f : 1.0f, inv = 1.0f / s;
-        if (!isfinite(inv)) { bad |= 1; continue; }  /* a subnormal step */
-        for (int64_t i = 0; i < k; i++) q[r * k + i] = (int8_t)nearbyintf(xr[i] * inv);
-        step[r] = s;
-    }
-    return bad;
-}
-
-/* acc (m, n) int32 -> y (m, n) float32 (may be acc's own memory): acc * step[r] * scale[j]
- * + bias[j]; bias may be NULL. */
-void mlmf_int8_rescale(const int32_t *acc, int64_t m, int64_t n, const float *step,
-                       const float *w_scale, const float *bias, float *y, int threads) {
-    #pragma omp parallel for num_threads(threads) schedule(static) if(m * n >= 65536)
-    for (int64_t r = 0; r < m; r++) {
-        for (int64_t j = 0; j < n; j++) {
-            const float v = (float)acc[r * n + j] * (step[r] * w_scale[j]);
-            y[r * n + j] = bias ? v + bias[j] : v;
-        }
-    }
-}
-
-/* -- q4_0 weights against q8_0 activations, as llama.cpp computes them -----------------------
+/* -- many input rows ------------------------------------------------------------------------
  *
- * A q4_0 block holds 32 weights: a float16 scale d and 16 bytes of codes (weight i in the low
- * nibble of byte i, weight i + 16 in the high nibble), value d * (code - 8). The kernel takes
- * the blocks split in two arrays, codes (n, k / 2) and scales (n, k / 32) float16, so that
- * one 64-byte load holds the codes of 4 blocks. Each input row is quantized in blocks of 32
- * to int8 with its own scale (q8_0: step = max|x| / 127) and stored in the order the codes
- * unpack to: per group of 4 blocks, the first 16 values of each block (low nibbles), then
- * the last 16 (high nibbles). A block's dot product is d_w * d_x * sum((code - 8) * q_x); the
- * "- 8" is folded into the accumulator's starting value, computed once per input row.
+ * Each row is quantized to int8, symmetric, with step = max|x| / 127, and dotted with the
+ * weights on AMX tiles where there are some (amx.c), else in blocks of 4 input rows by 4
+ * weight rows: 16 accumulators, so each 64-byte load serves 4 products. VNNI multiplies unsigned by signed bytes, so the activations are stored
+ * as q + 128 and 128 * rowsum[j] comes off after; the int32 sums are the exact ones, as in
+ * any int8 GEMM: y[r, j] = sum * (step[r] * scale[j]) + bias[j].
  */
-#if MLMF_VNNI
 typedef struct {
-    const int8_t *xq;    /* (k) in the order above */
-    const float *xd;     /* (k / 32) */
-    const __m512i *off;  /* (k / 128) -8 * sums of xq, lane by lane */
-} q8_row;
+    const float *x;
+    int64_t m, k, n;
+    uint8_t *xq;  /* q + 128 */
+    float *step;
+    const int8_t *w;
+    const float *w_scale, *bias;
+    const int32_t *w_rowsum;
+    float *y;
+    uint8_t *packed;  /* xq in AMX's layout (amx.c), or NULL */
+    int64_t first;    /* gemm_rows' ranges count from this weight row */
+    atomic_int bad;
+} gemm_job;
 
-static float q4_0_dot(const uint8_t *codes, const uint16_t *d, int64_t nb, q8_row x) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
-    const __m512i spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-    __m512 acc = _mm512_setzero_ps();
-    int64_t b = 0;
-    for (; b + 4 <= nb; b += 4) {
-        _mm_prefetch((const char *)(codes + b * 16 + 1024), _MM_HINT_T0);
-        const __m512i v = _mm512_loadu_si512(codes + b * 16);
-        const int8_t *xb = x.xq + b * 32;
-        __m512i p = _mm512_dpbusd_epi32(x.off[b / 4], _mm512_and_si512(v, m4),
-                                        _mm512_loadu_si512(xb));
-        p = _mm512_dpbusd_epi32(p, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4),
-                                _mm512_loadu_si512(xb + 64));
-        const __m128 s4 = _mm_mul_ps(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(d + b))),
-                                     _mm_loadu_ps(x.xd + b));
-        const __m512 s = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(s4));
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), s, acc);
+/* max |x[i]| over k values; 0 in *finite if one is NaN or infinite */
+static float absmax(const float *x, int64_t k, int *finite) {
+    float amax = 0.0f;
+    int64_t i = 0;
+    *finite = 1;
+#if MLMF_VNNI && defined(__AVX512DQ__)
+    __m512 m = _mm512_setzero_ps();
+    __mmask16 bad = 0;
+    for (; i + 16 <= k; i += 16) {
+        const __m512 v = _mm512_loadu_ps(x + i);
+        bad |= _mm512_fpclass_ps_mask(v, 0x99);  /* QNaN, SNaN, +inf, -inf */
+        m = _mm512_max_ps(m, _mm512_abs_ps(v));
     }
-    float total = _mm512_reduce_add_ps(acc);
-    for (; b < nb; b++) {  /* the last blocks when k / 32 is not a multiple of 4 */
-        const uint8_t *c = codes + b * 16;
-        const int8_t *xb = x.xq + b * 32;
-        int32_t dot = 0;
-        for (int i = 0; i < 16; i++)
-            dot += ((c[i] & 15) - 8) * xb[i] + ((c[i] >> 4) - 8) * xb[16 + i];
-        total += (float)dot * (_cvtsh_ss(d[b]) * x.xd[b]);
-    }
-    return total;
-}
-
-/* Row x (k floats) into q (k int8, grouped order), scales xd (k / 32), offsets off. */
-static int q8_quantize_row(const float *x, int64_t k, int8_t *q, float *xd, __m512i *off) {
-    const int64_t nb = k / 32, full = nb / 4 * 4;
-    for (int64_t i = 0; i < k; i++)
-        if (!isfinite(x[i])) return 1;
-    for (int64_t b = 0; b < nb; b++) {
-        const float *xb = x + b * 32;
-        float amax = 0.0f;
-        for (int i = 0; i < 32; i++) amax = fabsf(xb[i]) > amax ? fabsf(xb[i]) : amax;
-        const float d = amax / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
-        if (!isfinite(inv)) return 1;  /* a subnormal step: the caller takes the float path */
-        /* inside a group of 4 blocks, value i of block b goes to the low half (i < 16) or
-         * the high half (64 bytes on), at 16 * (b % 4) + i % 16; later blocks stay in order */
-        int8_t *dst = q + b * 32;
-        if (b < full) dst = q + (b / 4) * 128 + (b % 4) * 16;
-        for (int i = 0; i < 32; i++) {
-            const int8_t v = (int8_t)nearbyintf(xb[i] * inv);
-            if (b < full) dst[(i < 16 ? 0 : 64) + i % 16] = v;
-            else dst[i] = v;
-        }
-        xd[b] = d;
-    }
-    const __m512i eight = _mm512_set1_epi8(8);
-    for (int64_t g = 0; g < full / 4; g++) {
-        __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), eight,
-                                        _mm512_loadu_si512(q + g * 128));
-        s = _mm512_dpbusd_epi32(s, eight, _mm512_loadu_si512(q + g * 128 + 64));
-        off[g] = _mm512_sub_epi32(_mm512_setzero_si512(), s);
-    }
-    return 0;
-}
+    amax = _mm512_reduce_max_ps(m);
+    *finite = bad == 0;
 #endif
+    for (; i < k; i++) {
+        const float a = fabsf(x[i]);
+        *finite &= isfinite(x[i]) != 0;
+        amax = a > amax ? a : amax;
+    }
+    return amax;
+}
 
-/* x (m, k) float32; codes (n, k / 2) and scales (n, k / 32) float16 of q4_0 blocks; bias (n,)
- * or NULL; y (m, n) float32. Returns 0; 1 when an input row holds NaN or infinity (the caller
- * takes a float path); -1 when memory runs out; -2 without VNNI. k must be a multiple of 32. */
-int mlmf_q4_0_linear(const float *x, int64_t m, int64_t k, const uint8_t *codes,
-                     const uint16_t *scales, int64_t n, const float *bias, float *y,
-                     int threads) {
+/* q[i] = round(x[i] * inv) + 128, rounding half to even, for |x[i] * inv| <= 127.5 */
+static void shift_round(const float *x, int64_t k, float inv, uint8_t *q) {
+    int64_t i = 0;
 #if MLMF_VNNI
-    enum { GROUP = 16 };
-    const int64_t nb = k / 32, groups = nb / 4 + 1;
-    int8_t *xq = malloc((size_t)(m * k));
-    float *xd = malloc(sizeof(float) * (size_t)(m * nb + 1));
-    __m512i *off = _mm_malloc(sizeof(__m512i) * (size_t)(m * groups), 64);
-    int status = (xq && xd && off) ? 0 : -1;
-    for (int64_t r = 0; r < m && status == 0; r++)
-        status = q8_quantize_row(x + r * k, k, xq + r * k, xd + r * nb, off + r * groups);
-    if (status == 0) {
-        const int64_t units = (n + GROUP - 1) / GROUP;
-        if (threads < 1 || units < 2) threads = 1;
-        #pragma omp parallel for num_threads(threads) schedule(static)
-        for (int64_t u = 0; u < units; u++) {
-            const int64_t j1 = (u + 1) * GROUP < n ? (u + 1) * GROUP : n;
-            for (int64_t j = u * GROUP; j < j1; j++)
-                for (int64_t r = 0; r < m; r++) {
-                    const q8_row row = {xq + r * k, xd + r * nb, off + r * groups};
-                    const float v = q4_0_dot(codes + j * (k / 2), scales + j * nb, nb, row);
-                    y[r * n + j] = bias ? v + bias[j] : v;
-                }
-        }
+    const __m512 vinv = _mm512_set1_ps(inv);
+    const __m512i shift = _mm512_set1_epi32(128);
+    for (; i + 16 <= k; i += 16) {  /* cvtps rounds as nearbyintf: to nearest, ties to even */
+        const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + i), vinv));
+        _mm_storeu_si128((__m128i *)(q + i), _mm512_cvtepi32_epi8(_mm512_add_epi32(v, shift)));
     }
-    free(xq);
-    free(xd);
-    _mm_free(off);
-    return status;
-#else
-    (void)x; (void)m; (void)k; (void)codes; (void)scales; (void)n; (void)bias; (void)y;
-    (void)threads;
-    return -2;
 #endif
+    for (; i < k; i++) q[i] = (uint8_t)((int)nearbyintf(x[i] * inv) + 128);
+}
+
+static void quantize_rows(void *arg, int64_t r0, int64_t r1) {
+    gemm_job *t = arg;
+    const int64_t k = t->k;
+    for (int64_t r = r0; r < r1; r++) {
+        int finite;
+        const float amax = absmax(t->x + r * k, k, &finite);
+        const float s = amax > 0.0f ? amax / 127.0f : 1.0f, inv = 1.0f / s;
+        if (!finite || !isfinite(inv)) {  /* NaN/inf, or a subnormal step */
+            atomic_store_explicit(&t->bad, 1, memory_order_relaxed);
+            continue;
+        }
+        shift_round(t->x + r * k, k, inv, t->xq + r * k);
+        t->step[r] = s;
+    }
+}
+
+static void store_sum(const gemm_job *t, int64_t r, int64_t j, int32_t shifted_sum) {
+    const int64_t sum = (int64_t)shifted_sum - 128 * (int64_t)t->w_rowsum[j];
+    const float v = (float)sum * (t->step[r] * t->w_scale[j]);
+    t->y[r * t->n + j] = t->bias ? v + t->bias[j] : v;
+}
+
+#if MLMF_VNNI
+/* Input rows r0.. and weight rows j0.., 4 of each; rows past the end repeat the last one and
+ * their sums are dropped. */
+static void gemm_tile(const gemm_job *t, int64_t r0, int64_t j0) {
+    const int64_t k = t->k;
+    const uint8_t *x[4];
+    const int8_t *w[4];
+    for (int i = 0; i < 4; i++) {
+        x[i] = t->xq + (r0 + i < t->m ? r0 + i : t->m - 1) * k;
+        w[i] = t->w + (j0 + i < t->n ? j0 + i : t->n - 1) * k;
+    }
+    /* 16 named accumulators: as an array, gcc 12 writes them back to the stack each step */
+    __m512i c00 = _mm512_setzero_si512(), c01 = c00, c02 = c00, c03 = c00, c10 = c00,
+            c11 = c00, c12 = c00, c13 = c00, c20 = c00, c21 = c00, c22 = c00, c23 = c00,
+            c30 = c00, c31 = c00, c32 = c00, c33 = c00;
+#define MLMF_ROW(a)                                                                   \
+    do {                                                                              \
+        const __m512i xv = _mm512_maskz_loadu_epi8(keep, x[a] + i);                   \
+        c##a##0 = _mm512_dpbusd_epi32(c##a##0, xv, w0);                               \
+        c##a##1 = _mm512_dpbusd_epi32(c##a##1, xv, w1);                               \
+        c##a##2 = _mm512_dpbusd_epi32(c##a##2, xv, w2);                               \
+        c##a##3 = _mm512_dpbusd_epi32(c##a##3, xv, w3);                               \
+    } while (0)
+    for (int64_t i = 0; i < k; i += 64) {
+        /* the last step loads only the bytes left (the others are 0: they add nothing) */
+        const __mmask64 keep = k - i >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << (k - i)) - 1;
+        const __m512i w0 = _mm512_maskz_loadu_epi8(keep, w[0] + i),
+                      w1 = _mm512_maskz_loadu_epi8(keep, w[1] + i),
+                      w2 = _mm512_maskz_loadu_epi8(keep, w[2] + i),
+                      w3 = _mm512_maskz_loadu_epi8(keep, w[3] + i);
+        MLMF_ROW(0);
+        MLMF_ROW(1);
+        MLMF_ROW(2);
+        MLMF_ROW(3);
+    }
+#undef MLMF_ROW
+    const __m512i acc[4][4] = {{c00, c01, c02, c03}, {c10, c11, c12, c13},
+                               {c20, c21, c22, c23}, {c30, c31, c32, c33}};
+    int32_t sums[4][4];
+    for (int a = 0; a < 4; a++)
+        for (int b = 0; b < 4; b++) sums[a][b] = _mm512_reduce_add_epi32(acc[a][b]);
+    for (int a = 0; a < 4 && r0 + a < t->m; a++)
+        for (int b = 0; b < 4 && j0 + b < t->n; b++) store_sum(t, r0 + a, j0 + b, sums[a][b]);
+}
+#endif
+
+/* y[r, j] for every input row r and weight rows j in first + [j0, j1) */
+static void gemm_rows(void *arg, int64_t j0, int64_t j1) {
+    const gemm_job *t = arg;
+    j0 += t->first;
+    j1 += t->first;
+#if MLMF_VNNI
+    for (int64_t j = j0; j < j1; j += 4)
+        for (int64_t r = 0; r < t->m; r += 4) gemm_tile(t, r, j);
+#else
+    for (int64_t j = j0; j < j1; j++)
+        for (int64_t r = 0; r < t->m; r++) {
+            int32_t s = 0;
+            for (int64_t i = 0; i < t->k; i++)
+                s += (int32_t)t->xq[r * t->k + i] * t->w[j * t->k + i];
+            store_sum(t, r, j, s);
+        }
+#endif
+}
+
+/* y[r, j] for weight rows j in [j0, j1), whole blocks of 32, on AMX tiles */
+static void gemm_rows_amx(void *arg, int64_t j0, int64_t j1) {
+    const gemm_job *t = arg;
+    int32_t c[32][32];
+    for (int64_t j = j0; j < j1; j += 32)
+        for (int64_t r0 = 0; r0 < t->m; r0 += 32) {
+            mlmf_amx_block(t->w + j * t->k, t->k, t->packed, r0, c);
+            for (int a = 0; a < 32; a++)
+                for (int b = 0; b < 32 && r0 + b < t->m; b++) store_sum(t, r0 + b, j + a, c[a][b]);
+        }
+}
+
+/* As mlmf_int8_linear (same arguments and returns), for many input rows: int8 activations,
+ * symmetric, a step per row (see above); on AMX tiles where the CPU and Linux offer them
+ * and k is a multiple of 64 (whole blocks of 32 weight rows; the rest as above). */
+int mlmf_int8_matmul(const float *x, int64_t m, int64_t k, const int8_t *w, int64_t n,
+                     const float *w_scale, const int32_t *w_rowsum, const float *bias,
+                     float *y, int threads) {
+    gemm_job job = {.x = x, .m = m, .k = k, .n = n, .w = w, .w_scale = w_scale,
+                    .bias = bias, .w_rowsum = w_rowsum, .y = y};
+    job.xq = malloc((size_t)(m * k));
+    job.step = malloc(sizeof(float) * (size_t)m);
+    atomic_init(&job.bad, 0);
+    int status = job.xq && job.step ? 0 : -1;
+    if (status == 0) {
+        mlmf_parallel(quantize_rows, &job, m, mlmf_chunk_rows(4 * k), threads);
+        status = atomic_load(&job.bad);
+    }
+    const int64_t blocks = k % 64 == 0 && mlmf_amx_ready() ? n / 32 * 32 : 0;
+    if (status == 0 && blocks) {
+        job.packed = malloc((size_t)mlmf_amx_packed_size(m, k));
+        status = job.packed ? 0 : -1;
+    }
+    if (status == 0 && blocks) {
+        mlmf_amx_pack(job.xq, m, k, job.packed);
+        mlmf_parallel(gemm_rows_amx, &job, blocks, 32, threads);
+    }
+    job.first = blocks;
+    if (status == 0 && blocks < n)  /* chunks of whole tiles: 4 weight rows */
+        mlmf_parallel(gemm_rows, &job, n - blocks, (mlmf_chunk_rows(m * k) + 3) / 4 * 4, threads);
+    free(job.xq);
+    free(job.step);
+    free(job.packed);
+    return status;
 }
