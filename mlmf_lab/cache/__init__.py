@@ -9,15 +9,11 @@ Modules: ``memory`` (ModelCache), ``entry``, ``keys`` (file stamps and keys), ``
 
 from __future__ import annotations
 
-from .memory import (
-    CacheStats,
-    DiskCache,
-    Footprint,
-    ModelCache,
-    WarmUp,
-    derive_key,
-    measure,
-)
+from .disk import DiskCache, derive_key
+from .footprint import Footprint, measure
+from .memory import ModelCache
+from .stats import CacheStats
+from .warmup import WarmUp
 
 __all__ = [
     "CacheStats",

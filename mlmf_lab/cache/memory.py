@@ -33,7 +33,6 @@ from ..files import Stamp, file_stamp
 from ..progress import Progress
 from ..tables import Table
 from ..units import human_bytes, parse_size
-from .disk import DiskCache, derive_key
 from .entry import Entry, Pending, does_not_fit
 from .eventlog import EventLog
 from .footprint import Footprint, available_bytes, measure
@@ -422,5 +421,4 @@ class ModelCache:
         return self.table().html()
 
 
-__all__ = ["CacheStats", "DiskCache", "Footprint", "ModelCache", "WarmUp", "derive_key",
-           "measure"]
+__all__ = ["ModelCache"]

@@ -13,7 +13,7 @@ import torch
 
 import mlmf_lab as ml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VIEWS = ("attention", "cache", "lineage", "compare")
 
 

@@ -41,7 +41,7 @@ N = 15
 def test_two_processes_record_concurrently(tmp_path):
     store = tmp_path / "lin.db"
     Lineage(store).close()  # the schema exists before the race (it is also safe without)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(store), str(tmp_path), tag,
                                str(N)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=env)
