@@ -153,8 +153,40 @@ def load_into(
         tie = getattr(model, "tie_weights", None)
         if callable(tie):
             tie()
+        compute_missing_buffers(model, path)
         act.generated.append(model)
     return report
+
+
+def compute_missing_buffers(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Give values to the buffers a meta-device model computes at construction and no file
+    holds (transformers' rotary ``inv_freq``), as ``from_pretrained`` does.
+
+    A module left with such buffers is re-initialised through the model's own
+    ``_init_weights(module)`` (transformers' hook for exactly this), and only a module with
+    no parameters of its own, so no loaded weight is touched.
+
+    Raises:
+        StateDictError: buffers still on the meta device that nothing can compute, named.
+    """
+    init = getattr(model, "_init_weights", None)
+    left: list[str] = []
+    for name, module in model.named_modules():
+        meta = [b for b, t in module.named_buffers(recurse=False) if t.is_meta]
+        if not meta:
+            continue
+        own_params = any(True for _ in module.parameters(recurse=False))
+        if callable(init) and not own_params:
+            for b in meta:
+                setattr(module, b, torch.empty_like(getattr(module, b), device="cpu"))
+            with torch.no_grad():
+                init(module)
+        left += [f"{name}.{b}" if name else b for b in meta if getattr(module, b).is_meta]
+    if left:
+        raise StateDictError(
+            f"buffers {left[:5]} are on the meta device and in no file; build the model with "
+            "only its parameters on the meta device (e.g. accelerate's init_empty_weights()) "
+            "so that buffers computed at construction keep their values", path)
 
 
 def quantized_state(

@@ -75,3 +75,33 @@ def test_minilm_matches_transformers() -> None:
     emb = ours.encode(["a cat sits", "a kitten sits", "interest rates rose"])
     sims = emb @ emb.T
     assert sims[0, 1] > 0.5 > sims[0, 2]
+
+
+def test_meta_model_gets_the_buffers_no_file_holds(tmp_path: Path) -> None:
+    """transformers' rotary inv_freq is computed at construction, never saved: load_into
+    computes it as from_pretrained does, so the meta-built model gives the same logits."""
+    import transformers
+    from hf_tiny import causal_lm
+
+    ref = causal_lm(tmp_path / "llama", tokenizer=False)
+    with torch.device("meta"):
+        model = transformers.LlamaForCausalLM(ref.config).eval()
+    ml.load_into(model, tmp_path / "llama")
+    ids = torch.arange(12).reshape(2, 6)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, ref(ids).logits)
+
+
+def test_a_buffer_nothing_can_compute_is_named(tmp_path: Path) -> None:
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+            self.register_buffer("table", torch.arange(4.0), persistent=False)
+
+    ml.save_state_dict(Scaled().state_dict(), tmp_path / "s.safetensors")
+    with torch.device("meta"):
+        model = Scaled()
+    with pytest.raises(ml.errors.StateDictError, match=r"buffers \['table'\] are on the meta "
+                       r"device and in no file; build the model with only its parameters"):
+        ml.load_into(model, tmp_path / "s.safetensors")
