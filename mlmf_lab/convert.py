@@ -19,21 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from . import events
-from .errors import MLMFError
-from .files import read_json
 from .formats import open_weights, save_state_dict
 from .formats.gguf_hf import model_converter
-
-
-def _model_type(src: Path) -> str | None:
-    """``model_type`` from the Hugging Face ``config.json`` beside (or inside) ``src``."""
-    path = (src if src.is_dir() else src.parent) / "config.json"
-    try:  # a broken config.json does not stop a conversion: the architecture stays unknown
-        config = read_json(path, "config.json", expect=dict) if path.exists() else {}
-    except MLMFError:
-        return None
-    value = config.get("model_type")
-    return value if isinstance(value, str) and value else None
+from .formats.gguf_model import model_type
 
 
 def carried_metadata(src: Path, dst: Path, metadata: dict[str, Any]) -> dict[str, Any]:
@@ -45,7 +33,7 @@ def carried_metadata(src: Path, dst: Path, metadata: dict[str, Any]) -> dict[str
     """
     out = dict(metadata)
     if dst.suffix.lower() == ".gguf" and "general.architecture" not in out:
-        arch = _model_type(src)
+        arch = model_type(src)
         if arch is not None:
             out["general.architecture"] = arch
     return out

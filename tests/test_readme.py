@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 import transformers
+from hf_tiny import causal_lm
 
 import mlmf_lab as ml
-from hf_tiny import causal_lm
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

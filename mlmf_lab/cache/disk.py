@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import atomic
-from ..errors import ChecksumError, ConfigError, MLMFError
-from ..files import sha256_file
+from ..errors import ChecksumError, ConfigError, FormatError, MLMFError
+from ..files import read_json, sha256_file
 from ..tables import Table
 from ..units import human_bytes, parse_size
 from .blobs import CHECKS, check_files, link, stamps, store_blob
@@ -187,16 +187,37 @@ class DiskCache:
             shutil.rmtree(work, ignore_errors=True)
 
     # -- reading --------------------------------------------------------------------------
-    def _entry(self, key: str) -> DiskEntry | None:
+    def _read_ref(self, key: str) -> dict[str, Any] | None:
+        """The record the ref of ``key`` holds, or None when there is no ref.
+
+        Raises:
+            MLMFError: a ref that cannot be read or is not a record this cache wrote.
+        """
         ref = self._ref(key)
+        hint = "`mlmf-lab cache prune` removes it"
         try:
-            record = json.loads(ref.read_text(encoding="utf-8"))
-            last_used = ref.stat().st_mtime
+            record = read_json(ref, "the cache ref", expect=dict)
+        except MLMFError as e:
+            if not ref.exists():  # absent, or removed meanwhile by another process
+                return None
+            raise MLMFError(f"{e.args[0]}; {hint}", ref) from None
+        files = record.get("files")
+        if not (isinstance(record.get("rev"), str) and isinstance(files, dict) and files
+                and all(isinstance(v, str) for v in files.values())
+                and isinstance(record.get("size"), int)
+                and isinstance(record.get("created"), (int, float))):
+            raise FormatError("expected a cache ref with rev, files, size and created, found "
+                              f"keys {sorted(record)[:8]}; {hint}", ref)
+        return record
+
+    def _entry(self, key: str) -> DiskEntry | None:
+        record = self._read_ref(key)
+        if record is None:
+            return None
+        try:
+            last_used = self._ref(key).stat().st_mtime
         except FileNotFoundError:
             return None
-        except (OSError, json.JSONDecodeError) as e:
-            raise MLMFError(f"unreadable cache ref ({e}); `mlmf-lab cache prune` removes it",
-                            ref) from None
         snap = self.root / "snapshots" / key / record["rev"]
         files: dict[str, str] = record["files"]
         path = snap / next(iter(files)) if record.get("kind") == "file" else snap
@@ -228,8 +249,8 @@ class DiskCache:
     def _confirmed(self, key: str) -> dict[str, Any]:
         """name -> [sha256, *stamp] the ref recorded (empty if unreadable: re-hash all)."""
         try:
-            found = json.loads(self._ref(key).read_text(encoding="utf-8")).get("stamps")
-        except (OSError, ValueError, RecursionError, AttributeError):
+            found = (self._read_ref(key) or {}).get("stamps")
+        except MLMFError:
             return {}
         return found if isinstance(found, dict) else {}
 
@@ -238,12 +259,11 @@ class DiskCache:
         snap = self.root / "snapshots" / entry.key / entry.rev
         try:
             with self._locked():
-                ref = self._ref(entry.key)
-                record = json.loads(ref.read_text(encoding="utf-8"))
-                if not isinstance(record, dict) or record.get("rev") != entry.rev:
+                record = self._read_ref(entry.key)
+                if record is None or record["rev"] != entry.rev:
                     return  # replaced meanwhile: its own stamps stand
                 self._write_ref(entry.key, {**record, "stamps": stamps(snap, entry.files)})
-        except (OSError, ValueError, RecursionError):  # read-only: re-hashed again next time
+        except (OSError, MLMFError):  # read-only: re-hashed again next time
             return
 
     def _discard(self, entry: DiskEntry, bad: Mapping[str, str]) -> None:
@@ -265,10 +285,30 @@ class DiskCache:
         return self._entry(key) is not None
 
     def ls(self) -> list[DiskEntry]:
-        """Every entry, most recently used first."""
-        entries = [self._entry(p.stem) for p in (self.root / "refs").glob("*.json")
-                   if KEY_PATTERN.fullmatch(p.stem)]
-        return sorted((e for e in entries if e is not None), key=lambda e: -e.last_used)
+        """Every entry, most recently used first.
+
+        Raises:
+            MLMFError: a ref that cannot be read (``prune`` removes such refs).
+        """
+        entries, unreadable = self._scan()
+        if unreadable:
+            raise next(iter(unreadable.values()))
+        return entries
+
+    def _scan(self) -> tuple[list[DiskEntry], dict[str, MLMFError]]:
+        """Every readable entry (most recently used first), and key -> error of the others."""
+        entries: list[DiskEntry] = []
+        unreadable: dict[str, MLMFError] = {}
+        for p in sorted((self.root / "refs").glob("*.json")):
+            if KEY_PATTERN.fullmatch(p.stem):
+                try:
+                    entry = self._entry(p.stem)
+                except MLMFError as e:
+                    unreadable[p.stem] = e
+                    continue
+                if entry is not None:
+                    entries.append(entry)
+        return sorted(entries, key=lambda e: -e.last_used), unreadable
 
     def total_bytes(self) -> int:
         """Bytes on disk: every blob once (snapshots are hard links to them)."""
@@ -305,10 +345,14 @@ class DiskCache:
         shutil.rmtree(self.root / "snapshots" / key, ignore_errors=True)
 
     def _collect(self, stale_tmp: float = 3600.0) -> int:
-        """Delete unreferenced blobs, orphan snapshots and old temporaries; returns bytes freed."""
-        entries = self.ls()
+        """Delete unreferenced blobs, orphan snapshots and old temporaries; returns bytes freed.
+
+        The snapshots of an unreadable ref stay until ``prune`` removes the ref (their
+        hard links keep the bytes of the blobs deleted here).
+        """
+        entries, unreadable = self._scan()
         keep = {d for e in entries for d in e.files.values()}
-        keys = {e.key for e in entries}
+        keys = {e.key for e in entries} | set(unreadable)
         freed = 0
         for blob in (self.root / "blobs").iterdir():
             if blob.name not in keep:
@@ -320,7 +364,8 @@ class DiskCache:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
         revs = {(e.key, e.rev) for e in entries}
         for snap in (self.root / "snapshots").iterdir():  # revisions no ref names
-            for rev in list(snap.iterdir()) if snap.is_dir() else []:
+            for rev in list(snap.iterdir()) if snap.is_dir() and snap.name not in unreadable \
+                    else []:
                 if (snap.name, rev.name) not in revs:
                     shutil.rmtree(rev, ignore_errors=True)
             if snap.name not in keys:
@@ -337,13 +382,16 @@ class DiskCache:
             older_than: e.g. ``"7d"`` or seconds since last use; None = no age limit.
             dry_run: report what would go, delete nothing.
 
+        Refs that cannot be read are removed too (not with ``dry_run``), whatever the limits.
+
         Returns:
             A ``PruneReport``: removed entries, bytes freed, bytes remaining.
         """
         limit = None if max_bytes is None else parse_size(max_bytes, "max_bytes")
         age = None if older_than is None else parse_age(older_than)
         with self._locked():
-            entries = sorted(self.ls(), key=lambda e: e.last_used)  # least recently used first
+            entries, unreadable = self._scan()
+            entries.reverse()  # least recently used first
             sizes = {d: (self.root / "blobs" / d).stat().st_size
                      for e in entries for d in e.files.values()
                      if (self.root / "blobs" / d).is_file()}
@@ -358,8 +406,8 @@ class DiskCache:
                 removed.append(kept.pop(0))
             before, after = held(entries), held(kept)
             if not dry_run:
-                for e in removed:
-                    self._unlink_entry(e.key)
+                for key in [*(e.key for e in removed), *unreadable]:
+                    self._unlink_entry(key)
                 self._collect()
         return PruneReport(tuple(removed), before - after, after, dry_run)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import MLMFError
+from ..files import read_json
 from ..progress import Progress
 from .activations import activation_stats, batch_for, lens_parts, run
 from .outputs import embedding_stats, token_stats
@@ -135,7 +135,7 @@ def load_model(path: str | os.PathLike[str]) -> nn.Module:
     p = Path(path)
     folder = p if p.is_dir() else p.parent
     if (folder / "config.json").is_file() and (p.is_dir() or p.suffix == ".safetensors"):
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        config = read_json(folder / "config.json", "the model config", expect=dict)
         cls = getattr(transformers, str((config.get("architectures") or ["AutoModel"])[0]),
                       transformers.AutoModel)
         return cls.from_pretrained(folder, local_files_only=True).eval()

@@ -93,7 +93,7 @@ def model_type(src: Path) -> str | None:
         value = read_config(folder).get("model_type")
     except MLMFError:
         return None
-    return value if isinstance(value, str) else None
+    return value if isinstance(value, str) and value else None
 
 
 def _llama_layout(arch: Arch, name: TensorName, t: torch.Tensor, c: HFConfig) -> torch.Tensor:

@@ -16,7 +16,6 @@ Checkpoints saved by current transformers no longer hold non-persistent buffers
 from __future__ import annotations
 
 import copy
-import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from torch import nn
 
 from .. import events
 from ..errors import ConfigError, MLMFError, StateDictError
+from ..files import read_json
 from ..formats import open_weights
 from ..loading import compare_keys, in_dtype, load_into
 from .config import Modality
@@ -103,14 +103,10 @@ def model_type(folder: str | os.PathLike[str]) -> str:
         MLMFError: no readable config.json, or one without a model_type.
     """
     path = Path(folder) / "config.json"
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not path.exists():
         raise MLMFError("expected a Hugging Face model folder with a config.json, found none",
-                        folder) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MLMFError(f"cannot read config.json ({exc})", path) from None
-    kind = doc.get("model_type") if isinstance(doc, dict) else None
+                        folder)
+    kind = read_json(path, "config.json", expect=dict).get("model_type")
     if not isinstance(kind, str):
         raise MLMFError("expected a \"model_type\" string in config.json, found none", path)
     return kind

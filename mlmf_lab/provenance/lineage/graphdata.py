@@ -86,9 +86,7 @@ def _when(t: float | None) -> str:
 
 def _agent(agent: dict[str, Any]) -> str:
     who = f"{agent.get('user') or '?'}@{agent.get('host') or '?'}"
-    versions = agent.get("versions") or {}
-    if isinstance(versions, str):
-        versions = json.loads(versions or "{}")
+    versions = agent.get("versions") or {}  # a dict: the store validates it when read
     shown = ", ".join(f"{k} {v}" for k, v in sorted(versions.items())[:6])
     commit = agent.get("git_commit")
     return who + (f" ({shown})" if shown else "") + (f", git {commit[:12]}" if commit else "")

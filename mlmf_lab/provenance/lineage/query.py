@@ -99,19 +99,6 @@ def related(db: Database, start: str, up: bool) -> list[Entity]:
     return sorted(ents.values(), key=lambda e: (depth[e.id], e.created, e.id))
 
 
-def generating(db: Database, ids: list[str]) -> list[Activity]:
-    """The activities that generated any of ``ids``, oldest first."""
-    acts: set[str] = set()
-    for part, marks in _batches(ids):
-        rows = db.query(f"SELECT DISTINCT activity FROM usages WHERE role = 'generated' "
-                        f"AND entity IN ({marks})", tuple(part))
-        acts.update(r["activity"] for r in rows)
-    out: list[Activity] = []
-    for part, marks in _batches(sorted(acts)):
-        out += db.activities(f"WHERE a.id IN ({marks})", tuple(part))
-    return sorted(out, key=lambda a: (a.started, a.id))
-
-
 def history(db: Database, target: Entity) -> History:
     """Every activity behind ``target`` and the origins that nothing recorded generated.
 
