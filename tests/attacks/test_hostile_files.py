@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from attacks import hostile as h
 
 import mlmf_lab as ml
+from attacks import hostile as h
 from mlmf_lab.errors import FormatError, MLMFError, ShardError, UnsafeFileError
 
 TENSOR = '"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}'

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from attacks import hostile as h
 
+from attacks import hostile as h
 from mlmf_lab.errors import MLMFError
 
 CASES = [

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from attacks import hostile as h
-from attacks.seeds import Tiny, training_parts
 
 import mlmf_lab as ml
+from attacks import hostile as h
+from attacks.seeds import Tiny, training_parts
 from mlmf_lab.errors import ChecksumError, ConfigError, FormatError, MLMFError, UnsafeFileError
 from mlmf_lab.lora.patterns import pattern_problem
 
