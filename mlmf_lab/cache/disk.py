@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import atomic
-from ..errors import ChecksumError, ConfigError, FormatError, MLMFError
-from ..files import read_json, sha256_file
+from ..errors import ChecksumError, ConfigError, MLMFError
+from ..files import sha256_file
 from ..tables import Table
 from ..units import human_bytes, parse_size
 from .blobs import CHECKS, check_files, link, stamps, store_blob
-from .disk_records import COLUMNS, DiskEntry, PruneReport
+from .disk_records import COLUMNS, DiskEntry, PruneReport, read_ref
 from .keys import derive_key, parse_age
 
 KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
@@ -187,31 +187,8 @@ class DiskCache:
             shutil.rmtree(work, ignore_errors=True)
 
     # -- reading --------------------------------------------------------------------------
-    def _read_ref(self, key: str) -> dict[str, Any] | None:
-        """The record the ref of ``key`` holds, or None when there is no ref.
-
-        Raises:
-            MLMFError: a ref that cannot be read or is not a record this cache wrote.
-        """
-        ref = self._ref(key)
-        hint = "`mlmf-lab cache prune` removes it"
-        try:
-            record = read_json(ref, "the cache ref", expect=dict)
-        except MLMFError as e:
-            if not ref.exists():  # absent, or removed meanwhile by another process
-                return None
-            raise MLMFError(f"{e.args[0]}; {hint}", ref) from None
-        files = record.get("files")
-        if not (isinstance(record.get("rev"), str) and isinstance(files, dict) and files
-                and all(isinstance(v, str) for v in files.values())
-                and isinstance(record.get("size"), int)
-                and isinstance(record.get("created"), (int, float))):
-            raise FormatError("expected a cache ref with rev, files, size and created, found "
-                              f"keys {sorted(record)[:8]}; {hint}", ref)
-        return record
-
     def _entry(self, key: str) -> DiskEntry | None:
-        record = self._read_ref(key)
+        record = read_ref(self._ref(key))
         if record is None:
             return None
         try:
@@ -249,7 +226,7 @@ class DiskCache:
     def _confirmed(self, key: str) -> dict[str, Any]:
         """name -> [sha256, *stamp] the ref recorded (empty if unreadable: re-hash all)."""
         try:
-            found = (self._read_ref(key) or {}).get("stamps")
+            found = (read_ref(self._ref(key)) or {}).get("stamps")
         except MLMFError:
             return {}
         return found if isinstance(found, dict) else {}
@@ -259,7 +236,7 @@ class DiskCache:
         snap = self.root / "snapshots" / entry.key / entry.rev
         try:
             with self._locked():
-                record = self._read_ref(entry.key)
+                record = read_ref(self._ref(entry.key))
                 if record is None or record["rev"] != entry.rev:
                     return  # replaced meanwhile: its own stamps stand
                 self._write_ref(entry.key, {**record, "stamps": stamps(snap, entry.files)})
@@ -346,10 +323,7 @@ class DiskCache:
 
     def _collect(self, stale_tmp: float = 3600.0) -> int:
         """Delete unreferenced blobs, orphan snapshots and old temporaries; returns bytes freed.
-
-        The snapshots of an unreadable ref stay until ``prune`` removes the ref (their
-        hard links keep the bytes of the blobs deleted here).
-        """
+        An unreadable ref's snapshots stay (hard links: they keep their bytes) until ``prune``."""
         entries, unreadable = self._scan()
         keep = {d for e in entries for d in e.files.values()}
         keys = {e.key for e in entries} | set(unreadable)
@@ -364,8 +338,9 @@ class DiskCache:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
         revs = {(e.key, e.rev) for e in entries}
         for snap in (self.root / "snapshots").iterdir():  # revisions no ref names
-            for rev in list(snap.iterdir()) if snap.is_dir() and snap.name not in unreadable \
-                    else []:
+            if snap.name in unreadable:
+                continue
+            for rev in list(snap.iterdir()) if snap.is_dir() else []:
                 if (snap.name, rev.name) not in revs:
                     shutil.rmtree(rev, ignore_errors=True)
             if snap.name not in keys:
@@ -391,7 +366,7 @@ class DiskCache:
         age = None if older_than is None else parse_age(older_than)
         with self._locked():
             entries, unreadable = self._scan()
-            entries.reverse()  # least recently used first
+            entries.sort(key=lambda e: e.last_used)  # least recently used first
             sizes = {d: (self.root / "blobs" / d).stat().st_size
                      for e in entries for d in e.files.values()
                      if (self.root / "blobs" / d).is_file()}

@@ -1,13 +1,43 @@
-"""Records of the disk cache: its entries, and what a prune removed."""
+"""Records of the disk cache: its refs as stored, its entries, and what a prune removed."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..errors import FormatError, MLMFError
+from ..files import read_json
 from ..tables import Column, Table, fields_dict
 from ..units import human_bytes
+
+REV_PATTERN = re.compile(r"[0-9a-f]{16}")  # what ``DiskCache.put`` names a snapshot revision
+
+
+def read_ref(ref: Path) -> dict[str, Any] | None:
+    """The record in the ref file ``ref`` (rev, files, size, created, ...), None if absent.
+
+    Raises:
+        MLMFError: a ref that cannot be read or is not a record the cache wrote; the message
+            says that ``mlmf-lab cache prune`` removes it.
+    """
+    hint = "`mlmf-lab cache prune` removes it"
+    try:
+        record = read_json(ref, "the cache ref", expect=dict)
+    except MLMFError as e:
+        if not ref.exists():  # absent, or removed meanwhile by another process
+            return None
+        raise type(e)(f"{e.message}; {hint}", ref) from None
+    files = record.get("files")
+    if not (isinstance(record.get("rev"), str) and REV_PATTERN.fullmatch(record["rev"])
+            and isinstance(files, dict) and files
+            and all(isinstance(v, str) for v in files.values())
+            and isinstance(record.get("size"), int)
+            and isinstance(record.get("created"), (int, float))):
+        raise FormatError("expected a ref as the cache writes it (rev: 16 hex digits, files: "
+                          "name -> sha256, size, created), found other values; " + hint, ref)
+    return record
 
 
 class DiskEntry(NamedTuple):
@@ -67,4 +97,4 @@ class PruneReport(NamedTuple):
             f"{human_bytes(self.remaining_bytes)} remain"])
 
 
-__all__ = ["COLUMNS", "DiskEntry", "PruneReport"]
+__all__ = ["COLUMNS", "DiskEntry", "PruneReport", "read_ref"]

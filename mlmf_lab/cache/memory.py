@@ -24,11 +24,10 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..errors import CacheError, ConfigError
+from ..errors import CacheError, ConfigError, MLMFError
 from ..files import Stamp, file_stamp
 from ..progress import Progress
 from ..tables import Table
@@ -37,6 +36,7 @@ from .entry import Entry, Pending, does_not_fit
 from .eventlog import EventLog
 from .footprint import Footprint, available_bytes, measure
 from .keys import Ident, find_entry, identify
+from .ledger import Ledger
 from .stats import EVICTION_REASONS, CacheEvent, CacheStats, entries_table, entry_row
 from .subscribers import Subscribers
 from .warmup import WarmUp
@@ -87,10 +87,9 @@ class ModelCache:
         self._clock = clock
         self._t0 = clock()
         self._lock = threading.RLock()
-        self._entries: OrderedDict[Ident, Entry] = OrderedDict()  # LRU first
+        self._ledger = Ledger()  # the entries, LRU first, and the bytes they hold
         self._pending: dict[tuple[Ident, Stamp], Pending] = {}
         self._events = EventLog(max_events)  # plain tuples; records when read
-        self._held = self._pinned_bytes = 0
         self._next_pressure_check = self._t0
         self._counts = dict.fromkeys(("lookups", "hits", "misses", "loads", "load_errors",
                                       "puts"), 0)
@@ -101,7 +100,7 @@ class ModelCache:
 
     # -- keys ---------------------------------------------------------------------------
     def _identify(self, key: Any, must_be_file: bool = False) -> tuple[Ident, Stamp, str]:
-        return identify(key, must_be_file, self._entries, self._abspaths)
+        return identify(key, must_be_file, self._ledger.entries, self._abspaths)
 
     # -- the lookup path ----------------------------------------------------------------
     def get_or_load(
@@ -176,7 +175,7 @@ class ModelCache:
             self._relieve_pressure()
         counts = self._counts
         counts["lookups"] += 1
-        entry = self._entries.get(ident)
+        entry = self._ledger.entries.get(ident)
         if entry is not None:
             if entry.stamp != stamp:
                 self._drop(ident, "stale")
@@ -188,7 +187,7 @@ class ModelCache:
             counts["misses"] += 1
             self._log("miss", label, 0, now=now)
             return None
-        self._entries.move_to_end(ident)
+        self._ledger.entries.move_to_end(ident)
         entry.hits += 1
         counts["hits"] += 1
         self._saved_seconds += entry.load_seconds
@@ -217,23 +216,24 @@ class ModelCache:
         Returns False when the value was served uncached (logged as ``uncached``); a refusal
         is logged as ``refused`` and raised.
         """
-        old = self._entries.get(ident)
+        old = self._ledger.entries.get(ident)
         if old is not None:  # a newer value for the same key replaces the old one
             self._drop(ident, "stale" if old.stamp != stamp else "manual")
         self.expire()
-        free_at_most = self.max_bytes - self._pinned_bytes
+        free_at_most = self.max_bytes - self._ledger.pinned_bytes
         if size.total > free_at_most:
             self._log("uncached" if uncached_ok else "refused", label, size.total)
             if uncached_ok:
                 return False
-            why = does_not_fit(label, size, self.max_bytes, self._pinned_bytes)
+            why = does_not_fit(label, size, self.max_bytes, self._ledger.pinned_bytes)
             raise CacheError(why + "; raise max_bytes, or pass uncached_ok=True to get the "
                              "value without caching it")
-        while self._held + size.total > self.max_bytes and (lru := self._lru_unpinned()):
+        ledger = self._ledger
+        while ledger.held + size.total > self.max_bytes and (lru := ledger.lru_unpinned()):
             self._drop(lru, "budget")
-        entry = self._entries[ident] = Entry(label, value, size, stamp, self._clock(), seconds)
-        self._held += size.total
-        assert self._held <= self.max_bytes, "budget invariant"
+        entry = Entry(label, value, size, stamp, self._clock(), seconds)
+        ledger.add(ident, entry)
+        assert ledger.held <= self.max_bytes, "budget invariant"
         self._log(event, label, size.total)
         if pin:  # before relieving pressure, which could evict the new entry first
             self._pin(entry)
@@ -241,14 +241,8 @@ class ModelCache:
             self._relieve_pressure()
         return True
 
-    def _lru_unpinned(self) -> Ident | None:
-        return next((k for k, e in self._entries.items() if not e.pinned), None)
-
     def _drop(self, ident: Ident, reason: str) -> None:
-        entry = self._entries.pop(ident)
-        self._held -= entry.size.total
-        if entry.pinned:
-            self._pinned_bytes -= entry.size.total
+        entry = self._ledger.pop(ident)
         self._evictions[reason] += 1
         self._log("evict", entry.label, entry.size.total, reason)
 
@@ -258,7 +252,7 @@ class ModelCache:
     def _log(self, event: str, label: str, nbytes: int, reason: str = "",
              now: float | None = None) -> None:
         now = self._clock() if now is None else now
-        record = (now - self._t0, event, label, nbytes, self._held, reason)
+        record = (now - self._t0, event, label, nbytes, self._ledger.held, reason)
         self._events.append(record)
         if self._subscribers:
             self._subscribers.publish(CacheEvent._make(record))
@@ -270,7 +264,7 @@ class ModelCache:
             if self.ttl is None:
                 return 0
             now = self._clock()
-            old = [k for k, e in self._entries.items() if self._expired(e, now)]
+            old = [k for k, e in self._ledger.entries.items() if self._expired(e, now)]
             for k in old:
                 self._drop(k, "ttl")
             return len(old)
@@ -289,7 +283,7 @@ class ModelCache:
         self._next_pressure_check = self._clock() + self.PRESSURE_INTERVAL
         evicted = 0
         while self._available() < self.min_available_memory:
-            if (ident := self._lru_unpinned()) is None:
+            if (ident := self._ledger.lru_unpinned()) is None:
                 break
             self._drop(ident, "memory")
             evicted += 1
@@ -297,7 +291,7 @@ class ModelCache:
 
     # -- explicit control ---------------------------------------------------------------
     def _entry(self, path_or_key: Any) -> tuple[Ident, Entry]:
-        return find_entry(self._entries, path_or_key)
+        return find_entry(self._ledger.entries, path_or_key)
 
     def pin(self, path_or_key: Any) -> None:
         """Keep an entry whatever happens (budget, TTL, memory pressure) until ``unpin``."""
@@ -305,18 +299,14 @@ class ModelCache:
             self._pin(self._entry(path_or_key)[1])
 
     def _pin(self, entry: Entry) -> None:
-        if not entry.pinned:
-            entry.pinned = True
-            self._pinned_bytes += entry.size.total
+        if self._ledger.pin(entry):
             self._log("pin", entry.label, entry.size.total)
 
     def unpin(self, path_or_key: Any) -> None:
         """Make a pinned entry evictable again."""
         with self._lock:
             _, entry = self._entry(path_or_key)
-            if entry.pinned:
-                entry.pinned = False
-                self._pinned_bytes -= entry.size.total
+            if self._ledger.unpin(entry):
                 self._log("unpin", entry.label, entry.size.total)
 
     def evict(self, path_or_key: Any) -> bool:
@@ -332,7 +322,7 @@ class ModelCache:
     def clear(self) -> None:
         """Remove every entry, pinned ones included (counted as manual evictions)."""
         with self._lock:
-            for ident in list(self._entries):
+            for ident in list(self._ledger.entries):
                 self._drop(ident, "manual")
 
     # -- warm-up ------------------------------------------------------------------------
@@ -362,12 +352,12 @@ class ModelCache:
     def stats(self) -> CacheStats:
         """A consistent snapshot of every counter and the event log (shared, not copied)."""
         with self._lock:
-            entries = list(self._entries.values())
+            entries = list(self._ledger.entries.values())
             return CacheStats(
-                max_bytes=self.max_bytes, bytes_held=self._held,
+                max_bytes=self.max_bytes, bytes_held=self._ledger.held,
                 anonymous_bytes=sum(e.size.anonymous + e.size.device for e in entries),
                 mapped_bytes=sum(e.size.mapped for e in entries),
-                pinned_bytes=self._pinned_bytes, entries=len(entries),
+                pinned_bytes=self._ledger.pinned_bytes, entries=len(entries),
                 pinned=sum(e.pinned for e in entries), evictions=dict(self._evictions),
                 load_seconds=self._load_seconds, saved_seconds=self._saved_seconds,
                 events=self._events.snapshot(), **self._counts,
@@ -375,10 +365,10 @@ class ModelCache:
 
     @property
     def bytes_held(self) -> int:
-        return self._held
+        return self._ledger.held
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._ledger.entries)
 
     def __contains__(self, path_or_key: Any) -> bool:
         """True when cached and fresh (no lookup is counted)."""
@@ -390,23 +380,23 @@ class ModelCache:
             kind, name = ident
             try:
                 fresh = kind != "file" or entry.stamp == file_stamp(name)
-            except CacheError:  # the file is gone
+            except MLMFError:  # the file is gone
                 return False
             return fresh and not self._expired(entry, self._clock())
 
     def keys(self) -> list[str]:
         """Labels of the cached entries, least recently used first."""
         with self._lock:
-            return [e.label for e in self._entries.values()]
+            return [e.label for e in self._ledger.entries.values()]
 
     def __repr__(self) -> str:
-        return (f"ModelCache({len(self)} entries, {human_bytes(self._held)} of "
+        return (f"ModelCache({len(self)} entries, {human_bytes(self._ledger.held)} of "
                 f"{human_bytes(self.max_bytes)})")
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per entry, most recently used first: key, bytes by kind, pinned, hits."""
         with self._lock:
-            return [entry_row(e) for e in reversed(self._entries.values())]
+            return [entry_row(e) for e in reversed(self._ledger.entries.values())]
 
     def as_dict(self) -> dict[str, Any]:
         """The statistics and the entries as JSON data, taken together under the lock."""

@@ -15,7 +15,7 @@ import mlmf_lab as ml
 from mlmf_lab.cache import DiskCache, ModelCache, derive_key
 from mlmf_lab.cache import blobs as blobs_module
 from mlmf_lab.cli import main
-from mlmf_lab.errors import ChecksumError, ConfigError
+from mlmf_lab.errors import ChecksumError, ConfigError, FormatError
 from mlmf_lab.provenance.lineage import Lineage
 from mlmf_lab.units import parse_size
 
@@ -112,6 +112,39 @@ def test_disk_get_never_serves_a_corrupted_blob(tmp_path: Path) -> None:
     built = disk.get_or_create("k", build)
     assert torch.equal(ml.load_state_dict(built.path)["w"], state["w"])
     assert disk.verify("k").files == entry.files  # the good bytes are stored again
+
+
+def test_a_cached_file_that_is_gone_is_not_in_the_cache(tmp_path: Path) -> None:
+    path = tmp_path / "m.safetensors"
+    ml.save_state_dict({"w": blob(8)}, path)
+    cache = ModelCache(10_000)
+    cache.get_or_load(path)
+    assert path in cache
+    path.unlink()
+    assert path not in cache
+
+
+def test_an_unreadable_ref_is_named_and_prune_removes_it(tmp_path: Path) -> None:
+    disk = DiskCache(tmp_path / "c")
+    for key in ("a", "b"):
+        disk.put_tensors(key, {"w": torch.full((8,), float(ord(key)))})
+    ref = tmp_path / "c" / "refs" / "a.json"
+    for text, problem in (("{broken", "the cache ref is not valid JSON"),
+                          ("[1]", "the cache ref must be a JSON object, found list"),
+                          ('{"rev": "../../x", "files": {"m": "0"}, "size": 1, "created": 1}',
+                           r"expected a ref as the cache writes it \(rev: 16 hex digits")):
+        ref.write_text(text)
+        with pytest.raises(FormatError, match=rf"refs/a\.json: {problem}.*; `mlmf-lab cache "
+                           "prune` removes it"):
+            disk.get("a")
+        with pytest.raises(FormatError, match="refs/a.json"):
+            disk.ls()
+    assert disk.remove("b") and not (tmp_path / "c" / "refs" / "b.json").exists()
+    assert disk.prune(dry_run=True).removed == () and ref.exists()  # a dry run deletes nothing
+    disk.prune()
+    assert disk.ls() == [] and not ref.exists()
+    assert list((tmp_path / "c" / "snapshots").iterdir()) == []
+    assert list((tmp_path / "c" / "blobs").iterdir()) == []
 
 
 def test_disk_rehashes_only_what_changed_unless_asked_for_content(

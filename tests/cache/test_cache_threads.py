@@ -105,7 +105,7 @@ def test_mixed_operations_from_eight_threads_keep_the_invariants() -> None:
     # held bytes match the entries, measured again independently
     values = [cache.get(key) for key in keys]
     assert s.bytes_held == sum(measure(v).total for v in values if v is not None)
-    assert s.pinned == sum(1 for e in cache._entries.values() if e.pinned)
+    assert s.pinned == sum(1 for e in cache._ledger.entries.values() if e.pinned)
     assert sum(s.evictions.values()) == s.evictions_total
     # a refused load is raised in the loading thread and in every thread waiting for it
     assert len(refused) >= events["refused"]
