@@ -153,41 +153,54 @@ def load_into(
         tie = getattr(model, "tie_weights", None)
         if callable(tie):
             tie()
-        compute_missing_buffers(model, path)
+        rebuild_buffers(model, path)
         act.generated.append(model)
     return report
 
 
-def compute_missing_buffers(model: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Give values to the buffers a meta-device model computes at construction and no file
-    holds (transformers' rotary ``inv_freq``), as ``from_pretrained`` does.
-
-    A module left with such buffers is re-initialised through the model's own
-    ``_init_weights(module)`` (transformers' hook for exactly this), and only a module with
-    no parameters of its own, so no loaded weight is touched.
+def rebuild_buffers(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Give values to the buffers a meta-built model computes at construction and no file
+    holds (non-persistent ones: transformers' rotary ``inv_freq``, ``position_ids``), as
+    ``from_pretrained`` does: every transformers model inside ``model`` runs its own
+    ``initialize_weights`` with the loaded tensors marked as initialised, so only the empty
+    buffers are filled.
 
     Raises:
-        StateDictError: buffers still on the meta device that nothing can compute, named.
+        StateDictError: non-persistent buffers still without data (named), e.g. in a model
+            that is not a transformers model.
     """
-    init = getattr(model, "_init_weights", None)
-    left: list[str] = []
-    for name, module in model.named_modules():
-        meta = [b for b, t in module.named_buffers(recurse=False) if t.is_meta]
-        if not meta:
-            continue
-        own_params = any(True for _ in module.parameters(recurse=False))
-        if callable(init) and not own_params:
-            for b in meta:
-                setattr(module, b, torch.empty_like(getattr(module, b), device="cpu"))
-            with torch.no_grad():
-                init(module)
-        left += [f"{name}.{b}" if name else b for b in meta if getattr(module, b).is_meta]
+    meta = {n: t for n, t in model.named_buffers() if t.is_meta
+            and n.rpartition(".")[2] in model.get_submodule(
+                n.rpartition(".")[0])._non_persistent_buffers_set}
+    if not meta:
+        return
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:  # not a transformers model then: nothing knows these values
+        PreTrainedModel = ()  # type: ignore[assignment,misc]  # noqa: N806
+    hf = [(n, m) for n, m in model.named_modules() if isinstance(m, PreTrainedModel)]
+    # the outermost ones: initialize_weights covers everything below them
+    tops = [m for n, m in hf if not any(o != n and (o == "" or n.startswith(o + "."))
+                                        for o, _ in hf)]
+    if tops:
+        for t in model.state_dict(keep_vars=True).values():
+            if not t.is_meta:
+                t._is_hf_initialized = True  # type: ignore[attr-defined]  # loaded: keep
+        for name, buf in meta.items():
+            owner, _, leaf = name.rpartition(".")
+            model.get_submodule(owner).register_buffer(
+                leaf, torch.empty_like(buf, device="cpu"), persistent=False)
+        with torch.no_grad():
+            for top in tops:
+                top.initialize_weights()
+    left = [n for n, t in model.named_buffers() if n in meta and t.is_meta]
+    if not tops:
+        left = list(meta)
     if left:
         raise StateDictError(
             f"buffers {left[:5]} are on the meta device and in no file; build the model with "
             "only its parameters on the meta device (e.g. accelerate's init_empty_weights()) "
             "so that buffers computed at construction keep their values", path)
-
 
 def quantized_state(
     model: nn.Module, path: str | os.PathLike[str]

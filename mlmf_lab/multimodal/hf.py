@@ -29,7 +29,7 @@ from .. import events
 from ..errors import ConfigError, MLMFError, StateDictError
 from ..files import read_json
 from ..formats import open_weights
-from ..loading import compare_keys, in_dtype, load_into
+from ..loading import compare_keys, in_dtype, load_into, rebuild_buffers
 from .config import Modality
 
 Builder = Callable[[Any], nn.Module]
@@ -285,38 +285,17 @@ def _meta_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def finish_loading(model: nn.Module, source: str | os.PathLike[str]) -> None:
-    """Rebuild the buffers no file holds (non-persistent ones) in every transformers model
-    inside ``model``, as ``from_pretrained`` does; then check nothing is left on meta.
+    """Rebuild the buffers no file holds (``loading.rebuild_buffers``, as ``from_pretrained``
+    does), then check nothing is left on the meta device.
 
     Raises:
         StateDictError: tensors still without data (named), with ``source`` in the message.
     """
-    meta = dict(_meta_tensors(model))
-    if meta and all(name.rpartition(".")[2] in _non_persistent(model, name) for name in meta):
-        from transformers import PreTrainedModel
-
-        for t in model.state_dict(keep_vars=True).values():
-            t._is_hf_initialized = True  # type: ignore[attr-defined]  # loaded: keep
-        for name, buf in meta.items():
-            owner, _, leaf = name.rpartition(".")
-            model.get_submodule(owner).register_buffer(leaf, torch.empty_like(buf, device="cpu"),
-                                                       persistent=False)
-        done: list[str] = []
-        for name, sub in model.named_modules():
-            if isinstance(sub, PreTrainedModel) and not any(
-                    name.startswith(d + ".") or d == "" for d in done):
-                sub.initialize_weights()
-                done.append(name)
+    rebuild_buffers(model, source)
     left = [name for name, _ in _meta_tensors(model)]
     if left:
         raise StateDictError(f"{len(left)} tensors were not loaded and cannot be rebuilt: "
                              f"{', '.join(left[:8])}", source)
-
-
-def _non_persistent(model: nn.Module, name: str) -> set[str]:
-    owner = name.rpartition(".")[0]
-    return set(model.get_submodule(owner)._non_persistent_buffers_set)
-
 
 @contextmanager
 def eager_attention(model: nn.Module) -> Iterator[None]:
