@@ -67,3 +67,11 @@ def test_stored_notebooks_stay_small_and_have_sources() -> None:
     for book in books:
         assert book.stat().st_size < 2**20, f"{book.name} is {book.stat().st_size} bytes"
         assert (ROOT / "notebooks" / "src" / f"{book.stem}.py").is_file(), book.name
+
+
+def test_no_test_skips_on_a_missing_import() -> None:
+    """Every import a test needs is a dependency: a missing one must fail, not skip."""
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("*.py")
+                 if "importorskip(" in p.read_text(encoding="utf-8")
+                 and p.name != "test_project.py"]
+    assert offenders == []

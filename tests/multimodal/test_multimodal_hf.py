@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers  # noqa: E402  (a dev dependency: missing fails, never skips)
 
 import mlmf_lab as ml
 from mlmf_lab.errors import ConfigError, MLMFError, StateDictError
@@ -18,8 +19,6 @@ from mlmf_lab.models.minilm import MiniLM
 from mlmf_lab.multimodal import hf, tiny
 from mlmf_lab.multimodal.config import Modality, ModalityConfig
 from mlmf_lab.multimodal.preprocess.config import ImagePreprocessing
-
-transformers = pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import transformers  # noqa: E402  (a dev dependency: missing fails, never skips)
 
 import mlmf_lab as ml
 from mlmf_lab.errors import ConfigError
@@ -24,8 +25,6 @@ from mlmf_lab.multimodal.io import load_multimodal, load_parts, save_multimodal,
 from mlmf_lab.multimodal.model import MultiModalModel
 from mlmf_lab.multimodal.preprocess import preprocess_audio, preprocess_images, tokenize
 from mlmf_lab.multimodal.preprocess.config import ImagePreprocessing, TextPreprocessing
-
-transformers = pytest.importorskip("transformers")
 
 
 def minilm_config(fusion: str = "middle") -> MultiModalConfig:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import transformers  # noqa: E402  (a dev dependency: missing fails, never skips)
 
 from mlmf_lab.errors import ConfigError, MLMFError
 from mlmf_lab.multimodal import (
@@ -22,7 +23,6 @@ from mlmf_lab.multimodal import (
 )
 from mlmf_lab.multimodal.processors import audio_preprocessing, image_preprocessing
 
-transformers = pytest.importorskip("transformers")
 CLIP, VIT = transformers.CLIPImageProcessorPil, transformers.ViTImageProcessorPil
 
 # (height, width): square, down- and up-scaled, portrait and landscape, odd sizes where
