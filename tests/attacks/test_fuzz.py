@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-FUZZ = Path(__file__).parent / "attacks" / "fuzz.py"
+FUZZ = Path(__file__).parent / "fuzz.py"
 TARGETS = ("safetensors", "sharded", "gguf", "bin", "peft", "checkpoint", "lineage", "dcp")
 
 

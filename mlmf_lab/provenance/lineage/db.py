@@ -214,7 +214,7 @@ class Database:
         missing = [e for e in links["used"] + links["generated"] if e not in ents]
         if missing:
             raise self._bad(f"activity {str(aid)[:40]!r}",
-                            f"it names entity {str(missing[0])[:40]}, which is not stored")
+                            f"it names entity {repr(missing[0])[:40]}, which is not stored")
         key = (agent_id, user, host, versions, commit)
         if key not in agents:
             what = f"activity {str(aid)[:40]!r}"
