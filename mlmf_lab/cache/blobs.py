@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .. import atomic
-from ..files import sha256_file
+from ..files import file_stamp, sha256_file
 
 CHECKS = ("stamp", "content")
 _CHUNK = 1 << 20
@@ -63,8 +63,9 @@ def link(blob: Path, dest: Path) -> None:
 
 
 def stamp(path: Path) -> FileStamp:
-    st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    """``files.file_stamp`` of one file, as the JSON list a ref stores."""
+    _name, *fields = file_stamp(path)[0]
+    return [int(f) for f in fields]
 
 
 def stamps(snapshot: Path, files: Mapping[str, str]) -> dict[str, list[str | int]]:
