@@ -27,8 +27,7 @@ import torch
 
 from ..errors import MLMFError
 from ..files import hash_file_into, read_json, walk_files
-from ..formats.base import alias_key
-from ..formats.write import record_line, sha256_of, tensor_hash_views
+from ..formats.write import dedupe_shared, record_line, sha256_of, tensor_hash_views
 from ..tables import fields_dict, fields_row
 
 CHUNK = 8 * 1024 * 1024
@@ -109,17 +108,10 @@ def _map(file: str) -> tuple[mmap.mmap, int]:
 
 
 def unique_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop names that alias an earlier tensor (tied weights), as the writers do."""
-    seen: set[tuple[Any, ...]] = set()
-    out: dict[str, torch.Tensor] = {}
-    for name, t in tensors.items():
-        if t.device.type != "meta" and t.numel():
-            key = alias_key(t)
-            if key in seen:
-                continue
-            seen.add(key)
-        out[name] = t
-    return out
+    """Drop names that alias an earlier tensor (tied weights) by the writers' own rule
+    (``formats.write.dedupe_shared``); tensors on the meta device are kept as they are."""
+    _, aliases = dedupe_shared({n: t for n, t in tensors.items() if not t.is_meta})
+    return {n: t for n, t in tensors.items() if n not in aliases}
 
 
 def state_hash(tensors: Mapping[str, torch.Tensor]) -> ContentHash:
