@@ -12,13 +12,13 @@ extractor) or ``processor_config.json`` (a processor holding both kinds), the to
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, MLMFError
+from ..files import read_json
 from ..tables import Table, fields_dict
 from .config import Modality
 from .preprocess.config import (
@@ -72,26 +72,16 @@ class FolderPreprocessing:
         return self.table().html()
 
 
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MLMFError(f"cannot read this JSON file ({exc})", path) from None
-    if not isinstance(doc, dict):
-        raise MLMFError(f"expected a JSON object, found {type(doc).__name__}", path)
-    return doc
-
-
 def _processors(folder: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None, Path]:
     """(image processor settings, feature extractor settings, the file they came from)."""
     path = folder / "processor_config.json"
     if path.is_file():
-        doc = _json(path)
+        doc = read_json(path, "the processor config", expect=dict)
         return doc.get("image_processor"), doc.get("feature_extractor"), path
     path = folder / "preprocessor_config.json"
     if not path.is_file():
         return None, None, path
-    doc = _json(path)
+    doc = read_json(path, "the preprocessor config", expect=dict)
     if "image_processor_type" in doc:
         return doc, None, path
     if "feature_extractor_type" in doc:
@@ -199,14 +189,16 @@ def text_preprocessing(folder: Path, config: dict[str, Any]) -> TextPreprocessin
     if not (folder / "tokenizer.json").is_file():
         return None
     settings = folder / "tokenizer_config.json"
-    doc = _json(settings) if settings.is_file() else {}
+    doc = read_json(settings, "the tokenizer config", expect=dict) if settings.is_file() else {}
     side = doc.get("padding_side", "right")
     if side != "right":
         raise ConfigError(f"padding_side {side!r} is not supported (texts are padded on the "
                           "right)", settings)
     pad = _token(doc.get("pad_token"))
-    if pad is None and (folder / "special_tokens_map.json").is_file():
-        pad = _token(_json(folder / "special_tokens_map.json").get("pad_token"))
+    special_map = folder / "special_tokens_map.json"
+    if pad is None and special_map.is_file():
+        special = read_json(special_map, "the special tokens map", expect=dict)
+        pad = _token(special.get("pad_token"))
     length = doc.get("model_max_length")
     if not isinstance(length, (int, float)) or length >= NO_LIMIT:
         text_cfg = config.get("text_config", config)
@@ -240,7 +232,9 @@ def preprocessing_for(folder: str | os.PathLike[str]) -> FolderPreprocessing:
     root = Path(folder)
     if not root.is_dir():
         raise MLMFError("expected a Hugging Face model folder, found no folder", root)
-    config = _json(root / "config.json") if (root / "config.json").is_file() else {}
+    config_path = root / "config.json"
+    config = (read_json(config_path, "the model config", expect=dict)
+              if config_path.is_file() else {})
     image_doc, audio_doc, path = _processors(root)
     image = None
     if image_doc is not None:

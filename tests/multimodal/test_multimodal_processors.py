@@ -13,7 +13,7 @@ import pytest
 import torch
 import transformers  # noqa: E402  (a dev dependency: missing fails, never skips)
 
-from mlmf_lab.errors import ConfigError, MLMFError
+from mlmf_lab.errors import ConfigError, FormatError, MLMFError
 from mlmf_lab.multimodal import (
     preprocess_audio,
     preprocess_images,
@@ -174,5 +174,14 @@ def test_settings_that_cannot_be_reproduced_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="nothing to preprocess with"):
         preprocessing_for(tmp_path)
     (tmp_path / "preprocessor_config.json").write_text("{broken")
-    with pytest.raises(MLMFError, match="preprocessor_config.json: cannot read this JSON file"):
+    with pytest.raises(FormatError,
+                       match="preprocessor_config.json: the preprocessor config is not valid JSON"):
+        preprocessing_for(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text("[1, 2]")
+    with pytest.raises(FormatError, match="preprocessor_config.json: the preprocessor config "
+                                          "must be a JSON object, found list"):
+        preprocessing_for(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text("[" * 100_000)
+    with pytest.raises(FormatError, match="preprocessor_config.json: the preprocessor config "
+                                          "nests deeper"):
         preprocessing_for(tmp_path)
