@@ -188,9 +188,10 @@ def read_frames(path: str | os.PathLike[str], fps: float) -> tuple[list[np.ndarr
 
 
 def _iter_frames(path: str | os.PathLike[str], fps: float) -> Iterator[tuple[np.ndarray, float]]:
-    """The chosen frames as they become known. Every frame is converted to RGB: whether it
-    is chosen is known only once the next one's time is read, and by then OpenCV can no
-    longer return it (``grab`` has decoded it already; ``retrieve`` only converts)."""
+    """The chosen frames as they become known. Every frame is retrieved (whether it is
+    chosen is known only once the next one's time is read, and by then OpenCV can no longer
+    return it: ``grab`` has decoded it already, ``retrieve`` only converts), but only the
+    chosen ones are turned into RGB arrays."""
     import cv2
 
     cap = _open(path)
@@ -203,13 +204,12 @@ def _iter_frames(path: str | os.PathLike[str], fps: float) -> Iterator[tuple[np.
         while cap.grab():
             for j in picker.offer(cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0):
                 if last is not None and last[0] == j:
-                    yield last[1], picker.times[j]
+                    yield np.ascontiguousarray(last[1][:, :, ::-1]), picker.times[j]
             ok, bgr = cap.retrieve()
-            last = (picker.count - 1, np.ascontiguousarray(bgr[:, :, ::-1])) \
-                if ok and bgr is not None else None
+            last = (picker.count - 1, bgr) if ok and bgr is not None else None
         for j in picker.finish():
             if last is not None and last[0] == j:
-                yield last[1], picker.times[j]
+                yield np.ascontiguousarray(last[1][:, :, ::-1]), picker.times[j]
     finally:
         cap.release()
 
