@@ -111,9 +111,10 @@ def _roughen_norms(model: torch.nn.Module, seed: int) -> None:
 
 
 def causal_lm(folder: Path, model_type: str = "llama", tie: bool = False, seed: int = 0,
-              tokenizer: bool = True) -> torch.nn.Module:
+              tokenizer: bool = True, rope: dict[str, object] | None = None) -> torch.nn.Module:
     """A tiny llama / mistral / qwen2 causal LM saved by ``save_pretrained`` (eval mode), with
-    a Llama-2-style tokenizer (qwen2: byte-level BPE) unless ``tokenizer`` is False."""
+    a Llama-2-style tokenizer (qwen2: byte-level BPE) unless ``tokenizer`` is False, and the
+    rotary scaling ``rope`` (``rope_parameters`` without ``rope_theta``) when given."""
     import transformers
 
     classes = {"llama": ("LlamaConfig", "LlamaForCausalLM"),
@@ -126,7 +127,9 @@ def causal_lm(folder: Path, model_type: str = "llama", tie: bool = False, seed: 
     config = config_cls(vocab_size=n_vocab, hidden_size=256, intermediate_size=512,
                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                         max_position_embeddings=256, tie_word_embeddings=tie, bos_token_id=bos,
-                        eos_token_id=eos, rms_norm_eps=1e-5)
+                        eos_token_id=eos, rms_norm_eps=1e-5,
+                        **({} if rope is None else
+                           {"rope_parameters": {"rope_theta": 10000.0, **rope}}))
     torch.manual_seed(seed)
     model = model_cls(config).eval()
     _roughen_norms(model, seed)

@@ -103,18 +103,9 @@ def unpermute_qk(w: Any, n_head: int) -> Any:
 
 
 # -- hyperparameters --------------------------------------------------------------------------
-def _rope(c: HFConfig, w: GGUFWriter) -> None:
-    from gguf import RopeScalingType
-
-    rope = c.rope
-    w.add_rope_freq_base(float(rope.get("rope_theta", 10000.0)))
-    kind = rope.get("rope_type", rope.get("type")) or "default"
-    if kind == "linear":
-        w.add_rope_scaling_type(RopeScalingType.LINEAR)
-        w.add_rope_scaling_factor(float(rope["factor"]))
-    elif kind != "default":
-        raise UnsupportedError(f"config.json asks for rope_type {kind!r}, which this lab does not "
-                               "write into GGUF; supported: 'default', 'linear'", c.path)
+def rope_dimension(c: HFConfig) -> int:
+    """The rotary dimensions of a head: ``head_dim``, else hidden size / heads."""
+    return c.int("head_dim", default=c.int("hidden_size") // c.int("num_attention_heads"))
 
 
 def _text_hparams(c: HFConfig, w: GGUFWriter) -> None:
@@ -130,14 +121,13 @@ def _text_hparams(c: HFConfig, w: GGUFWriter) -> None:
     if "head_dim" in c.values:  # else llama.cpp takes hidden / heads, as transformers does
         w.add_key_length(c.int("head_dim"))
         w.add_value_length(c.int("head_dim"))
-    _rope(c, w)
+    w.add_rope_freq_base(float(c.rope.get("rope_theta", 10000.0)))  # the scaling: gguf_rope
 
 
 def _llama_hparams(c: HFConfig, w: GGUFWriter) -> None:
     _text_hparams(c, w)
     w.add_vocab_size(c.int("vocab_size"))
-    hidden, n_head = c.int("hidden_size"), c.int("num_attention_heads")
-    w.add_rope_dimension_count(c.int("head_dim", default=hidden // n_head))
+    w.add_rope_dimension_count(rope_dimension(c))
 
 
 def _gpt2_hparams(c: HFConfig, w: GGUFWriter) -> None:
@@ -203,6 +193,8 @@ class Arch:
             quantizer does).
         dropped: Hugging Face tensors llama.cpp has no place for (a file with extra tensors
             is refused by llama.cpp), by name prefix.
+        rope_scalings: the ``rope_type`` values llama.cpp runs for this architecture (see
+            ``gguf_rope``); empty without rotary embeddings.
     """
 
     name: str
@@ -213,6 +205,7 @@ class Arch:
     transposed: frozenset[str] = field(default_factory=frozenset)
     float32: frozenset[str] = field(default_factory=frozenset)
     dropped: tuple[str, ...] = ()
+    rope_scalings: frozenset[str] = frozenset()
 
     @property
     def model_arch(self) -> MODEL_ARCH:
@@ -248,9 +241,12 @@ def arch_named(name: Any) -> Arch | None:
     return next((a for a in ARCHS.values() if a.name == name), None)
 
 
+# llama.cpp's llama loads Llama 3's rope_freqs; its qwen2 does not
 register_arch(Arch("llama", ("llama", "mistral"), "LlamaForCausalLM", _llama_hparams,
-                   rotary_rows=True))
-register_arch(Arch("qwen2", ("qwen2",), "Qwen2ForCausalLM", _text_hparams))
+                   rotary_rows=True,
+                   rope_scalings=frozenset({"default", "linear", "yarn", "llama3"})))
+register_arch(Arch("qwen2", ("qwen2",), "Qwen2ForCausalLM", _text_hparams,
+                   rope_scalings=frozenset({"default", "linear", "yarn"})))
 register_arch(Arch("gpt2", ("gpt2",), "GPT2LMHeadModel", _gpt2_hparams,
                    transposed=frozenset({"ATTN_QKV", "ATTN_OUT", "FFN_UP", "FFN_DOWN"}),
                    float32=frozenset({"POS_EMBD"})))
@@ -319,4 +315,4 @@ def kind_of(arch: Arch, gguf_name: str, n_blocks: int) -> str | None:
 
 
 __all__ = ["ARCHS", "Arch", "HFConfig", "TensorName", "arch_for", "arch_named", "gguf_names",
-           "kind_of", "permute_qk", "qk_rows", "register_arch", "unpermute_qk"]
+           "kind_of", "permute_qk", "qk_rows", "register_arch", "rope_dimension", "unpermute_qk"]

@@ -11,7 +11,9 @@ looked up in ``gguf``'s tables (``gguf.get_tensor_name_map``).
 ``config_from_gguf`` rebuilds ``config.json``: the ``mlmf.hf_config`` our writer keeps, else
 the keys transformers' GGUF config mapping (``transformers.integrations.ggml``) reads from
 llama.cpp's hyperparameters; where both have a key and disagree (beyond float32 rounding),
-the hyperparameters llama.cpp runs with win.
+the hyperparameters llama.cpp runs with win. So does the rotary scaling (``gguf_rope``): the
+config's is kept when llama.cpp runs the file with it, else rebuilt from the file's keys and
+Llama 3's ``rope_freqs``.
 ``write_model_hf`` writes a transformers model folder (weights, ``config.json``, tokenizer).
 """
 
@@ -28,7 +30,7 @@ import torch
 from ..errors import FormatError, MLMFError, UnsupportedError
 from ..quant.base import QTensor
 from .base import TensorInfo, WeightFile
-from .gguf_arch import ARCHS, SUFFIXES, Arch, arch_named, unpermute_qk
+from .gguf_arch import ARCHS, SUFFIXES, Arch, HFConfig, arch_named, rope_dimension, unpermute_qk
 from .gguf_model import (
     HF_CONFIG_KEY,
     ModelFile,
@@ -39,6 +41,7 @@ from .gguf_model import (
     read_config,
     write_model_gguf,
 )
+from .gguf_rope import rope_freqs_name, scaling_from_gguf, scaling_from_hf, scaling_to_hf
 from .gguf_vocab import hf_tokenizer_files, read_vocabulary
 from .registry import detect, open_weights
 
@@ -63,8 +66,9 @@ class ModelView(WeightFile):
     """A llama.cpp GGUF file seen under a transformers model's tensor names.
 
     Tensors the model has no name for keep their GGUF names (``ml.load_into`` reports them
-    as unexpected). Quantized Q/K weights come back from ``raw()`` as ``QTensor``s whose
-    rows are put back in place, still quantized.
+    as unexpected), except Llama 3's ``rope_freqs``, which transformers computes from the
+    config (``config_from_gguf`` reads it). Quantized Q/K weights come back from ``raw()`` as
+    ``QTensor``s whose rows are put back in place, still quantized.
     """
 
     format = "gguf"
@@ -86,7 +90,10 @@ class ModelView(WeightFile):
         self._from: dict[str, str] = {}
         self._kind: dict[str, str] = {}
         infos = {}
+        derived = rope_freqs_name()  # Llama 3's divisors: transformers computes them
         for info in wf.infos():
+            if info.name == derived:
+                continue
             name, kind = found.get(info.name, (info.name, ""))
             shape = info.shape  # GPT-2's Conv1D weights are shown transposed back
             if kind in arch.transposed and info.name.endswith(".weight"):
@@ -171,14 +178,15 @@ def _from_hyperparameters(arch: Arch, metadata: dict[str, Any], tied: bool,
     return out
 
 
-def config_from_gguf(metadata: dict[str, Any], names: Iterable[str],
-                     path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+def config_from_gguf(wf: WeightFile) -> dict[str, Any]:
     """The transformers ``config.json`` of a llama.cpp GGUF file.
 
     Raises:
-        UnsupportedError: an architecture this lab does not map, or one transformers has no
-            config mapping for when the file carries no ``mlmf.hf_config``.
+        UnsupportedError: an architecture this lab does not map, one transformers has no
+            config mapping for when the file carries no ``mlmf.hf_config``, or a rotary
+            scaling transformers has no ``rope_type`` for.
     """
+    metadata, path = wf.metadata, wf.path
     arch = arch_named(metadata.get("general.architecture"))
     if arch is None:
         raise UnsupportedError(f"general.architecture {metadata.get('general.architecture')!r} "
@@ -186,8 +194,7 @@ def config_from_gguf(metadata: dict[str, Any], names: Iterable[str],
     carried = metadata.get(HF_CONFIG_KEY)
     config = dict(carried) if isinstance(carried, dict) else {}
     # a carried config keeps its own token ids: the tokenizer's may differ and need not win
-    derived = _from_hyperparameters(arch, metadata, "output.weight" not in set(names),
-                                    tokens=not config)
+    derived = _from_hyperparameters(arch, metadata, "output.weight" not in wf, tokens=not config)
     if not config and not derived:
         raise UnsupportedError(f"transformers has no config mapping for {arch.name!r} GGUF files "
                                f"and the file carries no {HF_CONFIG_KEY}", path)
@@ -203,7 +210,30 @@ def config_from_gguf(metadata: dict[str, Any], names: Iterable[str],
             where[key] = value  # the hyperparameters llama.cpp runs with win
         elif key not in where and not isinstance(carried, dict):
             where[key] = value  # a carried config is complete as it is
+    if arch.rope_scalings:
+        _settle_rope(config, arch, wf)
     return config
+
+
+def _settle_rope(config: dict[str, Any], arch: Arch, wf: WeightFile) -> None:
+    """Make the config's rotary scaling the one llama.cpp runs the file with: kept when it
+    is (the carried config's, Llama 3's parameters as written), else rebuilt from the file."""
+    name = rope_freqs_name()
+    running = scaling_from_gguf(wf.metadata, arch.name, wf.tensor(name) if name in wf else None,
+                                wf.path)
+    c = HFConfig(config, wf.path)
+    try:
+        said = scaling_from_hf(c, rope_dimension(c), arch.rope_scalings)
+    except MLMFError:
+        said = None
+    if said is not None and said.same(running):
+        return
+    key = "rope_scaling" if "rope_scaling" in config and "rope_parameters" not in config \
+        else "rope_parameters"
+    theta = c.rope.get("rope_theta", 10000.0)
+    config.pop("rope_theta", None)  # transformers 5 keeps it beside the scaling
+    config[key] = {"rope_theta": theta, **scaling_to_hf(running, float(theta), rope_dimension(c),
+                                                         wf.path)}
 
 
 def hf_model_keys(config: dict[str, Any],
@@ -258,7 +288,7 @@ def write_model_hf(src: str | os.PathLike[str], dst: str | os.PathLike[str],
         if arch is None:
             raise UnsupportedError("not a GGUF file in llama.cpp's layout (a registered "
                                    "general.architecture and llama.cpp's tensor names)", s)
-        config = config_from_gguf(wf.metadata, wf, s)
+        config = config_from_gguf(wf)
         keys, tied = hf_model_keys(config, s)
         view = ModelView(wf, arch, keys)
         state = {k: view.tensor(k) for k in view if k in keys}

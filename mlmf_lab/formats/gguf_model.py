@@ -3,7 +3,8 @@
 ``write_model_gguf`` does what llama.cpp's ``convert_hf_to_gguf.py`` does for the
 architectures registered in ``gguf_arch``: ``general.*`` metadata (``gguf.Metadata`` reads
 the folder's model card and config, as the converter does), the hyperparameters with
-llama.cpp's types, llama.cpp's tensor names and layouts, and the tokenizer (``gguf_vocab``).
+llama.cpp's types, llama.cpp's tensor names and layouts, the rotary scaling (``gguf_rope``:
+keys, and Llama 3's ``rope_freqs`` tensor) and the tokenizer (``gguf_vocab``).
 The tensors are written by ``gguf.write_gguf``: the block encodings are byte-identical to
 llama.cpp's for F32, F16, Q8_0 and Q4_0 (the tests check it against its converter and its
 quantizer). The folder's ``config.json`` travels whole under ``mlmf.hf_config``, so the way
@@ -24,7 +25,16 @@ import torch
 from ..errors import MLMFError
 from ..files import read_json
 from .gguf import write_gguf
-from .gguf_arch import Arch, HFConfig, TensorName, arch_for, gguf_names, permute_qk
+from .gguf_arch import (
+    Arch,
+    HFConfig,
+    TensorName,
+    arch_for,
+    gguf_names,
+    permute_qk,
+    rope_dimension,
+)
+from .gguf_rope import scaling_from_hf, write_scaling
 from .gguf_vocab import write_vocabulary
 from .registry import open_weights
 
@@ -195,8 +205,14 @@ def write_model_gguf(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     if "token_embd.weight" not in tensors:
         raise MLMFError("the weights have no token embedding", s)
     w = GGUFWriter(None, arch.name)  # collects the typed metadata; write_gguf writes the file
+    scaling = (scaling_from_hf(config, rope_dimension(config), arch.rope_scalings)
+               if arch.rope_scalings else None)  # refused before anything is written
     _general(w, folder, tensors, quant)
     arch.hparams(config, w)
+    if scaling is not None:
+        extra = write_scaling(scaling, config.rope, w)  # Llama 3's divisors, kept in F32
+        tensors.update(extra)
+        keep.update(extra)
     vocab = write_vocabulary(folder, w, tensors["token_embd.weight"].shape[0])
     if vocab.note:
         warnings.warn(f"{folder}: {vocab.note}", stacklevel=2)

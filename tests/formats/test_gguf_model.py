@@ -18,6 +18,13 @@ import mlmf_lab as ml
 from mlmf_lab.cli import main
 from mlmf_lab.errors import MLMFError, UnsupportedError
 from mlmf_lab.formats.gguf_arch import permute_qk, unpermute_qk
+from mlmf_lab.formats.gguf_rope import (
+    RopeScaling,
+    fit_llama3,
+    llama3_divisors,
+    scaling_to_hf,
+    yarn_mscale,
+)
 
 TOKENS = torch.tensor([[1, 313, 318, 287, 279, 282, 276, 268, 259, 314, 5, 77]])
 
@@ -243,3 +250,124 @@ def test_hostile_counts_and_class_names_are_refused(
     with pytest.raises(MLMFError, match="config.json says 1000000000 layers but the weights "
                        "hold only 21 tensors"):
         ml.convert(deep, tmp_path / "deep-hf.gguf")
+
+
+# -- rotary scalings ---------------------------------------------------------------------------
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 32}
+YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
+        "attention_factor": 1.25}
+LONG = torch.tensor([[1] + [(7 * i + 3) % 316 + 3 for i in range(79)]])
+
+
+def long_logits(model: torch.nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(LONG).logits
+
+
+@pytest.mark.parametrize("rope", [LLAMA3, YARN], ids=["llama3", "yarn"])
+def test_scaled_round_trip_is_bit_exact(tmp_path: Path, rope: dict[str, object]) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = hf_tiny.causal_lm(tmp_path / "hf", rope=rope, tokenizer=False)
+    with pytest.warns(UserWarning, match="no tokenizer"):
+        path = ml.convert(tmp_path / "hf", tmp_path / "model.gguf")
+    back = ml.convert(path, tmp_path / "back")
+    assert (back / "config.json").read_bytes() == (tmp_path / "hf" / "config.json").read_bytes()
+    original, restored = ml.load_state_dict(tmp_path / "hf"), ml.load_state_dict(back)
+    assert original.keys() == restored.keys()
+    assert all(torch.equal(original[k], restored[k]) for k in original)
+    assert torch.equal(long_logits(AutoModelForCausalLM.from_pretrained(back)), long_logits(model))
+    loaded = AutoModelForCausalLM.from_config(model.config)
+    assert ml.load_into(loaded, path).ok  # rope_freqs is no weight of the model
+    assert torch.equal(long_logits(loaded), long_logits(model))
+
+
+def test_the_gguf_carries_llama_cpps_rope_scaling(tmp_path: Path) -> None:
+    hf_tiny.causal_lm(tmp_path / "l3", rope=LLAMA3, tokenizer=False)
+    hf_tiny.causal_lm(tmp_path / "yarn", rope=YARN, tokenizer=False)
+    with pytest.warns(UserWarning, match="no tokenizer"):
+        l3 = ml.convert(tmp_path / "l3", tmp_path / "l3.gguf", quant="q8_0")
+        yarn = ml.convert(tmp_path / "yarn", tmp_path / "yarn.gguf")
+    with ml.open_weights(l3) as wf:
+        assert wf.info("rope_freqs.weight").dtype == "float32"  # whatever the file type
+        assert torch.equal(wf.tensor("rope_freqs.weight"), llama3_divisors(10000.0, 64, 8.0, 1.0,
+                                                                           4.0, 32))
+        assert not any(k.startswith("llama.rope.scaling") for k in wf.metadata)
+    fields = gguf.GGUFReader(yarn).fields
+    typed = {k: (f.types[0].name, f.contents()) for k, f in fields.items()
+             if k.startswith("llama.rope.scaling")}
+    assert typed == {
+        "llama.rope.scaling.type": ("STRING", "yarn"),
+        "llama.rope.scaling.factor": ("FLOAT32", 4.0),
+        "llama.rope.scaling.original_context_length": ("UINT32", 64),
+        # what llama.cpp's converter copies (llama.cpp's llama does not read it) ...
+        "llama.rope.scaling.yarn_attn_factor": ("FLOAT32", 1.25),
+        # ... and what llama.cpp reads: a multiplier on its own 1 + 0.1 ln(factor)
+        "llama.rope.scaling.attn_factor": ("FLOAT32", pytest.approx(1.25 / yarn_mscale(4.0)))}
+
+
+def test_without_a_carried_config_the_files_scaling_wins(tmp_path: Path) -> None:
+    """The scaling is rebuilt from llama.cpp's keys and rope_freqs, and where a carried config
+    disagrees with them, the file's wins (it is what llama.cpp runs)."""
+    from transformers import AutoModelForCausalLM
+
+    model = hf_tiny.causal_lm(tmp_path / "l3", rope=LLAMA3, tokenizer=False)
+    hf_tiny.causal_lm(tmp_path / "yarn", rope=YARN, tokenizer=False)
+    with pytest.warns(UserWarning, match="no tokenizer"):
+        l3 = ml.convert(tmp_path / "l3", tmp_path / "l3.gguf")
+        yarn = ml.convert(tmp_path / "yarn", tmp_path / "yarn.gguf")
+    with ml.open_weights(l3) as wf:
+        state, meta = wf.state_dict(), dict(wf.metadata)
+    del meta["mlmf.hf_config"]
+    ml.save_state_dict(state, tmp_path / "bare.gguf", meta)
+    back = ml.convert(tmp_path / "bare.gguf", tmp_path / "back")
+    config = json.loads((back / "config.json").read_text())
+    assert config["rope_parameters"] == {"rope_theta": 10000.0, **LLAMA3}
+    assert torch.equal(long_logits(AutoModelForCausalLM.from_pretrained(back)), long_logits(model))
+    with ml.open_weights(yarn) as wf:
+        state, meta = wf.state_dict(), dict(wf.metadata)
+    ml.save_state_dict(state, tmp_path / "edited.gguf", {**meta, "llama.rope.scaling.factor": 2.0})
+    back = ml.convert(tmp_path / "edited.gguf", tmp_path / "edited")
+    config = json.loads((back / "config.json").read_text())
+    assert config["rope_parameters"] == {
+        "rope_theta": 10000.0, "rope_type": "yarn", "factor": 2.0,
+        "original_max_position_embeddings": 64,
+        "attention_factor": pytest.approx(1.25 / yarn_mscale(4.0) * yarn_mscale(2.0))}
+
+
+@pytest.mark.parametrize(("settings", "base", "dim"), [
+    ((8.0, 1.0, 4.0, 8192), 500000.0, 128), ((32.0, 1.0, 4.0, 8192), 500000.0, 64),
+    ((8.0, 1.0, 4.0, 32), 10000.0, 64)], ids=["llama-3.1", "llama-3.2", "tiny"])
+def test_llama3_parameters_come_back_from_rope_freqs(
+        settings: tuple[float, float, float, int], base: float, dim: int) -> None:
+    factor, low, high, original = settings
+    fitted = fit_llama3(llama3_divisors(base, dim, *settings), base, dim)
+    assert fitted == {"rope_type": "llama3", "factor": factor, "low_freq_factor": low,
+                      "high_freq_factor": high, "original_max_position_embeddings": original}
+    noise = RopeScaling(divisors=1 + torch.rand(dim // 2))
+    with pytest.raises(UnsupportedError, match="rope_freqs.weight follows llama 3's rule for no "
+                       "factor, low/high freq factor and original context"):
+        scaling_to_hf(noise, base, dim)
+
+
+@pytest.mark.parametrize(("model_type", "rope", "error", "message"), [
+    ("qwen2", LLAMA3, UnsupportedError, "rope_type 'llama3', which llama.cpp does not run for "
+     "this architecture; supported: default, linear, yarn"),
+    ("llama", {"rope_type": "dynamic", "factor": 2.0}, UnsupportedError,
+     "rope_type 'dynamic', which llama.cpp does not run for this architecture; supported: "
+     "default, linear, llama3, yarn"),
+    ("llama", {**YARN, "beta_fast": 16}, UnsupportedError, "yarn has beta_fast 16; llama.cpp's "
+     "llama and qwen2 read no beta_fast from a GGUF file and always use 32"),
+    ("llama", {k: v for k, v in LLAMA3.items() if k != "high_freq_factor"}, MLMFError,
+     "rope_type 'llama3' needs high_freq_factor as a positive number; found None")])
+def test_rope_scalings_llama_cpp_would_not_run_are_refused(
+        tmp_path: Path, model_type: str, rope: dict[str, object], error: type[Exception],
+        message: str) -> None:
+    hf_tiny.causal_lm(tmp_path / "hf", model_type, tokenizer=False)
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    config["rope_parameters"] = {"rope_theta": 10000.0, **rope}  # as edited by hand
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(error, match=message):
+        ml.convert(tmp_path / "hf", tmp_path / "m.gguf")
+    assert not (tmp_path / "m.gguf").exists()
