@@ -25,8 +25,9 @@ def compare(a: Any, b: Any, inputs: Any = None, *, labels: tuple[str, str] | Non
 
     Args:
         a: the reference: a path (safetensors file, Hugging Face folder, GGUF of any type,
-            int8/int4 safetensors, DCP folder, a checkpoint's weights), an open
-            ``WeightFile``, a state dict or an ``nn.Module``.
+            int8/int4 safetensors, DCP folder), a checkpoint step (its ``step-*`` folder or
+            a ``CheckpointRecord``; its weight files are checked against its manifest), an
+            open ``WeightFile``, a state dict or an ``nn.Module``.
         b: the other model, any of the same. A Hugging Face model and its llama.cpp GGUF
             match tensor by tensor through ``gguf``'s name tables.
         inputs: None (weights only), or texts (models with ``tokenize``, like the lab's
@@ -44,8 +45,10 @@ def compare(a: Any, b: Any, inputs: Any = None, *, labels: tuple[str, str] | Non
         ``ml.views.CompareView``, ``ml.plots.plot_comparison``).
 
     Raises:
-        MLMFError: different architectures, no tensor in common, inputs a model cannot
-            take, or outputs that cannot be compared (different vocabularies).
+        MLMFError: different architectures (``sources.check_architectures``), no tensor in
+            common, inputs a model cannot take, or outputs that cannot be compared
+            (different vocabularies).
+        ChecksumError: a checkpoint step's weight file differs from its manifest (named).
 
     Example:
         >>> c = ml.compare("model.safetensors", "model-q4_0.gguf")   # doctest: +SKIP
@@ -144,7 +147,7 @@ def load_model(path: str | os.PathLike[str]) -> nn.Module:
             if llama_arch(wf) is None:
                 raise MLMFError("activations and outputs need a model: a folder with "
                                 "config.json, a llama.cpp GGUF file, or an nn.Module", p)
-            config = config_from_gguf(wf.metadata, wf, p)
+            config = config_from_gguf(wf)
     name = (config.get("architectures") or ["AutoModel"])[0]
     cls = getattr(transformers, str(name), None)
     if cls is None or "model_type" not in config:
