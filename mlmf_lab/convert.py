@@ -16,12 +16,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import events
 from .formats import open_weights, save_state_dict
 from .formats.gguf_hf import model_converter
-from .formats.gguf_model import model_type
+from .formats.gguf_model import ModelFile, model_type
+
+
+class Conversion(NamedTuple):
+    """What ``conversion`` wrote."""
+
+    path: Path  # dst
+    # a model-level conversion's record of what it wrote (architecture, tensors, tokenizer),
+    # read back from dst by the writer; None for a tensor-by-tensor conversion
+    model: ModelFile | None
 
 
 def carried_metadata(src: Path, dst: Path, metadata: dict[str, Any]) -> dict[str, Any]:
@@ -51,7 +60,7 @@ def convert(
             or ``int4`` into safetensors or a folder).
 
     Returns:
-        ``dst`` as a ``Path``.
+        ``dst`` as a ``Path`` (``conversion`` also gives a model-level conversion's record).
 
     Raises:
         MLMFError: ``src`` cannot be read, or ``dst``'s writer refuses the tensors or ``quant``
@@ -60,16 +69,29 @@ def convert(
     Example:
         >>> ml.convert("model.safetensors", "model.gguf", quant="q8_0")  # doctest: +SKIP
     """
+    return conversion(src, dst, quant).path
+
+
+def conversion(
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], quant: str | None = None
+) -> Conversion:
+    """``convert``, returning the ``ModelFile`` a model-level conversion read back from ``dst``
+    (what ``mlmf-lab convert`` prints), so nobody describes ``dst`` a second time.
+
+    Example:
+        >>> conversion("model.gguf", "hf_out/").model.lines()  # doctest: +SKIP
+    """
     s, d = Path(src), Path(dst)
     model_level = model_converter(s, d)  # HF model folder <-> llama.cpp's GGUF layout
     params = {"quant": quant, "model": model_level is not None}
+    model = None
     with events.activity("convert", used=[s], params=params) as act:
         if model_level is not None:
-            model_level(s, d, quant=quant)
+            model = model_level(s, d, quant=quant)
         else:
-            with open_weights(s) as wf:  # opened once: a GGUF header can take a while to parse
+            with open_weights(s) as wf:  # opened once for its metadata and its tensors
                 metadata = carried_metadata(s, d, dict(wf.metadata))
                 state = wf.state_dict()
             save_state_dict(state, d, metadata=metadata, quant=quant)
         act.generated.append(d)
-    return d
+    return Conversion(d, model)

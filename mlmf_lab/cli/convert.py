@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..convert import convert
+from ..convert import conversion
 from ..formats.gguf_hf import describe_model
 
 
@@ -23,7 +23,9 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = convert(args.src, args.dst, quant=args.quant)
-    model = describe_model(out)  # a model for llama.cpp or transformers: what it holds
-    print("\n".join(model.lines()) if model is not None else f"wrote {out}")
+    done = conversion(args.src, args.dst, quant=args.quant)
+    # a model for llama.cpp or transformers: what it holds (a model-level conversion read it
+    # back already; a tensor-by-tensor one may still have written such a model)
+    model = done.model if done.model is not None else describe_model(done.path)
+    print("\n".join(model.lines()) if model is not None else f"wrote {done.path}")
     return 0

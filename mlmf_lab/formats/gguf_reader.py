@@ -2,7 +2,8 @@
 
 The second header source behind ``GGUFFile(path, reader="gguf")``; the default is our own
 parser (``gguf_header``). Both return the same ``Header``: metadata as plain Python values
-(nested arrays kept nested), the GGUF value type of each key, tensor entries with dims
+(nested arrays kept nested; ours decodes long arrays on first access, this one at once), the
+GGUF value type of each key, tensor entries with dims
 innermost first and offsets relative to the data section. What differs is what is checked:
 ``GGUFReader`` believes the counts a file states (an array of 2**60 bytes keeps it busy for
 hours), cuts short a string that runs past the end of the file instead of refusing it,
