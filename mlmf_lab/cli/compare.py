@@ -17,7 +17,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("compare", aliases=["diff"],
                        help="compare two models: weights, and activations/outputs with --inputs")
     p.add_argument("a", help="reference weight file or model folder (any format open_weights "
-                             "reads; a Hugging Face model and its GGUF match by name)")
+                             "reads, or a checkpoint step folder, verified against its "
+                             "manifest; a Hugging Face model and its GGUF match by name)")
     p.add_argument("b", help="the other weight file or folder")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.add_argument("--all", action="store_true", help="also list tensors that are identical")
