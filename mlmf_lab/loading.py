@@ -11,7 +11,9 @@ from torch import nn
 from . import events
 from .errors import StateDictError
 from .formats import open_weights
-from .formats.gguf_hf import model_view
+from .formats.base import WeightFile
+from .formats.gguf_hf import ModelView, model_view
+from .formats.gguf_match import check_model_config
 
 if TYPE_CHECKING:
     from .quant import QTensor
@@ -115,7 +117,10 @@ def load_into(
     dtype differs from the model's is cast (a copy), and names the model ties to another
     (``lm_head.weight`` of a model saved with ``tie_word_embeddings``) need not be in the
     file. A GGUF file in llama.cpp's layout is read under the model's own names, with
-    llama's Q/K rows put back in Hugging Face's order (``formats.gguf_hf.model_view``).
+    llama's Q/K rows put back in Hugging Face's order (``formats.gguf_hf.model_view``), and
+    the model's config must compute what the file describes: the settings no tensor shape
+    shows (rotary scaling, ``rope_theta``, the norms' epsilon) are compared with the config
+    the file carries (``formats.gguf_match``) before anything is loaded.
 
     Args:
         model: any ``nn.Module``; build it under ``torch.device("meta")`` to skip init.
@@ -130,6 +135,9 @@ def load_into(
 
     Raises:
         StateDictError: naming the file and the keys, when ``strict`` and they differ.
+        ConfigError: a llama.cpp GGUF file whose rotary scaling, ``rope_theta`` or norm
+            epsilon differ from the model's config (named, with both values), whatever
+            ``strict``: build the model from the config ``ml.convert(gguf, folder)`` writes.
 
     Example:
         >>> with torch.device("meta"):  # doctest: +SKIP
@@ -137,10 +145,11 @@ def load_into(
         >>> ml.load_into(model, "model.safetensors")  # doctest: +SKIP
     """
     with events.activity("load", used=[path], params={"into": type(model).__name__}) as act:
-        if keep_quantized:
-            state: dict[str, Any] = quantized_state(model, path)
-        else:
-            state = model_view(open_weights(path), model.state_dict()).state_dict()
+        wf = model_view(open_weights(path), model.state_dict())
+        if isinstance(wf, ModelView):
+            check_model_config(model, wf)
+        state: dict[str, Any] = quantized_state(model, wf) if keep_quantized \
+            else wf.state_dict()
         state = with_tied(model, state)
         report = compare_keys(model, state)
         if strict and not report.ok:
@@ -202,9 +211,7 @@ def rebuild_buffers(model: nn.Module, path: str | os.PathLike[str]) -> None:
             "only its parameters on the meta device (e.g. accelerate's init_empty_weights()) "
             "so that buffers computed at construction keep their values", path)
 
-def quantized_state(
-    model: nn.Module, path: str | os.PathLike[str]
-) -> dict[str, torch.Tensor | QTensor]:
+def quantized_state(model: nn.Module, wf: WeightFile) -> dict[str, torch.Tensor | QTensor]:
     """The state of a weight file with its quantized linear weights left quantized.
 
     Every quantized tensor ``<layer>.weight`` whose ``<layer>`` is an ``nn.Linear`` of the
@@ -214,15 +221,14 @@ def quantized_state(
 
     Args:
         model: the model to fill (on the meta device or not).
-        path: a weight file (GGUF files, and safetensors files saved with int8/int4, hold
-            quantized tensors).
+        wf: the open weight file, under the model's names (``formats.gguf_hf.model_view``);
+            GGUF files, and safetensors files saved with int8/int4, hold quantized tensors.
 
     Returns:
         Name -> tensor, or ``QTensor`` for the weights kept quantized.
     """
     from .quant import QTensor  # quant is imported only when asked
 
-    wf = model_view(open_weights(path), model.state_dict())
     state: dict[str, torch.Tensor | QTensor] = {}
     for name in wf:
         raw = wf.raw(name) if wf.info(name).quant else None

@@ -148,7 +148,7 @@ def model_view(wf: WeightFile, keys: Iterable[str]) -> WeightFile:
 
 
 # -- config.json back -------------------------------------------------------------------------
-def _agree(a: Any, b: Any) -> bool:
+def agree(a: Any, b: Any) -> bool:
     """Equal, or the same number once stored as GGUF's float32."""
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
         return bool(torch.tensor(float(a)).float() == torch.tensor(float(b)).float())
@@ -206,7 +206,7 @@ def config_from_gguf(wf: WeightFile) -> dict[str, Any]:
     rope = config.get("rope_parameters")
     for key, value in derived.items():
         where = rope if key == "rope_theta" and isinstance(rope, dict) else config
-        if key in where and not _agree(where[key], value):
+        if key in where and not agree(where[key], value):
             where[key] = value  # the hyperparameters llama.cpp runs with win
         elif key not in where and not isinstance(carried, dict):
             where[key] = value  # a carried config is complete as it is
@@ -376,5 +376,5 @@ def _is_gguf(path: Path) -> bool:
         return False
 
 
-__all__ = ["ModelView", "config_from_gguf", "describe_hf", "describe_model", "hf_model_keys",
-           "llama_arch", "model_converter", "model_view", "write_model_hf"]
+__all__ = ["ModelView", "agree", "config_from_gguf", "describe_hf", "describe_model",
+           "hf_model_keys", "llama_arch", "model_converter", "model_view", "write_model_hf"]
