@@ -1,6 +1,6 @@
 """Distributed loading: load time and peak memory per rank for N = 1, 2, 4 ranks.
 
-    python benchmarks/bench_distributed.py [--quick]
+    python benchmarks/bench_distributed.py [--quick] [--n 2 4] [--no-node-local]
 
 One Llama-shaped float32 model (about 1 GiB; ``--quick``: about 64 MiB) is loaded by N
 gloo ranks (``ml.distributed.launch``, 127.0.0.1) in one run, by:
@@ -12,14 +12,25 @@ gloo ranks (``ml.distributed.launch``, 127.0.0.1) in one run, by:
 - ``layers`` / ``tensor``: ``ml.distributed.load_shard`` with a pipeline / tensor plan,
   reading each rank's bytes into its own memory (``os.preadv``);
 - ``... mmap``: the same plans in ``mode="mmap"`` (copy-free views of a private memory
-  map for contiguous pieces; row-parallel slices are still read);
+  map; a row-parallel slice is a strided view, one run per row);
 - ``broadcast``: rank 0 reads, the others receive their part over gloo.
 
 Per configuration and repetition, each rank resets its peak-RSS counter
 (``/proc/self/clear_refs``), loads, touches every page of what it loaded (so lazily
-memory-mapped results count as loaded too), and reports that time, its ``VmHWM`` growth
-and the bytes it read. The table gives the median over repetitions of the slowest rank's time
-and of the largest rank's peak memory. The file is in the page cache (warm reads).
+memory-mapped results count as loaded too: one element per page, and for a strided view
+one per page of each row, without copying it), and reports that time, its ``VmHWM``
+growth, how much of its RSS is then mapped file (page cache, shared with the other
+ranks) and the bytes it read. Each round runs every method in turn (interleaved); the
+table gives the median over rounds of the slowest rank's time and of the largest rank's
+peak memory. The file is in the page cache (warm).
+
+Goal table (issue 21): the tensor plan against the layers plan in ``mmap`` mode, in 11
+more rounds of that pair alone (they take tens of milliseconds: a short burst of load
+from a neighbour would otherwise decide the ratio), with the tensor plan's time split
+into ``load_shard`` and touching the pages, and what each rank's pieces cost in views
+and ``WILLNEED`` ranges. Broadcast table: what bounds
+``broadcast``: rank 0 reads the whole file (the N=1 ``layers`` time) and sends the other
+ranks their shares one after another (timed here as bare gloo sends of those sizes).
 
 Node-local reads (second table): each rank reads its part from its own copy of the file,
 as on separate machines, from storage (the copy's pages dropped from the page cache with
@@ -37,6 +48,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -45,6 +57,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import mlmf_lab as ml
+from mlmf_lab.distributed.read import mapped_layout, page_ranges
 from mlmf_lab.distributed.spans import pages_touched
 
 D = ml.distributed
@@ -72,11 +85,15 @@ def make_model(path: Path, quick: bool) -> Path:
     return path
 
 
-def _hwm_kib() -> int:
+def _status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _hwm_kib() -> int:
+    return _status_kib("VmHWM")
 
 
 def _reset_peak() -> None:
@@ -99,38 +116,88 @@ def _load(method: str, path: str, layers: D.ShardPlan, tensor: D.ShardPlan,
     return shard.tensors, shard.bytes_read
 
 
-Timings = dict[str, list[tuple[float, int, int]]]
+# per method and repetition: (seconds, peak RSS growth, bytes read, mapped file RSS growth,
+# seconds of the load call alone)
+Timings = dict[str, list[tuple[float, int, int, int, float]]]
 
 
 def _touch(tensors: dict[str, torch.Tensor]) -> None:
-    """Read one element per 4 KiB page, so lazily mapped tensors are really loaded too."""
+    """Read one element per page, so lazily mapped tensors are really loaded too.
+
+    A strided view (a column slice in ``mmap`` mode) is sampled every page along each row
+    plus each row's last element: every page of every row, and no copy (``reshape``
+    would copy it). A consumer's copy (``load_state_dict``) touches the same pages.
+    """
     for t in tensors.values():
-        t.reshape(-1).view(torch.uint8)[::4096].sum()
+        if not t.numel():
+            continue
+        if t.is_contiguous():
+            flat = t.reshape(-1).view(torch.uint8)
+            flat[::PAGE].sum()
+            flat[-1:].sum()
+        else:
+            t[..., ::max(PAGE // t.element_size(), 1)].sum()
+            t[..., -1].sum()
 
 
-def rank_main(path: str, repeat: int, methods: list[str]) -> Timings:
-    """Runs on every rank: each method ``repeat`` times; (seconds, peak RSS growth, bytes)."""
+GOAL = ["layers mmap", "tensor mmap"]  # issue 21: tensor within 2x of layers, at N=2
+
+
+def rank_main(path: str, repeat: int, methods: list[str],
+              goal_repeat: int) -> tuple[Timings, Timings, list[float]]:
+    """Runs on every rank: ``repeat`` rounds of every method in turn, then ``goal_repeat``
+    rounds of the ``GOAL`` pair (see ``Timings``), then the bare gloo sends of broadcast
+    mode (seconds per repetition). Rounds interleave the methods, so a noisy neighbour
+    slows them alike instead of whichever ran during a busy moment."""
     import torch.distributed as dist
 
     rank, n = D.world()
     layers, tensor = D.plan(path, "layers"), D.plan(path, "tensor")
-    out: dict[str, list[tuple[float, int, int]]] = {}
-    for method in methods:
-        if method == "broadcast" and n == 1:
-            continue
-        out[method] = []
-        for _ in range(repeat):
-            gc.collect()
-            dist.barrier()
-            _reset_peak()
-            base = _hwm_kib()
-            start = time.perf_counter()
-            tensors, nread = _load(method, path, layers, tensor, rank)
-            _touch(tensors)
-            seconds = time.perf_counter() - start
-            out[method].append((seconds, (_hwm_kib() - base) * 1024, nread))
-            del tensors
-    return out
+
+    def measure(method: str) -> tuple[float, int, int, int, float]:
+        gc.collect()
+        dist.barrier()
+        _reset_peak()
+        base, file_base = _hwm_kib(), _status_kib("RssFile")
+        start = time.perf_counter()
+        tensors, nread = _load(method, path, layers, tensor, rank)
+        loaded = time.perf_counter() - start
+        _touch(tensors)
+        seconds = time.perf_counter() - start
+        return (seconds, (_hwm_kib() - base) * 1024, nread,
+                (_status_kib("RssFile") - file_base) * 1024, loaded)
+
+    runs = [m for m in methods if m != "broadcast" or n > 1]
+    out: Timings = {m: [] for m in runs}
+    for _ in range(repeat):
+        for method in runs:
+            out[method].append(measure(method))
+    goal: Timings = {m: [] for m in GOAL}
+    for _ in range(goal_repeat if n > 1 else 0):
+        for method in GOAL:
+            goal[method].append(measure(method))
+    return out, goal, _gloo_sends(layers, repeat) if n > 1 else []
+
+
+def _gloo_sends(plan: D.ShardPlan, repeat: int) -> list[float]:
+    """What broadcast mode sends, bare: rank 0 sends each rank its share in turn."""
+    import torch.distributed as dist
+
+    rank, n = D.world()
+    sizes = plan.bytes_per_rank()
+    bufs = {r: torch.zeros(sizes[r], dtype=torch.uint8) for r in range(1, n)
+            if rank in (0, r)}
+    times = []
+    for _ in range(repeat):
+        dist.barrier()
+        start = time.perf_counter()
+        if rank == 0:
+            for dst, buf in bufs.items():
+                dist.send(buf, dst=dst)
+        else:
+            dist.recv(bufs[rank], src=0)
+        times.append(time.perf_counter() - start)
+    return times
 
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -187,11 +254,33 @@ def node_local_rows(path: Path, workdir: Path) -> list[list[str]]:
     return rows
 
 
+def view_costs(plan: D.ShardPlan) -> tuple[int, int, int]:
+    """Largest per-rank (pieces, strided views, WILLNEED ranges) of ``plan`` in mmap mode."""
+    worst = (0, 0, 0)
+    for r in range(plan.world_size):
+        pieces = plan.for_rank(r)
+        layouts = [mapped_layout(plan.info(p.name), p) for p in pieces]
+        strided = sum(1 for lay in layouts if lay is not None and lay[2] > 1)
+        ranges = sum(len(page_ranges(*lay, PAGE)) for lay in layouts if lay is not None)
+        worst = max(worst, (len(pieces), strided, ranges))
+    return worst
+
+
+def slowest(per_rank: list[list[float]]) -> float:
+    """Median over repetitions of the slowest rank's value."""
+    return statistics.median(max(rep) for rep in zip(*per_rank, strict=True))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a ~64 MiB model, one repetition")
+    ap.add_argument("--n", type=int, nargs="+", default=[1, 2, 4],
+                    help="rank counts to run (a partial run prints, never publishes)")
+    ap.add_argument("--no-node-local", action="store_true",
+                    help="skip the cold node-local table (a partial run)")
     args = ap.parse_args()
-    repeat = 1 if args.quick else 3
+    repeat, goal_repeat = (1, 3) if args.quick else (3, 11)
+    partial = args.quick or args.no_node_local or sorted(args.n) != [1, 2, 4]
     # fixed threshold: big buffers are mmap-ed and handed back on free, so each
     # measurement's peak RSS is its own (ranks inherit this through the forkserver)
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 16))
@@ -201,38 +290,93 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         path = make_model(Path(tmp) / "model.safetensors", args.quick)
         total = ml.open_weights(path).nbytes
-        rows, base = [], {}
-        for n in (1, 2, 4):
-            results = D.launch(rank_main, n, str(path), repeat, METHODS, timeout=1800,
-                               pg_timeout=600)
+        header_s = statistics.median(
+            _timed(lambda: ml.open_weights(path).close()) for _ in range(9))
+        rows, goal, cast, base = [], [], [], {}
+        cells: dict[tuple[int, str], float] = {}
+        for n in sorted(args.n):
+            results = D.launch(rank_main, n, str(path), repeat, METHODS, goal_repeat,
+                               timeout=1800, pg_timeout=600)
             for method in METHODS:
-                if method not in results[0].value:
+                if method not in results[0].value[0]:
                     continue
-                per_rep = list(zip(*(r.value[method] for r in results), strict=True))
-                secs = statistics.median(max(s for s, _, _ in rep) for rep in per_rep)
-                peak = statistics.median(max(m for _, m, _ in rep) for rep in per_rep)
-                nread = max(b for rep in per_rep for _, _, b in rep)
+                got = [r.value[0][method] for r in results]  # rank -> repetitions
+                secs = slowest([[x[0] for x in reps] for reps in got])
+                peak = slowest([[x[1] for x in reps] for reps in got])
+                mapped = slowest([[x[3] for x in reps] for reps in got])
+                cells[n, method] = secs
+                nread = max(x[2] for reps in got for x in reps)
                 if n == 1:
-                    base[method] = (secs, peak)
-                ref_secs = (base[method] if method in base else base["layers"])[0]
-                rows.append([n, method, f"{secs:.3f}", f"{ref_secs / secs:.2f}x",
+                    base[method] = secs
+                ref = base.get(method, base.get("layers"))
+                rows.append([n, method, f"{secs:.3f}",
+                             "-" if ref is None else f"{ref / secs:.2f}x",
                              f"{peak / 2**20:.0f}", f"{peak / total:.2f}",
+                             f"{max(mapped, 0) / 2**20:.0f}",
                              f"{nread / 2**20:.0f}", f"{nread / total:.2f}"])
-        local = node_local_rows(path, Path(tmp))
+            if n > 1:
+                pair = {m: [r.value[1][m] for r in results] for m in GOAL}
+                lay, t = (slowest([[x[0] for x in reps] for reps in pair[m]]) for m in GOAL)
+                t_load = slowest([[x[4] for x in reps] for reps in pair["tensor mmap"]])
+                pieces, strided, ranges = view_costs(D.plan(path, "tensor", world_size=n))
+                goal.append([n, f"{lay:.3f}", f"{t:.3f}", f"{t / lay:.2f}x",
+                             "yes" if t <= 2 * lay else "no", f"{t_load:.3f}",
+                             f"{t - t_load:.3f}", f"{pieces} ({strided})", ranges])
+            sends = slowest([r.value[2] for r in results]) if n > 1 else 0.0
+            if (n, "broadcast") in cells:
+                read = base.get("layers")
+                sent = sum(D.plan(path, "layers", world_size=n).bytes_per_rank()[1:])
+                cast.append([n, f"{cells[n, 'broadcast']:.3f}",
+                             "-" if read is None else f"{read:.3f}", f"{sends:.3f}",
+                             "-" if read is None else f"{read + sends:.3f}",
+                             f"{sent / 2**20:.0f}"])
+        local = [] if args.no_node_local else node_local_rows(path, Path(tmp))
     body = table(["N", "method", "load s (slowest rank)", "speed-up vs N=1",
-                  "peak RSS growth per rank (MiB)", "peak / file", "bytes read per rank (MiB)",
-                  "read / file"], rows)
+                  "peak RSS growth per rank (MiB)", "peak / file",
+                  "of which mapped file (MiB)", "bytes read per rank (MiB)", "read / file"],
+                 rows)
     body += "\n\n" + table(
-        ["N", "plan, mode", "share (MiB)", "read from storage (MiB)", "read / share",
-         "pages touched (MiB)", "pages / share", "read / pages"], local)
-    how = (f"Model: Llama-shaped float32 safetensors, {total / 2**30:.2f} GiB. Each cell: median "
-           f"of {repeat} repetition(s) of the slowest rank's load time and the largest rank's "
-           "peak RSS growth (VmHWM after /proc/self/clear_refs); warm page cache; ranks are "
-           "gloo processes on 127.0.0.1 sharing the machine's cores. Speed-up of broadcast is "
-           "against N=1 layers. Times on a shared machine are noisy; memory and bytes are "
-           "not. Node-local table: each rank's own copy, cold, read_bytes of /proc/self/io "
-           "(the rank with the largest read / share is shown).")
-    publish("distributed", "Distributed loading: time and memory per rank", how, body, args.quick)
+        ["N", "layers mmap s", "tensor mmap s", "tensor / layers", "goal <= 2x",
+         "tensor mmap: load_shard s", "tensor mmap: touching pages s",
+         "pieces per rank (strided)", "WILLNEED ranges per rank"], goal)
+    body += "\n\n" + table(
+        ["N", "broadcast s", "rank 0 reads the file (N=1 layers) s",
+         "rank 0 sends N-1 shares (bare gloo) s", "read + sends s", "sent (MiB)"], cast)
+    if local:
+        body += "\n\n" + table(
+            ["N", "plan, mode", "share (MiB)", "read from storage (MiB)", "read / share",
+             "pages touched (MiB)", "pages / share", "read / pages"], local)
+    how = (
+        f"Model: Llama-shaped float32 safetensors, {total / 2**30:.2f} GiB. Each cell: median "
+        f"over {repeat} round(s), each running every method in turn, of the slowest rank's "
+        "load time (the load, then one read per page of what it returned: a lazily mapped "
+        "result pays its page faults here; a strided mmap view is touched page by page along "
+        "its rows, not copied) and of the largest rank's peak RSS growth (VmHWM after "
+        "/proc/self/clear_refs); warm page cache; ranks are gloo processes on 127.0.0.1 "
+        "sharing the machine's cores. Speed-up of broadcast is against N=1 layers. Times on a "
+        "shared machine are noisy; memory and bytes are not. \"Of which mapped file\": "
+        "RssFile growth, page cache mapped into the rank (shared by every rank on the host, "
+        "not private memory); each page fault maps up to 64 KiB of cached neighbours (the "
+        "kernel's fault-around), so a column slice in mmap mode shows its neighbours' columns "
+        "in RSS too, although it reads and touches only its own pages (cold table). "
+        f"Goal table: {goal_repeat} more rounds of that pair alone, interleaved. A column "
+        "slice of a row-major [out, in] weight is one run per row; in mmap mode it is one "
+        "strided view, and its pages are announced (MADV_WILLNEED) as ranges merged where "
+        "runs share or touch a page, one madvise call each, so a cold read fetches exactly "
+        "the pages touched. Opening the header (parse + records): "
+        f"{header_s * 1e3:.1f} ms. Broadcast table: rank 0 reads every rank's pieces (the "
+        "whole file, into fresh buffers) and sends the N-1 other shares one after another "
+        "over gloo's TCP on loopback, nothing overlapped; read + sends is the bound (the "
+        "rest: the header check on rank 0 and two status exchanges), on 2 cores shared by "
+        "N processes. Node-local table: each rank's own copy, cold, read_bytes of "
+        "/proc/self/io (the rank with the largest read / share is shown).")
+    publish("distributed", "Distributed loading: time and memory per rank", how, body, partial)
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 if __name__ == "__main__":

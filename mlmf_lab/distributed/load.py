@@ -177,10 +177,15 @@ def load_shard(
         plan: from ``ml.distributed.plan(...)``, the same on every rank.
         rank, world_size: default to the process group (or torchrun's environment).
         mode: ``direct``: each rank reads its bytes into its own memory (``os.preadv``);
-            ``mmap``: contiguous pieces become copy-free views of a private memory map
-            (read when first touched, shared between ranks through the page cache), the
-            others are read as in ``direct``; ``broadcast``: rank 0 reads and sends each
-            rank its part (needs a process group).
+            ``mmap``: pieces become copy-free views of a private memory map (read when
+            first touched, shared between ranks through the page cache; writes stay in this
+            process). A slice along dim 0 is contiguous; a slice along a later dim (a
+            row-parallel ``[out, in]`` weight's columns) is a strided, non-contiguous view,
+            as ``full.narrow(1, a, b - a)`` would be: ``copy_``, ``load_state_dict`` and
+            ``F.linear`` take it as is, ``.contiguous()`` copies it. Only pieces of several
+            spans (fused projections such as GPT-2's ``c_attn``) and quantized tensors are
+            read as in ``direct``. ``broadcast``: rank 0 reads and sends each rank its part
+            (needs a process group).
         progress: a progress bar for shards of at least 256 MiB, or a function told
             ``(bytes read, bytes)``.
 

@@ -131,32 +131,6 @@ def test_every_plan_rebuilds_the_file_and_reads_only_its_share(llama: Path, stra
         assert max(counts) <= plan.total_bytes / n * 1.05, (counts, plan.total_bytes)
 
 
-def test_mmap_mode_is_copy_free_and_private(llama: Path) -> None:
-    plan = D.plan(llama, "tensor", world_size=2)
-    direct = D.load_shard(llama, plan, rank=1, world_size=2)
-    mapped = D.load_shard(llama, plan, rank=1, world_size=2, mode="mmap")
-    vocab, row = "model.embed_tokens.weight", "model.layers.0.mlp.down_proj.weight"
-    assert all(torch.equal(direct[k], mapped[k]) for k in direct)
-    # where the bytes live, as the kernel sees it: a mapping of the file, or our own memory
-    assert _mapping_of(mapped[vocab]) == str(llama)
-    assert _mapping_of(direct[vocab]) != str(llama) and _mapping_of(mapped[row]) != str(llama)
-    before = llama.read_bytes()
-    mapped[vocab].zero_()  # copy-on-write: the file never changes
-    mapped[row].zero_()  # row slices are not one byte range: read into memory instead
-    assert llama.read_bytes() == before
-
-
-def _mapping_of(t: torch.Tensor) -> str:
-    """The file mapped at ``t``'s address in /proc/self/maps ('' for anonymous memory)."""
-    ptr = t.data_ptr()
-    for line in Path("/proc/self/maps").read_text().splitlines():
-        fields = line.split(maxsplit=5)
-        lo, hi = (int(x, 16) for x in fields[0].split("-"))
-        if lo <= ptr < hi:
-            return fields[5] if len(fields) > 5 else ""
-    return ""
-
-
 def test_plan_reads_no_tensor_data(llama: Path) -> None:
     before = _rchar()
     D.plan(llama, "tensor", world_size=4)

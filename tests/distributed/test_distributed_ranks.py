@@ -76,6 +76,8 @@ def healthy_checks(paths: dict[str, str]) -> dict[str, Any]:
     stack = D.load_shard(paths["stack"], stack_plan)
     x = torch.randn(5, 24, generator=torch.Generator().manual_seed(0))
     out["tp"] = D.tp_linear_stack(x, stack, STACK_LAYERS)
+    mapped = D.load_shard(paths["stack"], stack_plan, mode="mmap")  # strided row weights
+    out["tp/mmap"] = D.tp_linear_stack(x, mapped, STACK_LAYERS)
     return out
 
 
@@ -140,6 +142,7 @@ def test_healthy_run(paths: dict[str, str], n: int) -> None:
             expected = layer(expected) if i == len(stack) - 1 else torch.relu(layer(expected))
     for o in outs:
         torch.testing.assert_close(o["tp"], expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(o["tp/mmap"], o["tp"], rtol=1e-6, atol=1e-6)
     assert ref  # the file itself was readable in the parent too
 
 
