@@ -164,3 +164,23 @@ def bert(folder: Path, seed: int = 0) -> torch.nn.Module:
     _roughen_norms(model, seed)
     model.save_pretrained(folder)
     return model
+
+
+def llama_state(layers: int = 16, vocab: int = 128, hidden: int = 64,
+                inter: int = 160) -> dict[str, torch.Tensor]:
+    """Tensors named and shaped as transformers' LlamaForCausalLM (16 layers: fine-grained
+    enough to balance 4 ranks)."""
+    g = torch.Generator().manual_seed(0)
+    t = {"model.embed_tokens.weight": torch.randn(vocab, hidden, generator=g)}
+    for i in range(layers):
+        pre = f"model.layers.{i}."
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            t[pre + f"self_attn.{name}.weight"] = torch.randn(hidden, hidden, generator=g)
+        t[pre + "mlp.gate_proj.weight"] = torch.randn(inter, hidden, generator=g)
+        t[pre + "mlp.up_proj.weight"] = torch.randn(inter, hidden, generator=g)
+        t[pre + "mlp.down_proj.weight"] = torch.randn(hidden, inter, generator=g)
+        t[pre + "input_layernorm.weight"] = torch.ones(hidden)
+        t[pre + "post_attention_layernorm.weight"] = torch.ones(hidden)
+    t["model.norm.weight"] = torch.ones(hidden)
+    t["lm_head.weight"] = torch.randn(vocab, hidden, generator=g)
+    return t

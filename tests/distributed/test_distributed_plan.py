@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hf_tiny import llama_state  # the multi-rank tests import it from here
 from safetensors import safe_open
 from torch import nn
 
@@ -22,26 +23,6 @@ D = ml.distributed
 
 
 # -- tiny real models ------------------------------------------------------------------------
-def llama_state(layers: int = 16, vocab: int = 128, hidden: int = 64,
-                inter: int = 160) -> dict[str, torch.Tensor]:
-    """Tensors named and shaped as transformers' LlamaForCausalLM (16 layers: fine-grained
-    enough to balance 4 ranks)."""
-    g = torch.Generator().manual_seed(0)
-    t = {"model.embed_tokens.weight": torch.randn(vocab, hidden, generator=g)}
-    for i in range(layers):
-        pre = f"model.layers.{i}."
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            t[pre + f"self_attn.{name}.weight"] = torch.randn(hidden, hidden, generator=g)
-        t[pre + "mlp.gate_proj.weight"] = torch.randn(inter, hidden, generator=g)
-        t[pre + "mlp.up_proj.weight"] = torch.randn(inter, hidden, generator=g)
-        t[pre + "mlp.down_proj.weight"] = torch.randn(hidden, inter, generator=g)
-        t[pre + "input_layernorm.weight"] = torch.ones(hidden)
-        t[pre + "post_attention_layernorm.weight"] = torch.ones(hidden)
-    t["model.norm.weight"] = torch.ones(hidden)
-    t["lm_head.weight"] = torch.randn(vocab, hidden, generator=g)
-    return t
-
-
 def make_llama(path: Path, layers: int = 16) -> Path:
     ml.save_state_dict(llama_state(layers), path, metadata={"model_type": "llama"})
     return path

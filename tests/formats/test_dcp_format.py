@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_distributed_plan import llama_state
+from hf_tiny import llama_state
 
 import mlmf_lab as ml
 from mlmf_lab.cli import main
