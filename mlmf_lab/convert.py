@@ -82,16 +82,15 @@ def conversion(
         >>> conversion("model.gguf", "hf_out/").model.lines()  # doctest: +SKIP
     """
     s, d = Path(src), Path(dst)
-    model_level = model_converter(s, d)  # HF model folder <-> llama.cpp's GGUF layout
-    params = {"quant": quant, "model": model_level is not None}
     model = None
-    with events.activity("convert", used=[s], params=params) as act:
-        if model_level is not None:
-            model = model_level(s, d, quant=quant)
-        else:
-            with open_weights(s) as wf:  # opened once for its metadata and its tensors
+    with open_weights(s) as wf:  # opened once: the choice of path and the path itself read it
+        model_level = model_converter(s, d, wf)  # HF model folder <-> llama.cpp's GGUF layout
+        params = {"quant": quant, "model": model_level is not None}
+        with events.activity("convert", used=[s], params=params) as act:
+            if model_level is not None:
+                model = model_level(s, d, quant=quant, wf=wf)
+            else:
                 metadata = carried_metadata(s, d, dict(wf.metadata))
-                state = wf.state_dict()
-            save_state_dict(state, d, metadata=metadata, quant=quant)
-        act.generated.append(d)
+                save_state_dict(wf.state_dict(), d, metadata=metadata, quant=quant)
+            act.generated.append(d)
     return Conversion(d, model)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, cast
 
@@ -31,6 +32,7 @@ from ..errors import FormatError, MLMFError, UnsupportedError
 from ..quant.base import QTensor
 from .base import TensorInfo, WeightFile
 from .gguf_arch import ARCHS, SUFFIXES, Arch, HFConfig, arch_named, rope_dimension, unpermute_qk
+from .gguf_meta import array_length
 from .gguf_model import (
     HF_CONFIG_KEY,
     ModelFile,
@@ -166,15 +168,16 @@ def _from_hyperparameters(arch: Arch, metadata: dict[str, Any], tied: bool,
     if mapping is None:
         return {}
     out: dict[str, Any] = {"tie_word_embeddings": tied}
-    for key, value in metadata.items():
+    for key in metadata:  # only the mapped values are read: the vocabulary stays undecoded
         prefix, _, rest = key.partition(".")
         table = mapping if prefix == arch.name else (
             tokenizer if prefix == "tokenizer" and tokens else {})
         target = table.get(rest)
         if isinstance(target, str):
-            out[target] = value
-    if "vocab_size" not in out and isinstance(metadata.get("tokenizer.ggml.tokens"), list):
-        out["vocab_size"] = len(metadata["tokenizer.ggml.tokens"])
+            out[target] = metadata[key]
+    n_tokens = array_length(metadata, "tokenizer.ggml.tokens")
+    if "vocab_size" not in out and n_tokens is not None:
+        out["vocab_size"] = n_tokens
     return out
 
 
@@ -263,7 +266,7 @@ def hf_model_keys(config: dict[str, Any],
 
 
 def write_model_hf(src: str | os.PathLike[str], dst: str | os.PathLike[str],
-                   quant: str | None = None) -> ModelFile:
+                   quant: str | None = None, wf: WeightFile | None = None) -> ModelFile:
     """Write the llama.cpp GGUF file ``src`` as a transformers model folder ``dst``.
 
     Args:
@@ -272,6 +275,8 @@ def write_model_hf(src: str | os.PathLike[str], dst: str | os.PathLike[str],
             tokenizer files when the GGUF has a tokenizer (rebuilt by transformers).
         quant: ``"int8"``/``"int4"`` stores the weights quantized that way (see
             ``safetensors_quant``); None writes them dequantized (GGUF blocks as float32).
+        wf: ``src`` already open (``ml.convert`` passes the file it opened, so its header
+            is parsed once); None opens ``src``. Left open either way it came.
 
     Returns:
         The ``ModelFile`` record of the folder.
@@ -283,7 +288,7 @@ def write_model_hf(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     from .write import json_bytes
 
     s, d = Path(src), Path(dst)
-    with open_weights(s) as wf:
+    with nullcontext(wf) if wf is not None else open_weights(s) as wf:
         arch = llama_arch(wf)
         if arch is None:
             raise UnsupportedError("not a GGUF file in llama.cpp's layout (a registered "
@@ -308,7 +313,7 @@ def write_model_hf(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     files = {"config.json": json_bytes(config, indent=2)}  # as transformers writes it
     if has_tokenizer:
         try:
-            files.update(hf_tokenizer_files(s))
+            files.update(hf_tokenizer_files(s, arch.name))
         except MLMFError as e:
             warnings.warn(f"no tokenizer written: {e}", stacklevel=2)
     save_sharded(state, d, metadata=carried, quant=quant, extra=files)
@@ -327,14 +332,15 @@ def describe_hf(folder: Path) -> ModelFile:
                      ", ".join(tokenizer) or "none", notes)
 
 
-def model_converter(src: Path, dst: Path) -> Callable[..., ModelFile] | None:
-    """The model-level conversion for ``src`` -> ``dst``, if one applies.
+def model_converter(src: Path, dst: Path, wf: WeightFile) -> Callable[..., ModelFile] | None:
+    """The model-level conversion for ``src`` (open as ``wf``) -> ``dst``, if one applies.
 
     - a Hugging Face model folder (or its weight file beside a ``config.json`` whose
       ``model_type`` is registered in ``gguf_arch``) into a ``.gguf`` file: ``write_model_gguf``;
     - a GGUF file in llama.cpp's layout into a folder: ``write_model_hf``.
 
-    Anything else converts tensor by tensor (``ml.convert``'s generic path).
+    Both take ``wf=`` (the source is read once). Anything else converts tensor by tensor
+    (``ml.convert``'s generic path).
     """
     if dst.suffix.lower() == ".gguf" and not dst.is_dir():
         kind = model_type(src)
@@ -345,13 +351,9 @@ def model_converter(src: Path, dst: Path) -> Callable[..., ModelFile] | None:
                           f"(supported: {', '.join(sorted(ARCHS))}); its tensors are written "
                           "under their own names, which llama.cpp does not run", stacklevel=3)
         return None
-    if (dst.suffix and not dst.is_dir()) or not _is_gguf(src):
+    if dst.suffix and not dst.is_dir():
         return None
-    try:
-        with open_weights(src) as wf:
-            return write_model_hf if llama_arch(wf) is not None else None
-    except MLMFError:
-        return None  # the generic path reports the bad source
+    return write_model_hf if llama_arch(wf) is not None else None
 
 
 def describe_model(path: str | os.PathLike[str]) -> ModelFile | None:
@@ -361,9 +363,8 @@ def describe_model(path: str | os.PathLike[str]) -> ModelFile | None:
         if p.is_dir() and (p / "config.json").is_file():
             return describe_hf(p)
         if _is_gguf(p):
-            with open_weights(p) as wf:
-                is_model = llama_arch(wf) is not None
-            return describe_gguf(p) if is_model else None
+            with open_weights(p) as wf:  # read once: checked, then described
+                return describe_gguf(p, wf) if llama_arch(wf) is not None else None
     except MLMFError:
         return None
     return None

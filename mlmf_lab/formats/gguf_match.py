@@ -155,7 +155,7 @@ def check_model_config(model: nn.Module, view: ModelView) -> None:
     source, arch = view.source, view.arch
     if not isinstance(source.metadata.get(HF_CONFIG_KEY), dict) and \
             arch.name not in GGUF_CONFIG_MAPPING:
-        eps = {k: v for k, v in source.metadata.items()
+        eps = {k: source.metadata[k] for k in source.metadata  # values read: these only
                if k.startswith(f"{arch.name}.attention.layer_norm")}
         warnings.warn(f"{source.path}: {type(model).__name__}'s config is not checked against "
                       f"the file: it carries no {HF_CONFIG_KEY} and transformers has no GGUF "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ import torch
 
 from ..errors import MLMFError
 from ..files import read_json
+from .base import WeightFile
 from .gguf import write_gguf
 from .gguf_arch import (
     Arch,
@@ -35,7 +37,7 @@ from .gguf_arch import (
     rope_dimension,
 )
 from .gguf_rope import scaling_from_hf, write_scaling
-from .gguf_vocab import write_vocabulary
+from .gguf_vocab import read_vocabulary, write_vocabulary
 from .registry import open_weights
 
 if TYPE_CHECKING:
@@ -149,13 +151,14 @@ def _general(w: GGUFWriter, folder: Path, tensors: dict[str, torch.Tensor],
 
 def own_metadata(metadata: dict[str, Any], arch: Arch) -> dict[str, Any]:
     """The metadata that is neither llama.cpp's (``general.*``, ``tokenizer.*``, the
-    architecture's keys) nor the carried config: provenance and the like, which travels."""
+    architecture's keys) nor the carried config: provenance and the like, which travels.
+    Only those values are read: a vocabulary not decoded yet stays so."""
     own = ("general.", "tokenizer.", f"{arch.name}.", HF_CONFIG_KEY)
-    return {k: v for k, v in metadata.items() if not k.startswith(own)}
+    return {k: metadata[k] for k in metadata if not k.startswith(own)}
 
 
 def write_model_gguf(src: str | os.PathLike[str], dst: str | os.PathLike[str],
-                     quant: str | None = None) -> ModelFile:
+                     quant: str | None = None, wf: WeightFile | None = None) -> ModelFile:
     """Write the Hugging Face model in ``src`` as a GGUF file llama.cpp runs.
 
     Args:
@@ -164,6 +167,8 @@ def write_model_gguf(src: str | os.PathLike[str], dst: str | os.PathLike[str],
         dst: the ``.gguf`` file to write.
         quant: a GGUF type for the weight matrices (``"f16"``, ``"q8_0"``, ``"q4_k"``, ...);
             None keeps their dtype. Norms and position embeddings stay F32.
+        wf: ``src``'s weights already open (``ml.convert`` passes the file it opened, so
+            its header is read once); None opens ``src``. Left open either way it came.
 
     Returns:
         The ``ModelFile`` record of what was written.
@@ -181,9 +186,9 @@ def write_model_gguf(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     folder = s if s.is_dir() else s.parent
     config = read_config(folder)
     arch = arch_for(config.get("model_type"), config.path)
-    with open_weights(s) as wf:
-        source_meta = dict(wf.metadata)
-        state = wf.state_dict()
+    with nullcontext(wf) if wf is not None else open_weights(s) as source:
+        source_meta = dict(source.metadata)
+        state = source.state_dict()
     n_blocks = config.int("num_hidden_layers", "n_layer")
     if n_blocks > len(state):  # each layer has tensors; the name tables grow with the count
         raise MLMFError(f"config.json says {n_blocks} layers but the weights hold only "
@@ -226,18 +231,18 @@ def write_model_gguf(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     return describe_gguf(d)
 
 
-def describe_gguf(path: Path) -> ModelFile:
-    """The ``ModelFile`` record of a GGUF file, read back from it."""
-    from .gguf_vocab import read_vocabulary
-
+def describe_gguf(path: Path, wf: WeightFile | None = None) -> ModelFile:
+    """The ``ModelFile`` record of a GGUF file, read back from it (from ``wf`` when it is
+    open already). The vocabulary is counted, not decoded."""
     names = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
-    with open_weights(path) as wf:
-        types = count_types(i.quant or names.get(i.dtype, i.dtype) for i in wf.infos())
-        v = read_vocabulary(wf.metadata)
+    with nullcontext(wf) if wf is not None else open_weights(path) as source:
+        types = count_types(i.quant or names.get(i.dtype, i.dtype) for i in source.infos())
+        v = read_vocabulary(source.metadata)
         tokenizer = "none" if v.model == "none" else (
             f"{v.model}, {v.tokens} tokens" + (f", {v.merges} merges" if v.merges else ""))
-        return ModelFile(os.fspath(path), "gguf", str(wf.metadata.get("general.architecture")),
-                         len(wf), types, tokenizer, (v.note,) if v.note else ())
+        return ModelFile(os.fspath(path), "gguf",
+                         str(source.metadata.get("general.architecture")), len(source), types,
+                         tokenizer, (v.note,) if v.note else ())
 
 
 __all__ = ["HF_CONFIG_KEY", "ModelFile", "count_types", "describe_gguf", "file_type", "model_type",

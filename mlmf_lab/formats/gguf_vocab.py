@@ -16,9 +16,11 @@ Special token ids and the add-BOS/EOS flags come from ``gguf.SpecialVocab``. A f
 tokenizer gets ``tokenizer.ggml.model = "none"``: llama.cpp then loads the model and runs it
 on token ids, but cannot tokenize or detokenize text.
 
-Back: transformers rebuilds a tokenizer from a GGUF file's metadata
-(``AutoTokenizer.from_pretrained(folder, gguf_file=name)``), which ``hf_tokenizer_files``
-saves as Hugging Face tokenizer files.
+Back: transformers rebuilds a tokenizer from a GGUF file's metadata, which
+``hf_tokenizer_files`` saves as Hugging Face tokenizer files: the files
+``AutoTokenizer.from_pretrained(folder, gguf_file=name)`` gives, byte for byte, from the class
+it would pick (named directly, which spares its ``gguf.GGUFReader`` pass over the vocabulary).
+Reading a file's tokenizer (``read_vocabulary``) counts its arrays without decoding them.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import MLMFError
 from ..files import read_json
+from .gguf_meta import array_length
 
 if TYPE_CHECKING:
     from gguf import GGUFWriter
@@ -243,29 +246,44 @@ def _wordpiece(folder: Path, doc: dict[str, Any], writer: GGUFWriter,
 
 
 def read_vocabulary(metadata: dict[str, Any]) -> Vocabulary:
-    """What a GGUF file's metadata says of its tokenizer."""
+    """What a GGUF file's metadata says of its tokenizer (its arrays counted, not decoded)."""
     model = metadata.get("tokenizer.ggml.model")
-    tokens = metadata.get("tokenizer.ggml.tokens")
-    merges = metadata.get("tokenizer.ggml.merges")
     if not isinstance(model, str) or model == "none":
         return Vocabulary("none", 0, note=NO_TOKENIZER)
-    return Vocabulary(model, len(tokens) if isinstance(tokens, list) else 0,
-                      len(merges) if isinstance(merges, list) else 0)
+    return Vocabulary(model, array_length(metadata, "tokenizer.ggml.tokens") or 0,
+                      array_length(metadata, "tokenizer.ggml.merges") or 0)
 
 
-def hf_tokenizer_files(path: Path) -> dict[str, bytes]:
+def hf_tokenizer_files(path: Path, architecture: str) -> dict[str, bytes]:
     """The Hugging Face tokenizer files transformers builds from a GGUF file's metadata.
 
+    Args:
+        path: the GGUF file.
+        architecture: its ``general.architecture``.
+
     Returns:
-        File name -> content (``tokenizer.json``, ``tokenizer_config.json``, ...).
+        File name -> content (``tokenizer.json``, ``tokenizer_config.json``, ...), as
+        ``AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained`` writes them.
 
     Raises:
         MLMFError: transformers cannot build a tokenizer of this kind.
     """
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer, TokenizersBackend
+    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING
 
+    folder = os.fspath(path.parent)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(os.fspath(path.parent), gguf_file=path.name)
+        # AutoTokenizer picks the class from a config it rebuilds with gguf.GGUFReader, which
+        # walks the vocabulary item by item (8-15 s for Llama 3's) to read a few numbers.
+        # With no tokenizer_config.json beside the file to name another, its pick is the class
+        # registered for that config's model_type: the architecture's name for those mapped
+        # here (llama, qwen2, gpt2; transformers' "mistral" and "llama" share their class)
+        if (path.parent / "tokenizer_config.json").exists():
+            loader: Any = AutoTokenizer
+        else:
+            config = AutoConfig.for_model(architecture)
+            loader = TOKENIZER_MAPPING.get(type(config), TokenizersBackend) or AutoTokenizer
+        tokenizer = loader.from_pretrained(folder, gguf_file=path.name)
     except (ValueError, KeyError, TypeError, OSError) as e:
         raise MLMFError(f"transformers cannot rebuild the tokenizer ({e})", path) from None
     with tempfile.TemporaryDirectory() as tmp:

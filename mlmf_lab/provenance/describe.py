@@ -22,6 +22,7 @@ from ..errors import MLMFError
 from ..files import read_json
 from ..formats import open_weights
 from ..formats.base import dtype_name
+from ..formats.gguf_meta import LazyMetadata
 from ..tables import Column, Table, fields_dict
 from ..units import human_bytes
 from .hashing import file_tensor_hash, state_hash, unique_tensors
@@ -249,7 +250,10 @@ def describe(x: str | os.PathLike[str] | nn.Module, stats: bool = False,
     if isinstance(x, torch.Tensor) or not isinstance(x, (str, os.PathLike)):
         raise MLMFError(f"describe() takes a path or an nn.Module, got {type(x).__name__}")
     with open_weights(x) as wf:
-        meta, fmt = dict(wf.metadata), wf.format
+        # a GGUF file's metadata is this open's own (LazyMetadata): kept as it is, its
+        # vocabulary is decoded only if someone reads it; a copy would decode it now
+        meta = wf.metadata if isinstance(wf.metadata, LazyMetadata) else dict(wf.metadata)
+        fmt = wf.format
         names = list(wf)
         n_params, nbytes, by_type = wf.num_parameters, wf.nbytes, wf.bytes_by_type()
         path = Path(wf.path)
