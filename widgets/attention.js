@@ -1,6 +1,11 @@
 // AttentionView front-end (anywidget ES module; no build step, no network).
 // Python sends one head at a time as uint8 bytes (head_map, top_idx/top_w) and all
 // thumbnails once; this file only draws them and reports clicks (layer, head, query).
+// A head switch costs one pass over the map's bytes (a 32-bit colour per byte into a kept
+// ImageData) and a redraw of the lines; the thumbnails and the token lists stay as they are.
+// All thumbnails are drawn on one canvas under plain elements that take the clicks: every
+// canvas is a compositor layer of its own, and with 144 of them each frame of the page
+// (JupyterLab's included) spent 10-30 ms laying out layers on the main thread.
 
 const STOPS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
 const LUT = (() => {
@@ -12,7 +17,17 @@ const LUT = (() => {
   }
   return lut;
 })();
+// the same colours as whole RGBA pixels, in the platform's byte order (ImageData is bytes)
+const RGBA = (() => {
+  const px = new Uint8ClampedArray(256 * 4);
+  for (let i = 0; i < 256; i++) {
+    px.set(LUT.subarray(i * 3, i * 3 + 3), i * 4);
+    px[i * 4 + 3] = 255;
+  }
+  return new Uint32Array(px.buffer);
+})();
 const ROW = 16; // pixels per token in the lines panel
+const CELL = 24, EDGE = 2, PITCH = CELL + 2 * EDGE + 2; // a thumbnail, its border, its pitch
 
 function bytes(v) {
   if (!v) return new Uint8Array(0);
@@ -28,19 +43,18 @@ function u16(v) {
   return new Uint16Array(copy.buffer, 0, copy.byteLength >> 1);
 }
 
-function paint(canvas, data, rows, cols, alpha) {
-  canvas.width = cols;
-  canvas.height = rows;
-  const ctx = canvas.getContext("2d");
-  const img = ctx.createImageData(cols, rows);
-  for (let i = 0; i < rows * cols; i++) {
-    const v = data[i];
-    img.data[i * 4] = LUT[v * 3];
-    img.data[i * 4 + 1] = LUT[v * 3 + 1];
-    img.data[i * 4 + 2] = LUT[v * 3 + 2];
-    img.data[i * 4 + 3] = alpha === undefined ? 255 : Math.round(alpha * v);
+// uint8 values -> colours on a canvas of rows x cols; its ImageData is kept for the next call
+function paint(canvas, data, rows, cols) {
+  if (canvas.width !== cols || canvas.height !== rows || !canvas.mlmfImage) {
+    canvas.width = cols;
+    canvas.height = rows;
+    canvas.mlmfImage = canvas.getContext("2d").createImageData(cols, rows);
   }
-  ctx.putImageData(img, 0, 0);
+  const img = canvas.mlmfImage;
+  const px = new Uint32Array(img.data.buffer);
+  const n = Math.min(rows * cols, data.length);
+  for (let i = 0; i < n; i++) px[i] = RGBA[data[i]];
+  canvas.getContext("2d").putImageData(img, 0, 0);
 }
 
 function el(tag, cls, parent) {
@@ -71,17 +85,28 @@ function render({ model, el: host }) {
   const tip = el("div", "mlmf-tip", root);
   let hover = -1;
   let picture = null;
+  let thumbEls = []; // index layer * heads + head
+  let marked = null;
+  let top = { idx: new Uint16Array(0), w: new Uint8Array(0) }; // the drawn head's top keys
+  const listed = { left: "", right: "" }; // which labels and window each token list shows
 
   function shape() { return model.get("shape"); }
 
+  // [layer, head] of the bytes in head_map (the saved page sets it with the map)
+  function shown() {
+    const s = model.get("head_shown");
+    return s && s.length === 2 ? s : [model.get("layer"), model.get("head")];
+  }
+
   function applyOffline() {
     if (!offline) return;
-    const [, H, Q] = shape();
+    const [, H] = shape();
     const h = offline.heads[model.get("layer") * H + model.get("head")];
     model.set("head_map", h.map);
     model.set("head_scale", h.scale);
     model.set("top_idx", h.idx);
     model.set("top_w", h.w);
+    model.set("head_shown", [model.get("layer"), model.get("head")]);
     if (h.patches.length) model.set("patch", h.patches[model.get("query") + 1]);
     if (offline.windows.length) {
       model.set("window", offline.windows[model.get("query") + 1]);
@@ -102,71 +127,146 @@ function render({ model, el: host }) {
     model.save_changes();
   }
 
-  // -- thumbnails: one canvas per layer and head, built once -------------------------------
+  // -- thumbnails: one canvas for all of them, built once -------------------------------
   function buildThumbs() {
     thumbs.textContent = "";
+    thumbEls = [];
+    marked = null;
     const [L, H] = shape();
     const [th, tw] = model.get("thumb_shape");
     const all = bytes(model.get("thumbs"));
-    thumbs.style.gridTemplateColumns = `auto repeat(${H}, 1fr)`;
-    el("span", "mlmf-axis", thumbs);
-    for (let h = 0; h < H; h++) el("span", "mlmf-axis", thumbs).textContent = `h${h}`;
+    // every head's pixels on one sheet, head (l, h) at row l * th and column h * tw
+    const sheet = document.createElement("canvas");
+    sheet.width = H * tw;
+    sheet.height = L * th;
+    const img = sheet.getContext("2d").createImageData(H * tw, L * th);
+    const px = new Uint32Array(img.data.buffer);
     for (let l = 0; l < L; l++) {
-      el("span", "mlmf-axis", thumbs).textContent = `L${l}`;
       for (let h = 0; h < H; h++) {
-        const c = el("canvas", "mlmf-thumb", thumbs);
+        const off = (l * H + h) * th * tw;
+        for (let y = 0; y < th; y++) {
+          const row = (l * th + y) * H * tw + h * tw;
+          for (let x = 0; x < tw; x++) px[row + x] = RGBA[all[off + y * tw + x]];
+        }
+      }
+    }
+    sheet.getContext("2d").putImageData(img, 0, 0);
+
+    const grid = el("div", "mlmf-thumb-grid");
+    el("span", "mlmf-axis", grid);
+    const headAxis = el("div", "mlmf-axis-row", grid);
+    for (let h = 0; h < H; h++) {
+      const a = el("span", "mlmf-axis", headAxis);
+      a.textContent = `h${h}`;
+      a.style.width = `${PITCH}px`;
+    }
+    const layerAxis = el("div", "mlmf-axis-col", grid);
+    for (let l = 0; l < L; l++) {
+      const a = el("span", "mlmf-axis", layerAxis);
+      a.textContent = `L${l}`;
+      a.style.height = a.style.lineHeight = `${PITCH}px`;
+    }
+    const cells = el("div", "mlmf-cells", grid);
+    cells.style.width = `${H * PITCH}px`;
+    cells.style.height = `${L * PITCH}px`;
+    const canvas = el("canvas", "mlmf-thumb-sheet", cells);
+    canvas.width = H * PITCH;
+    canvas.height = L * PITCH;
+    const ctx = canvas.getContext("2d");
+    ctx.imageSmoothingEnabled = false;
+    for (let l = 0; l < L; l++) {
+      for (let h = 0; h < H; h++) {
+        ctx.drawImage(sheet, h * tw, l * th, tw, th, h * PITCH + EDGE, l * PITCH + EDGE, CELL, CELL);
+        const c = el("div", "mlmf-thumb", cells);
         c.dataset.layer = String(l);
         c.dataset.head = String(h);
         c.title = `layer ${l}, head ${h}`;
-        const off = (l * H + h) * th * tw;
-        paint(c, all.subarray(off, off + th * tw), th, tw);
-        c.addEventListener("click", () => select(l, h));
+        c.setAttribute("role", "button");
+        c.setAttribute("aria-pressed", "false");
+        Object.assign(c.style, { left: `${h * PITCH}px`, top: `${l * PITCH}px`,
+          width: `${CELL}px`, height: `${CELL}px`, borderWidth: `${EDGE}px` });
+        thumbEls.push(c);
       }
     }
+    thumbs.appendChild(grid);
     markThumb();
   }
 
+  // one listener for the whole grid
+  thumbs.addEventListener("click", (ev) => {
+    const c = ev.target.closest(".mlmf-thumb");
+    if (c) select(Number(c.dataset.layer), Number(c.dataset.head));
+  });
+
   function markThumb() {
-    const l = String(model.get("layer")), h = String(model.get("head"));
-    for (const c of thumbs.querySelectorAll(".mlmf-thumb")) {
-      const on = c.dataset.layer === l && c.dataset.head === h;
-      c.classList.toggle("selected", on);
-      c.setAttribute("aria-pressed", on ? "true" : "false");
+    const [, H] = shape();
+    const c = thumbEls[model.get("layer") * H + model.get("head")] || null;
+    if (c === marked) return;
+    if (marked) {
+      marked.classList.remove("selected");
+      marked.setAttribute("aria-pressed", "false");
     }
+    if (c) {
+      c.classList.add("selected");
+      c.setAttribute("aria-pressed", "true");
+    }
+    marked = c;
   }
 
   // -- the selected head ----------------------------------------------------------------
-  function drawHeat() {
+  function sizeHeat() {
     const [, , Q, K] = shape();
-    paint(heat, bytes(model.get("head_map")), Q, K);
     const px = Math.max(1, Math.floor(360 / Math.max(Q, K)));
     heat.style.width = `${Math.min(360, K * px)}px`;
     heat.style.height = `${Math.min(360, Q * px)}px`;
   }
 
-  function tokenList(box, labels, [start, stop], side) {
-    box.textContent = "";
+  function drawHeat() {
+    const [, , Q, K] = shape();
+    paint(heat, bytes(model.get("head_map")), Q, K);
+  }
+
+  // rebuilt only when its window or labels change, not on a head switch
+  function tokenList(box, which, labels, [start, stop]) {
+    const key = `${start}:${stop}`;
+    if (listed[which] === key && box.mlmfLabels === labels) return;
+    listed[which] = key;
+    box.mlmfLabels = labels;
+    const items = document.createDocumentFragment();
     for (let i = start; i < stop; i++) {
-      const s = el("span", "mlmf-token", box);
+      const s = el("span", "mlmf-token", items);
       s.textContent = labels[i];
       s.dataset.token = String(i);
       s.style.height = `${ROW}px`;
-      if (side === "query") {
-        s.addEventListener("mouseenter", () => { hover = i; drawLinks(); });
-        s.addEventListener("mouseleave", () => { hover = -1; drawLinks(); });
-        s.addEventListener("click", () => pickQuery(model.get("query") === i ? -1 : i));
-      }
     }
+    box.textContent = "";
+    box.appendChild(items);
   }
+
+  function token(ev) {
+    const s = ev.target.closest(".mlmf-token");
+    return s ? Number(s.dataset.token) : -1;
+  }
+  left.addEventListener("mouseover", (ev) => {
+    const q = token(ev);
+    if (q >= 0 && q !== hover) { hover = q; drawLinks(); }
+  });
+  left.addEventListener("mouseleave", () => { hover = -1; drawLinks(); });
+  left.addEventListener("click", (ev) => {
+    const q = token(ev);
+    if (q >= 0) pickQuery(model.get("query") === q ? -1 : q);
+  });
 
   function drawLinks() {
     const [, , Q] = shape();
     const win = model.get("window"), kwin = model.get("key_window");
     const k = model.get("top_k");
-    const idx = u16(model.get("top_idx")), w = bytes(model.get("top_w"));
+    const { idx, w } = top;
     const rows = Math.max(win[1] - win[0], kwin[1] - kwin[0]);
-    linkCanvas.width = 140;
-    linkCanvas.height = rows * ROW;
+    if (linkCanvas.width !== 140 || linkCanvas.height !== rows * ROW) {
+      linkCanvas.width = 140;
+      linkCanvas.height = rows * ROW;
+    }
     const ctx = linkCanvas.getContext("2d");
     ctx.clearRect(0, 0, linkCanvas.width, linkCanvas.height);
     const focus = hover >= 0 ? hover : model.get("query");
@@ -213,23 +313,27 @@ function render({ model, el: host }) {
 
   function drawHeader() {
     const [L, H, Q, K] = shape();
+    const [layer, head] = shown();
     const q = model.get("query");
     const tokens = model.get("tokens");
     header.textContent = `${model.get("title")} · ${L}×${H} heads, ${Q}×${K} tokens · ` +
-      `layer ${model.get("layer")}, head ${model.get("head")}` +
+      `layer ${layer}, head ${head}` +
       (q >= 0 ? ` · query ${q} "${tokens[q]}"` : " · hover or click a query token");
   }
 
   function drawSelected() {
     drawHeat();
-    tokenList(left, model.get("tokens"), model.get("window"), "query");
-    tokenList(right, model.get("key_tokens"), model.get("key_window"), "key");
+    top = { idx: u16(model.get("top_idx")), w: bytes(model.get("top_w")) };
+    tokenList(left, "left", model.get("tokens"), model.get("window"));
+    tokenList(right, "right", model.get("key_tokens"), model.get("key_window"));
     drawLinks();
     drawImage();
     drawHeader();
     markThumb();
-    root.dataset.layer = String(model.get("layer"));
-    root.dataset.head = String(model.get("head"));
+    // what the page shows, for tests and the benchmark: the head whose bytes were drawn
+    const [layer, head] = shown();
+    root.dataset.layer = String(layer);
+    root.dataset.head = String(head);
     root.dataset.drawn = String(Number(root.dataset.drawn) + 1);
   }
 
@@ -255,20 +359,29 @@ function render({ model, el: host }) {
     drawImage();
   }
 
-  const redraw = () => drawSelected();
-  model.on("change:head_map", redraw);
-  model.on("change:window", redraw);
-  model.on("change:patch", drawImage);
-  model.on("change:layer", markThumb);
-  model.on("change:head", markThumb);
-  model.on("change:query", () => { drawHeader(); drawLinks(); });
-  model.on("change:thumbs", buildThumbs);
+  // One message from the kernel changes several traits (map, top keys, windows), each with
+  // its own event: draw once, after the last of them (a microtask runs after the batch).
+  let queued = false;
+  const redraw = () => {
+    if (queued) return;
+    queued = true;
+    queueMicrotask(() => { queued = false; drawSelected(); });
+  };
+  const onQuery = () => { drawHeader(); drawLinks(); };
+  const onThumbs = () => { buildThumbs(); sizeHeat(); };
+  const handlers = [
+    ["change:head_map", redraw], ["change:head_shown", redraw], ["change:top_idx", redraw],
+    ["change:window", redraw], ["change:key_window", redraw], ["change:patch", drawImage],
+    ["change:layer", markThumb], ["change:head", markThumb], ["change:query", onQuery],
+    ["change:thumbs", onThumbs],
+  ];
+  for (const [name, f] of handlers) model.on(name, f);
   buildThumbs();
+  sizeHeat();
   drawSelected();
   root.dataset.renderMs = (performance.now() - started).toFixed(1); // read by the benchmark
   return loadPicture().then(() => () => {
-    model.off("change:head_map", redraw);
-    model.off("change:window", redraw);
+    for (const [name, f] of handlers) model.off(name, f);
   });
 }
 

@@ -7,7 +7,8 @@ A view or a figure of attention needs the same few steps whatever produced the m
   or a ``(L, H, Q, K)`` tensor -> one ``(L, H, Q, K)`` float32 tensor for one sample;
 - ``thumbnails``: every layer and head max-pooled to a few pixels, as uint8, so a grid of
   144 heads costs a few tens of KB;
-- ``quantize_map``: one ``(Q, K)`` map as uint8 bytes and the scale to read them back;
+- ``quantize_map``: one ``(Q, K)`` map as uint8 bytes and the scale to read them back
+  (``quantize_maps``: every head at once);
 - ``top_keys``: the ``k`` keys each query attends to most (what token-to-token lines draw);
 - ``token_window``: which tokens to show around a query when a text is too long to list;
 - ``patch_map``: one query's attention over an image's patch grid.
@@ -125,8 +126,31 @@ def thumbnails(stack: torch.Tensor, side: int = 24) -> np.ndarray:
     return (pooled / top * 255).round().to(torch.uint8).numpy()
 
 
+def quantize_maps(maps: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Maps ``(..., Q, K)`` as uint8, each scaled by its own maximum, in one vectorised pass.
+
+    ``value ≈ byte / 255 * scale``; a map's scale is its maximum (0.0 for a zero map). A view
+    encodes every head at once with it, so switching heads only slices bytes.
+
+    Returns:
+        (uint8 ``(..., Q, K)``, float32 scales ``(...)``).
+
+    Example:
+        >>> data, scales = quantize_maps(torch.tensor([[[0.5, 1.0]], [[0.0, 0.0]]]))
+        >>> data.tolist(), scales.tolist()
+        ([[[128, 255]], [[0, 0]]], [1.0, 0.0])
+    """
+    if maps.shape[-1] * maps.shape[-2] == 0:
+        return (np.zeros(tuple(maps.shape), np.uint8),
+                np.zeros(tuple(maps.shape[:-2]), np.float32))
+    scales = maps.amax(dim=(-2, -1), keepdim=True)
+    # a zero map divides by 1 and stays 0, so no NaN
+    q = (maps / torch.where(scales > 0, scales, 1.0) * 255).round()
+    return q.to(torch.uint8).contiguous().numpy(), scales[..., 0, 0].float().numpy()
+
+
 def quantize_map(matrix: torch.Tensor) -> tuple[bytes, float]:
-    """A ``(Q, K)`` map as row-major uint8 bytes and the scale that reads them back.
+    """One ``(Q, K)`` map as row-major uint8 bytes and the scale that reads them back.
 
     ``value ≈ byte / 255 * scale``; ``scale`` is the map's maximum (0.0 for a zero map).
 
@@ -134,21 +158,21 @@ def quantize_map(matrix: torch.Tensor) -> tuple[bytes, float]:
         >>> quantize_map(torch.tensor([[0.5, 0.25], [0.0, 1.0]]))
         (b'\\x80@\\x00\\xff', 1.0)
     """
-    scale = float(matrix.max()) if matrix.numel() else 0.0
-    q = (matrix / scale * 255).round() if scale > 0 else torch.zeros_like(matrix)
-    return q.to(torch.uint8).contiguous().numpy().tobytes(), scale
+    data, scale = quantize_maps(matrix)
+    return data.tobytes(), float(scale)
 
 
 def top_keys(matrix: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` keys each query attends to most, strongest first.
+    """The ``k`` keys each query attends to most, strongest first, for maps ``(..., Q, K)``.
 
     Returns:
-        (indices uint16 ``(Q, k)``, weights uint8 ``(Q, k)`` scaled so the map's maximum is
-        255). ``k`` is capped at the number of keys.
+        (indices uint16 ``(..., Q, k)``, weights uint8 ``(..., Q, k)`` scaled so each map's
+        maximum is 255). ``k`` is capped at the number of keys.
     """
     k = max(1, min(k, matrix.shape[-1]))
     values, idx = matrix.topk(k, dim=-1)
-    top = float(matrix.max()) or 1.0
+    top = values.amax(dim=(-2, -1), keepdim=True)  # the map's maximum is its top-1 maximum
+    top = torch.where(top > 0, top, 1.0)
     return (idx.to(torch.int32).numpy().astype(np.uint16),
             (values / top * 255).round().to(torch.uint8).numpy())
 
@@ -195,4 +219,4 @@ def patch_map(matrix: torch.Tensor, query: int, grid: Sequence[int],
 
 
 __all__ = ["SDPA_HINT", "AttentionError", "attention_stack", "patch_map", "quantize_map",
-           "thumbnails", "token_window", "top_keys"]
+           "quantize_maps", "thumbnails", "token_window", "top_keys"]

@@ -12,6 +12,7 @@ from mlmf_lab.multimodal.attention_maps import (
     attention_stack,
     patch_map,
     quantize_map,
+    quantize_maps,
     thumbnails,
     token_window,
     top_keys,
@@ -70,6 +71,24 @@ def test_quantized_map_reads_back_within_half_a_step() -> None:
     assert quantize_map(torch.zeros(2, 2)) == (b"\0\0\0\0", 0.0)
 
 
+def test_every_head_quantized_at_once_matches_one_at_a_time() -> None:
+    m = maps(layers=2, heads=3, q=7, k=9)[:, 0]
+    m[1, 2] = 0.0  # a zero map: scale 0, all bytes 0, no NaN
+    data, scales = quantize_maps(m)
+    assert data.shape == (2, 3, 7, 9) and data.dtype == np.uint8
+    assert scales.shape == (2, 3) and scales.dtype == np.float32
+    idx, w = top_keys(m, 2)
+    assert idx.shape == w.shape == (2, 3, 7, 2)
+    for layer in range(2):
+        for head in range(3):
+            one, scale = quantize_map(m[layer, head])
+            assert data[layer, head].tobytes() == one and float(scales[layer, head]) == scale
+            one_idx, one_w = top_keys(m[layer, head], 2)
+            assert np.array_equal(idx[layer, head], one_idx)
+            assert np.array_equal(w[layer, head], one_w)  # each map scaled by its own max
+    assert scales[1, 2] == 0.0 and not data[1, 2].any() and not w[1, 2].any()
+
+
 def test_top_keys_are_the_strongest_first() -> None:
     m = torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.1, 0.4]])
     idx, w = top_keys(m, 2)
@@ -105,6 +124,45 @@ def test_view_state_follows_layer_and_head_one_head_at_a_time() -> None:
         view.head = 4
     with pytest.raises(AttentionError, match="3 tokens and 3 key labels for maps of 6 queries"):
         ml.views.AttentionView(tuple(m), tokens=list("abc"))
+
+
+def test_a_click_gets_one_message_with_the_new_head(monkeypatch) -> None:
+    m = maps(layers=3, heads=4, q=6, k=6)
+    view = ml.views.AttentionView(tuple(m), top_k=2)
+    sent: list[dict] = []
+    monkeypatch.setattr(view, "_send", lambda msg, buffers=None: sent.append(msg))
+    view.set_state({"layer": 2, "head": 3})  # what the page sends when a thumbnail is clicked
+    updates = [msg["state"] for msg in sent if msg["method"] == "update"]
+    assert len(updates) == 1 and updates[0]["head_shown"] == [2, 3]
+    assert view.head_map == quantize_map(m[2, 0, 3])[0] and view.head_shown == [2, 3]
+    sent.clear()
+    view.set_state({"layer": 2, "head": 3})  # nothing new: nothing sent but the echo
+    assert [msg["method"] for msg in sent] == ["echo_update"]
+
+
+def test_heads_too_many_to_encode_ahead_are_encoded_when_selected(monkeypatch) -> None:
+    from mlmf_lab.views import attention
+
+    m = maps(layers=2, heads=2, q=5, k=5)
+    ahead = ml.views.AttentionView(tuple(m), top_k=2)
+    monkeypatch.setattr(attention, "ENCODE_AHEAD_BYTES", 10)
+    each = ml.views.AttentionView(tuple(m), top_k=2)
+    for view in (ahead, each):
+        view.layer, view.head = 1, 1
+    assert ahead.head_map == each.head_map == quantize_map(m[1, 0, 1])[0]
+    assert ahead.top_idx == each.top_idx and ahead.top_w == each.top_w
+    assert ahead.head_scale == each.head_scale
+
+
+def test_top_k_is_the_stride_of_the_top_keys_the_page_reads() -> None:
+    m = maps(layers=1, heads=2, q=4, k=4)
+    view = ml.views.AttentionView(tuple(m), top_k=10)
+    assert view.top_k == 4 and len(view.top_idx) == 4 * 4 * 2  # capped at the keys
+    view.top_k = 1
+    assert np.frombuffer(view.top_idx, np.uint16).tolist() == \
+        top_keys(m[0, 0, 0], 1)[0].ravel().tolist()
+    with pytest.raises(AttentionError, match="top_k 0: draw at least 1 line per query"):
+        view.top_k = 0
 
 
 def test_long_inputs_are_windowed_and_stay_small() -> None:
