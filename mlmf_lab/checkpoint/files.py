@@ -1,10 +1,11 @@
 """Checkpoint files: weights and state through the formats' hashing writers, and manifests.
 
-Weights are written in the Hugging Face layout by ``formats.sharded.write_sharded`` and
-optimizer/scheduler/RNG tensors by ``formats.safetensors.write_safetensors``: straight from
-the tensors' memory, each file's sha256 computed while it is written. ``MANIFEST`` lists
-every file of a checkpoint with its size and sha256; ``verify_manifest`` checks them and
-names the first file that differs.
+Weights are written in the Hugging Face layout (``formats.sharded.shard_files``) and
+optimizer/scheduler/RNG tensors as safetensors (``formats.safetensors.encode_safetensors``):
+straight from the tensors' memory, each file's sha256 computed while it is written, and the
+sha256 of each 64 MiB chunk of a bigger file too (``chunks.py``). ``MANIFEST`` lists every
+file of a checkpoint with its size, sha256 and chunk digests; ``verify_manifest`` checks
+them (in parallel, ``verify.py``) and names the first file that differs.
 """
 
 from __future__ import annotations
@@ -13,34 +14,39 @@ import os
 import re
 import shutil
 import stat
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from .. import atomic
 from ..errors import ChecksumError, FormatError, MLMFError, UnsafeFileError
-from ..files import CHUNK, file_kind, read_json, sha256_file
+from ..files import file_kind, read_json
 from ..formats import load_state_dict
-from ..formats.safetensors import write_safetensors
 from ..formats.sharded import INDEX_NAME
 from ..formats.write import write_json
+from .chunks import FileDigest, check_chunks, manifest_entry, write_json_file, write_tensors
 from .state import join_state, split_state
+from .verify import check_files
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "mlmf-checkpoint-manifest"
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def write_manifest(folder: Path, sums: dict[str, str]) -> None:
-    """List every file with its size and sha256 in ``folder/manifest.json`` (written last)."""
-    files = {name: {"sha256": sums[name], "size": (folder / name).stat().st_size}
+def write_manifest(folder: Path, sums: Mapping[str, FileDigest]) -> None:
+    """List every file with its size, sha256 and chunk digests in ``folder/manifest.json``
+    (written last).
+
+    Version 1 still: the chunk list is an optional key that earlier readers ignore (they
+    check the whole file's sha256, which is still there).
+    """
+    files = {name: manifest_entry(sums[name], (folder / name).stat().st_size)
              for name in sorted(sums)}
     write_json({"format": MANIFEST_FORMAT, "version": 1, "files": files}, folder / MANIFEST)
 
 
 def read_manifest(folder: Path) -> dict[str, dict[str, Any]]:
-    """The manifest's ``file -> {sha256, size}``, validated.
+    """The manifest's ``file -> {sha256, size[, chunks]}``, validated.
 
     Raises:
         FormatError: a missing or malformed manifest, naming it.
@@ -58,24 +64,27 @@ def read_manifest(folder: Path) -> dict[str, dict[str, Any]]:
         if not _PLAIN_NAME.match(name) or name == MANIFEST:
             raise FormatError(f"manifest lists {name!r}, which is not a plain file name", path)
         if (not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str)
-                or type(entry.get("size")) is not int):
+                or type(entry.get("size")) is not int or entry["size"] < 0):
             raise FormatError(f"manifest entry for {name!r} lacks sha256 or size", path)
+        check_chunks(name, entry, path)
     return files
 
 
-def verify_manifest(folder: Path, workers: int = 2,
+def verify_manifest(folder: Path,
                     names: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
-    """Check every file against the manifest (sizes first, then sha256 in parallel).
+    """Check every file against the manifest (sizes first, then the sha256s in parallel:
+    the chunks of a big file, the small files whole).
 
     Args:
         names: hash only these files (all when None; none with ``()``: sizes only). The
-            weights of a verified load are hashed as they are read (``fill.read_verified``).
+            weights of a verified load are hashed as they are read (``fill.fill_weights``).
 
     Returns:
         The manifest's file entries.
 
     Raises:
-        ChecksumError: naming the first file that is missing, has the wrong size or hash.
+        ChecksumError: naming the first file that is missing, has the wrong size or hash
+            (and the byte range of the chunk that differs).
         FormatError: the manifest itself is missing or malformed.
     """
     files = read_manifest(folder)
@@ -87,28 +96,16 @@ def verify_manifest(folder: Path, workers: int = 2,
         if size != entry["size"]:
             raise ChecksumError(f"size {size} bytes, the manifest says {entry['size']}", path)
     names = list(files) if names is None else [n for n in names if n in files]
-    if sum(files[n]["size"] for n in names) <= CHUNK or workers <= 1 or len(names) < 2:
-        found = [sha256_file(folder / n) for n in names]
-    else:  # hashlib releases the GIL: big files hash in parallel
-        with ThreadPoolExecutor(min(workers, len(names))) as pool:
-            found = list(pool.map(lambda n: sha256_file(folder / n), names))
-    for name, digest in zip(names, found, strict=True):
-        if digest != files[name]["sha256"]:
-            raise ChecksumError(
-                f"sha256 {digest[:16]}… does not match the manifest's "
-                f"{files[name]['sha256'][:16]}…; the file was changed or corrupted",
-                folder / name,
-            )
+    check_files([(folder / n, files[n], ()) for n in names])
     return files
 
 
-def write_part(folder: Path, part: str, state: Any, sums: dict[str, str]) -> None:
-    """Store a nested state as ``part.json`` (+ ``part.safetensors``); records the sha256s."""
+def write_part(folder: Path, part: str, state: Any, sums: dict[str, FileDigest]) -> None:
+    """Store a nested state as ``part.json`` (+ ``part.safetensors``); records the digests."""
     skeleton, tensors = split_state(state)
     if tensors:
-        sums[f"{part}.safetensors"] = write_safetensors(tensors, folder / f"{part}.safetensors",
-                                                        progress=True)
-    sums[f"{part}.json"] = write_json(skeleton, folder / f"{part}.json")
+        sums[f"{part}.safetensors"] = write_tensors(tensors, folder / f"{part}.safetensors")
+    sums[f"{part}.json"] = write_json_file(skeleton, folder / f"{part}.json")
 
 
 def read_part(folder: Path, files: Iterable[str], part: str) -> Any:

@@ -1,14 +1,17 @@
 """Filling a model or a dict with a checkpoint's weights: keys checked first, each file read once.
 
 ``fill_weights`` compares the keys and shapes with the file headers before anything is read
-or changed. With ``verify``, each weight file is then read once, in file order: a tensor with
-a plain destination (a parameter or buffer, or a dict's tensor, of the same dtype and shape,
-contiguous on the CPU) is read with ``readinto`` straight into it, others into new tensors,
-and each chunk is hashed as soon as it is read, from the CPU cache. The file's sha256 is
-compared with the manifest's at its end. Hashing first and copying after read the file twice
-and added the whole hash to the load (issue 21); now a verified load costs about the hash
-alone. The price: a damaged weight file shows only at its end, after its bytes were copied
-in, and the error says so (the checkpoint's other files are verified before any is used).
+or changed. With ``verify``, the weight files are then read once by ``verify.check_files``:
+a tensor with a plain destination (a parameter or buffer, or a dict's tensor, of the same
+dtype and shape, contiguous on the CPU) is read straight into it, others into new tensors,
+and each piece is hashed as soon as it is read, from the CPU cache. A file with chunk
+digests is read by one thread per CPU, chunk by chunk, each chunk compared with the
+manifest as it ends; one without (small, or saved before chunks) is checked against its
+whole-file sha256 at its end. Hashing first and copying after read the files twice and
+added the whole hash to the load; one sha256 stream alone was slower than torch's warm
+load (issue 21). The price: a damaged weight file shows only after some of its bytes were
+copied in, and the error says so (the checkpoint's other files are verified before any is
+used).
 
 Without ``verify``, for a model that loads its own way (a module with its own
 ``_load_from_state_dict`` or load hooks, e.g. a quantized layer) or for quantized weight
@@ -19,8 +22,6 @@ files, the tensors come from the memory map through ``load_state_dict``, after
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import os
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,7 @@ from ..formats import open_weights
 from ..formats.base import TensorInfo, WeightFile
 from ..loading import compare_keys
 from .files import verify_manifest, weights_file
-
-HASH_CHUNK = 1 << 20  # read, then hashed: it is still in the CPU cache
-READ_AHEAD = 16 << 20  # asked of the disk ahead of the reads (posix_fadvise WILLNEED)
+from .verify import Span, check_files
 
 
 def fill_weights(target: nn.Module | MutableMapping[str, torch.Tensor], folder: Path,
@@ -47,12 +46,13 @@ def fill_weights(target: nn.Module | MutableMapping[str, torch.Tensor], folder: 
             optimizer built on them stays valid) or a dict of tensors (filled in place; new
             keys added when not strict).
         strict: keys and shapes must match exactly.
-        verify: check each weight file's sha256 against the manifest as it is read.
+        verify: check each weight file against the manifest (its chunks' sha256, or the
+            whole file's) as it is read.
 
     Raises:
         StateDictError: keys or shapes disagree (strict); nothing was changed.
-        ChecksumError: a weight file differs from the manifest (named); found at its end,
-            after its tensors were copied in.
+        ChecksumError: a weight file differs from the manifest (named, with the byte range
+            of the chunk); found after some of its tensors were copied in.
     """
     if not isinstance(target, (nn.Module, MutableMapping)):
         raise MLMFError(f"cannot load weights into a {type(target).__name__}; pass an nn.Module "
@@ -69,16 +69,22 @@ def fill_weights(target: nn.Module | MutableMapping[str, torch.Tensor], folder: 
     shapes = {i.name: i for i in infos}
     shapes.update((a, shapes[t]) for a, t in aliases.items() if t in shapes)
     wanted = _wanted(target, shapes, strict, path)
-    direct = {i.name: dests[i.name] for i in infos
-              if i.name in wanted and i.name in dests and _fits(dests[i.name], i)}
+    direct = _direct(infos, wanted, dests)
     manifest = verify_manifest(folder, names=())  # sizes only
     source: dict[str, torch.Tensor] = dict(direct)
+    plan: list[tuple[Path, Mapping[str, Any], list[Span]]] = []
     for file in _files(infos):
         if file not in manifest:  # the manifest was rewritten without it
             raise ChecksumError("holds weights but the manifest does not list it",
                                 folder / file)
-        source.update(read_verified(folder / file, manifest[file],
-                                    [i for i in infos if Path(i.file).name == file], direct))
+        spans = []
+        for info in (i for i in infos if Path(i.file).name == file):
+            t = direct.get(info.name)
+            if t is None:
+                t = source[info.name] = torch.empty(info.shape, dtype=info.torch_dtype)
+            spans.append((info.offset, _bytes_of(t)))
+        plan.append((folder / file, manifest[file], spans))
+    check_files(plan, copied=True)
     for alias, name in aliases.items():
         if name in source:
             source[alias] = source[name]
@@ -95,63 +101,6 @@ def weight_file_names(folder: Path) -> list[str]:
             return _files(wf.infos())
     except MLMFError:
         return []
-
-
-def read_verified(path: Path, expected: Mapping[str, Any], infos: Iterable[TensorInfo],
-                  into: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Read the file once, the tensors named in ``into`` straight into those tensors and the
-    others into new ones (returned), hashing each chunk just read; ``expected``: its manifest
-    entry.
-
-    Hashing in the reading thread, from the cache, measured faster than handing the chunks to
-    a second thread (which reads them back from the other core's cache or from memory).
-
-    Raises:
-        ChecksumError: the file's size or sha256 differs from ``expected``.
-    """
-    out: dict[str, torch.Tensor] = {}
-    with open(path, "rb", buffering=0) as f:
-        reader = _HashingReader(f, path)
-        for info in sorted(infos, key=lambda i: i.offset):
-            reader.read_into(memoryview(bytearray(info.offset - reader.pos)))
-            t = into.get(info.name)
-            if t is None:
-                t = out[info.name] = torch.empty(info.shape, dtype=info.torch_dtype)
-            reader.read_into(_bytes_of(t))
-        reader.read_into(memoryview(bytearray(max(0, expected["size"] - reader.pos))))
-        if f.read(1):
-            raise ChecksumError("longer than the manifest says", path)
-    digest = reader.hash.hexdigest()
-    if digest != expected["sha256"]:
-        raise ChecksumError(
-            f"sha256 {digest[:16]}… does not match the manifest's {expected['sha256'][:16]}…; "
-            "the file was changed or corrupted (found at its end, after its tensors were "
-            "copied in: load another checkpoint)", path)
-    return out
-
-
-class _HashingReader:
-    """Reads a file in order into given memory, hashing each chunk as soon as it is read;
-    asks the kernel for the bytes ahead, so that a cold disk reads while the CPU hashes."""
-
-    def __init__(self, f: Any, path: Path) -> None:
-        self.f, self.path, self.hash = f, path, hashlib.sha256()
-        self.pos = self.ahead = 0
-
-    def read_into(self, view: memoryview) -> None:
-        for start in range(0, view.nbytes, HASH_CHUNK):
-            part = view[start : start + HASH_CHUNK]
-            if self.pos + READ_AHEAD > self.ahead and hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(self.f.fileno(), self.ahead, READ_AHEAD, os.POSIX_FADV_WILLNEED)
-                self.ahead += READ_AHEAD
-            done = 0
-            while done < part.nbytes:
-                got = self.f.readinto(part[done:])
-                if not got:
-                    raise ChecksumError("shorter than the manifest says", self.path)
-                done += got
-            self.hash.update(part)  # from the cache: it was just read
-            self.pos += part.nbytes
 
 
 @contextlib.contextmanager
@@ -172,6 +121,22 @@ def _bytes_of(t: torch.Tensor) -> memoryview:
     if not t.numel():
         return memoryview(bytearray(0))
     return memoryview(t.detach().reshape(-1).view(torch.uint8).numpy().data).cast("B")
+
+
+def _direct(infos: Iterable[TensorInfo], wanted: set[str],
+            dests: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors read straight into their destination, by name: each memory once (two
+    stored names for one parameter would have two threads write it at once)."""
+    out: dict[str, torch.Tensor] = {}
+    taken: set[int] = set()
+    for i in infos:
+        t = dests.get(i.name)
+        if i.name in wanted and t is not None and _fits(t, i):
+            if t.numel() and t.data_ptr() in taken:
+                continue
+            taken.add(t.data_ptr())
+            out[i.name] = t
+    return out
 
 
 def _files(infos: Iterable[TensorInfo]) -> list[str]:

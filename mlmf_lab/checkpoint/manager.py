@@ -11,7 +11,8 @@ One folder per checkpoint, ``step-000120/``::
     scheduler.json               LR scheduler state (+ .safetensors if it holds tensors)
     rng.json, rng.safetensors    Python, numpy and torch generator states
     meta.json                    step, time, metrics, extra, library versions, git commit
-    manifest.json                size and sha256 of every file above, written last
+    manifest.json                size and sha256 of every file above (and of each 64 MiB
+                                 chunk of a bigger one), written last
 
 Nothing is pickled. The folder is written under a hidden temporary name,
 every file and the folder are fsynced, then it is renamed into place, so a
@@ -41,11 +42,9 @@ from ..compare import CheckpointDiff, diff_state_dicts
 from ..errors import ConfigError, MLMFError
 from ..files import read_json
 from ..formats import load_state_dict
-from ..formats.safetensors import write_safetensors
-from ..formats.sharded import write_sharded
-from ..formats.write import write_json
 from ..runinfo import git_commit, versions
 from ..units import parse_size
+from .chunks import write_json_file, write_tensors, write_weights
 from .files import (
     member,
     pid_alive,
@@ -139,16 +138,15 @@ class CheckpointManager:
                              params={"step": step, "root": os.fspath(self.root)}) as act:
             # a hidden folder beside ``final``, fsynced and swapped in whole on success
             with atomic.replacing_dir(final) as tmp:
-                sums = write_sharded(state, tmp, {"step": step}, self.max_shard_size,
-                                     progress=True)
+                sums = write_weights(state, tmp, {"step": step}, self.max_shard_size)
                 if optimizer is not None:
                     write_part(tmp, "optimizer", optimizer.state_dict(), sums)
                 if scheduler is not None:
                     write_part(tmp, "scheduler", scheduler.state_dict(), sums)
                 rng_doc, rng_tensors = capture_rng()
-                sums["rng.json"] = write_json(rng_doc, tmp / "rng.json")
-                sums["rng.safetensors"] = write_safetensors(rng_tensors, tmp / "rng.safetensors")
-                sums["meta.json"] = write_json(meta, tmp / "meta.json")
+                sums["rng.json"] = write_json_file(rng_doc, tmp / "rng.json")
+                sums["rng.safetensors"] = write_tensors(rng_tensors, tmp / "rng.safetensors")
+                sums["meta.json"] = write_json_file(meta, tmp / "meta.json")
                 write_manifest(tmp, sums)
             act.generated.append(final)
         self._retire(protect=step)
@@ -247,8 +245,9 @@ class CheckpointManager:
             restore_rng: put back the Python, numpy and torch generator states.
             strict: the model's keys and shapes must match the checkpoint's exactly.
             verify: check every file's sha256 (on by default): the weight files as they are
-                read into ``model`` (a damaged one is found after its tensors were copied
-                in; the error says so), the others before anything is restored.
+                read into ``model``, by one thread per CPU (a damaged one is found after some
+                of its tensors were copied in; the error says so), the others before
+                anything is restored.
 
         Returns:
             The checkpoint's record (``metrics``, ``extra``, ``step`` ...).

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -32,13 +33,13 @@ def make(seed: int) -> Tied:
 def hashed_files(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The files ``verify_manifest`` hashes (by reading them) from now on."""
     seen: list[str] = []
-    real = ckpt_files.sha256_file
+    real = ckpt_files.check_files
 
-    def sha256_file(path: str | Path) -> str:
-        seen.append(Path(path).name)
-        return real(path)
+    def check_files(files: Any, copied: bool = False) -> None:
+        seen.extend(Path(path).name for path, _, _ in files)
+        real(files, copied)
 
-    monkeypatch.setattr(ckpt_files, "sha256_file", sha256_file)
+    monkeypatch.setattr(ckpt_files, "check_files", check_files)
     return seen
 
 

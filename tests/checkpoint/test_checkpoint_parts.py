@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import mlmf_lab as ml
+from mlmf_lab.checkpoint.chunks import FileDigest
 from mlmf_lab.checkpoint.files import read_part, write_part
 from mlmf_lab.checkpoint.state import capture_rng, join_state, restore_rng, split_state
 from mlmf_lab.compare import diff_state_dicts, tensor_change
@@ -168,7 +169,7 @@ def test_optimizer_and_scheduler_state_round_trip(tmp_path, make_opt, make_sched
         opt.zero_grad()
         sched.step(1.0) if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau) else (
             sched.step())
-    sums: dict[str, str] = {}
+    sums: dict[str, FileDigest] = {}
     write_part(tmp_path, "optimizer", opt.state_dict(), sums)
     write_part(tmp_path, "scheduler", sched.state_dict(), sums)
     opt2 = make_opt(fresh_model.parameters())
