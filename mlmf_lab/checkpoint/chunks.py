@@ -2,13 +2,14 @@
 several threads can verify one file at once.
 
 One sha256 stream cannot be split, and it runs at about 1.1 GiB/s here: longer than
-torch's whole warm load of the same bytes (issue 21). So a manifest lists, beside each
-file's sha256 (kept: ``sha256sum`` checks it), the sha256 of each ``CHUNK_SIZE`` bytes of
-a file larger than that: every byte, header included, the last chunk shorter. They are
-computed while the file is written, in a thread beside the writer and its whole-file hash,
-from the same memory (no second read). ``verify.check_files`` then hands the chunks to one
-thread per CPU. A file of one chunk or less lists none (its sha256 is its chunk's), so its
-manifest entry is what it always was.
+torch's whole warm load of the same bytes (issue 21). So a file larger than ``CHUNK_SIZE``
+is listed in the manifest by the sha256 of each ``CHUNK_SIZE`` bytes (every byte, header
+included, the last chunk shorter) instead of one sha256 of the whole file: computing both
+would hash every byte twice while saving. They are computed while the file is written, in
+a thread beside the writer, from the same memory (no second read); ``verify.check_files``
+then hands the chunks to one thread per CPU. A file of one chunk or less keeps its single
+sha256 (``sha256sum`` checks it); a chunk is checked by hand with
+``dd if=FILE bs=64M skip=K count=1 | sha256sum``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from ..errors import FormatError
 from ..formats.safetensors import encode_safetensors
 from ..formats.sharded import shard_files
-from ..formats.write import write_json, write_views
+from ..formats.write import write_json, write_synced, write_views
 from ..progress import Progress
 
 CHUNK_SIZE = 64 << 20  # 16 chunks per GiB: enough to keep 2-8 threads busy to the end
@@ -35,7 +36,7 @@ MIN_CHUNK_SIZE = 1 << 20  # what a manifest may declare: bounds the work per chu
 class FileDigest(NamedTuple):
     """What the manifest records of a file besides its size."""
 
-    sha256: str  # of the whole file
+    sha256: str | None  # of the whole file; None for a file listed by its chunks
     chunk_size: int = 0  # bytes per chunk (the last one shorter); 0: no chunk list
     chunks: tuple[str, ...] = ()  # sha256 of each chunk, in file order
 
@@ -67,15 +68,16 @@ def chunk_digests(views: Iterable[memoryview], chunk_size: int) -> list[str]:
 
 
 def write_file(views: list[memoryview], path: Path, progress: Progress = False) -> FileDigest:
-    """``write_views`` (write, fsync, whole-file sha256), and the chunk digests of a file
-    larger than one chunk, hashed meanwhile from the same memory."""
+    """Write and fsync the file: a file of one chunk or less with its sha256
+    (``write_views``), a larger one with its chunk digests, hashed meanwhile from the same
+    memory."""
     chunk_size = CHUNK_SIZE  # read here: a test may shrink it
     if sum(v.nbytes for v in views) <= chunk_size:
         return FileDigest(write_views(views, path, progress=progress))
     with ThreadPoolExecutor(1) as pool:
         chunks = pool.submit(chunk_digests, views, chunk_size)
-        whole = write_views(views, path, progress=progress)
-        return FileDigest(whole, chunk_size, tuple(chunks.result()))
+        write_synced(views, path, progress=progress)
+        return FileDigest(None, chunk_size, tuple(chunks.result()))
 
 
 def write_weights(state: dict[str, torch.Tensor], folder: Path, metadata: dict[str, Any],
@@ -99,7 +101,9 @@ def write_json_file(obj: Any, path: Path) -> FileDigest:
 
 def manifest_entry(digest: FileDigest, size: int) -> dict[str, Any]:
     """A file's entry in ``manifest.json``."""
-    entry: dict[str, Any] = {"sha256": digest.sha256, "size": size}
+    entry: dict[str, Any] = {"size": size}
+    if digest.sha256 is not None:
+        entry["sha256"] = digest.sha256
     if digest.chunks:
         entry["chunks"] = {"size": digest.chunk_size, "sha256": list(digest.chunks)}
     return entry

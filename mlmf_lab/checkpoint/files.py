@@ -34,19 +34,21 @@ _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def write_manifest(folder: Path, sums: Mapping[str, FileDigest]) -> None:
-    """List every file with its size, sha256 and chunk digests in ``folder/manifest.json``
-    (written last).
+    """List every file with its size and its sha256 or chunk digests in
+    ``folder/manifest.json`` (written last).
 
-    Version 1 still: the chunk list is an optional key that earlier readers ignore (they
-    check the whole file's sha256, which is still there).
+    Version 2 when a file is listed by its chunks (version 1 readers need a sha256 per
+    file and refuse it by name), else 1.
     """
     files = {name: manifest_entry(sums[name], (folder / name).stat().st_size)
              for name in sorted(sums)}
-    write_json({"format": MANIFEST_FORMAT, "version": 1, "files": files}, folder / MANIFEST)
+    version = 2 if any("chunks" in e for e in files.values()) else 1
+    write_json({"format": MANIFEST_FORMAT, "version": version, "files": files},
+               folder / MANIFEST)
 
 
 def read_manifest(folder: Path) -> dict[str, dict[str, Any]]:
-    """The manifest's ``file -> {sha256, size[, chunks]}``, validated.
+    """The manifest's ``file -> {size, sha256 | chunks}``, validated.
 
     Raises:
         FormatError: a missing or malformed manifest, naming it.
@@ -63,9 +65,11 @@ def read_manifest(folder: Path) -> dict[str, dict[str, Any]]:
     for name, entry in files.items():
         if not _PLAIN_NAME.match(name) or name == MANIFEST:
             raise FormatError(f"manifest lists {name!r}, which is not a plain file name", path)
-        if (not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str)
-                or type(entry.get("size")) is not int or entry["size"] < 0):
-            raise FormatError(f"manifest entry for {name!r} lacks sha256 or size", path)
+        if (not isinstance(entry, dict) or type(entry.get("size")) is not int
+                or entry["size"] < 0 or not isinstance(entry.get("sha256", ""), str)
+                or ("sha256" not in entry and "chunks" not in entry)):
+            raise FormatError(f"manifest entry for {name!r} lacks a size, or a sha256 or "
+                              "chunk list", path)
         check_chunks(name, entry, path)
     return files
 

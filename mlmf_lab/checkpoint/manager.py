@@ -11,8 +11,8 @@ One folder per checkpoint, ``step-000120/``::
     scheduler.json               LR scheduler state (+ .safetensors if it holds tensors)
     rng.json, rng.safetensors    Python, numpy and torch generator states
     meta.json                    step, time, metrics, extra, library versions, git commit
-    manifest.json                size and sha256 of every file above (and of each 64 MiB
-                                 chunk of a bigger one), written last
+    manifest.json                size and sha256 of every file above (of each 64 MiB
+                                 chunk for a bigger one), written last
 
 Nothing is pickled. The folder is written under a hidden temporary name,
 every file and the folder are fsynced, then it is renamed into place, so a

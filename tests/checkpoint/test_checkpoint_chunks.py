@@ -58,10 +58,12 @@ def flip(path: Path, *at: int) -> None:
 
 def test_chunk_digests_are_the_sha256_of_each_byte_range(tmp_path: Path) -> None:
     _, step, _ = saved(tmp_path)
-    files = manifest(step)["files"]
+    doc = manifest(step)
+    files = doc["files"]
     data = (step / "model.safetensors").read_bytes()
     entry = files["model.safetensors"]
-    assert entry["size"] == len(data) and entry["sha256"] == hashlib.sha256(data).hexdigest()
+    # listed by its chunks alone: a whole-file sha256 as well would hash every byte twice
+    assert entry["size"] == len(data) and "sha256" not in entry and doc["version"] == 2
     assert entry["chunks"]["size"] == C
     expected = [hashlib.sha256(data[i : i + C]).hexdigest() for i in range(0, len(data), C)]
     assert entry["chunks"]["sha256"] == expected and len(expected) == math.ceil(len(data) / C)
@@ -121,9 +123,11 @@ def test_the_header_is_covered(tmp_path: Path) -> None:
 
 def test_a_manifest_without_chunks_is_verified_whole(tmp_path: Path, threads: int) -> None:
     cm, step, model = saved(tmp_path)
-    doc = manifest(step)
-    for entry in doc["files"].values():
-        entry.pop("chunks", None)
+    doc = manifest(step)  # as version 1 wrote it: a whole-file sha256 for every file
+    for name, entry in doc["files"].items():
+        if entry.pop("chunks", None):
+            entry["sha256"] = hashlib.sha256((step / name).read_bytes()).hexdigest()
+    doc["version"] = 1
     (step / "manifest.json").write_text(json.dumps(doc))
     fresh = make(1)
     cm.load(fresh)
@@ -174,6 +178,16 @@ def test_a_malformed_chunk_list_is_refused(tmp_path: Path, edit, message: str) -
     (step / "manifest.json").write_text(json.dumps(doc))
     with pytest.raises(FormatError, match=r"manifest\.json: the chunk list of "
                        rf"'model\.safetensors' {message}"):
+        cm.list()
+
+
+def test_an_entry_with_neither_sha256_nor_chunks_is_refused(tmp_path: Path) -> None:
+    cm, step, _ = saved(tmp_path)
+    doc = manifest(step)
+    del doc["files"]["model.safetensors"]["chunks"]
+    (step / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(FormatError, match=r"manifest\.json: manifest entry for "
+                       "'model.safetensors' lacks a size, or a sha256 or chunk list"):
         cm.list()
 
 
