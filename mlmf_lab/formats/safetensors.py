@@ -18,7 +18,7 @@ import json
 import math
 import os
 import struct
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -282,13 +282,16 @@ def save_safetensors(
             digest = write_views(views, tmp, label=path.name)
         return {path.name: digest}
     # A lineage store records this save: it needs the file's tensor hash, which is the
-    # state dict's; hashed from the same memory while the file is written, so that the
-    # store does not read the file back (it would cost a second pass over the disk).
+    # state dict's; hashed from the same memory, so that the store does not read the file
+    # back (a second pass over the disk). It starts once the bytes are written and runs while
+    # the disk flushes them: started with the writing, a third busy thread slows the writing.
+    hashed = tensor_hash_views(dedupe_shared(tensors)[0])
     with ThreadPoolExecutor(1) as pool:
-        tensor_hash = pool.submit(sha256_of, tensor_hash_views(dedupe_shared(tensors)[0]))
+        tensor_hash: list[Future[str]] = []
         with atomic.replacing(path) as tmp:
-            digest = write_views(views, tmp, label=path.name)
-        events.report_hash(path, tensor_hash.result(), "tensors")
+            digest = write_views(views, tmp, label=path.name, written=lambda: tensor_hash.append(
+                pool.submit(sha256_of, hashed)))
+        events.report_hash(path, tensor_hash[0].result(), "tensors")
     return {path.name: digest}
 
 

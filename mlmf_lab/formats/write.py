@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -106,7 +106,8 @@ def sha256_of(views: list[memoryview]) -> str:
 
 
 def write_views(
-    views: list[memoryview], path: Path, label: str = "", progress: Progress = False
+    views: list[memoryview], path: Path, label: str = "", progress: Progress = False,
+    written: Callable[[], object] | None = None,
 ) -> str:
     """Write the byte views to a new file, fsync it, and return its sha256 (hashed meanwhile).
 
@@ -117,6 +118,9 @@ def write_views(
         label: what a progress bar calls the file (default: its name).
         progress: a progress bar for files of at least 256 MiB, or a function told
             ``(bytes written, total)``.
+        written: called once every byte is written, before the fsync: it starts work that
+            should run while the disk flushes the file rather than slow the writing (the
+            tensor hash a recording lineage store needs, ``safetensors.save_safetensors``).
 
     Raises:
         FileExistsError: ``path`` exists.
@@ -124,16 +128,17 @@ def write_views(
     total = sum(v.nbytes for v in views)
     if total <= CHUNK:  # small: a hashing thread would cost more than it saves
         digest = sha256_of(views)
-        _write_and_sync(views, path, total, label, progress)
+        _write_and_sync(views, path, total, label, progress, written)
         return digest
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(sha256_of, views)
-        _write_and_sync(views, path, total, label, progress)
+        _write_and_sync(views, path, total, label, progress, written)
         return pending.result()
 
 
 def _write_and_sync(
-    views: list[memoryview], path: Path, total: int, label: str, progress: Progress
+    views: list[memoryview], path: Path, total: int, label: str, progress: Progress,
+    written: Callable[[], object] | None,
 ) -> None:
     shown = bar(total=total, unit="B", unit_scale=True, unit_divisor=1024, leave=False,
                 desc=label or path.name, progress=progress, min_total=PROGRESS_MIN_BYTES)
@@ -144,6 +149,8 @@ def _write_and_sync(
             while done < chunk.nbytes:
                 done += os.write(fd, chunk[done:])
             shown.update(chunk.nbytes)
+        if written is not None:
+            written()
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -164,3 +171,10 @@ __all__ = [
     "PROGRESS_MIN_BYTES", "dedupe_shared", "json_bytes", "record_line", "sha256_of",
     "tensor_hash_views", "tensor_view", "write_json", "write_views",
 ]
+
+
+def write_synced(views: list[memoryview], path: Path, label: str = "",
+                 progress: Progress = False) -> None:
+    """``write_views`` without its sha256, for a caller that hashes the bytes its own way
+    meanwhile (a checkpoint's chunk digests, ``checkpoint.chunks``)."""
+    _write_and_sync(views, path, sum(v.nbytes for v in views), label, progress, None)

@@ -4,7 +4,8 @@ The *tensor hash* is a sha256 over every tensor in sorted-name order. Each tenso
 contributes a record line ``name \\0 type \\0 d0,d1,... \\0 nbytes \\n`` (``type`` is the
 quant type where there is one, else the dtype, e.g. ``float32``) followed by its raw
 bytes (``formats.write.record_line`` and ``tensor_hash_views``, where writers find them: the
-safetensors writer computes this hash as it writes when a lineage store records the save).
+safetensors writer computes this hash from the memory it writes when a lineage store
+records the save).
 Files are hashed straight from a memory map in chunks, so a 10 GB file costs 10 GB of reads
 but no extra memory. Because only names, types, shapes and bytes
 count, a state dict in memory and the safetensors file it was saved to have the

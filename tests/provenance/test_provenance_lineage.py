@@ -258,9 +258,9 @@ def test_lookups_and_bad_stores(tmp_path):
 def test_a_failing_store_warns_and_the_operation_succeeds(tmp_path, monkeypatch):
     base = _base(tmp_path)
     with Lineage(tmp_path / "lin.db") as lin:
-        def broken(event):
+        def broken():
             raise sqlite3.OperationalError("disk I/O error")
-        monkeypatch.setattr(lin, "record", broken)
+        monkeypatch.setattr(lin._db, "write", broken)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             state = ml.load_state_dict(base)

@@ -3,6 +3,7 @@ instead of reading the file back (issue 21); the hash is the one the file gives.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,9 @@ import torch
 
 import mlmf_lab as ml
 from mlmf_lab import events
+from mlmf_lab.files import CHUNK
 from mlmf_lab.formats import safetensors as st_format
+from mlmf_lab.formats.safetensors import encode_safetensors
 from mlmf_lab.provenance.lineage import Lineage, file_tensor_hash, state_hash
 from mlmf_lab.provenance.lineage import store as store_module
 
@@ -104,3 +107,28 @@ def test_report_hash_reaches_only_the_outermost_open_activity(tmp_path: Path) ->
         events.LISTENERS.remove(seen.append)
     assert [e.activity for e in seen] == ["convert"]
     assert seen[0].hashes == {str((tmp_path / "f").resolve()): ("1" * 64, "tensors")}
+
+
+def test_a_large_recorded_save_hashes_its_tensors_once_the_bytes_are_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past one write chunk the file is hashed in a thread beside the writer; the tensor hash
+    starts only when every byte is written, so that it runs while the disk flushes them
+    instead of slowing the writing (a third busy thread on two cores)."""
+    dst = tmp_path / "big.safetensors"
+    sd = {"w": torch.randn(CHUNK // 4 + 1024), "b": torch.randn(10)}  # > CHUNK bytes
+    size = len(encode_safetensors(sd, dst)[0]) + sum(t.nbytes for t in sd.values())
+    seen: list[int] = []
+    real = st_format.sha256_of
+
+    def sha256_of(views: Any) -> str:
+        (tmp,) = [p for p in tmp_path.iterdir() if p.name.startswith(".big.safetensors.")]
+        seen.append(tmp.stat().st_size)
+        return real(views)
+
+    monkeypatch.setattr(st_format, "sha256_of", sha256_of)
+    with Lineage(tmp_path / "lineage.db") as lin:
+        sums = ml.save_state_dict(sd, dst)
+    assert seen == [size] == [dst.stat().st_size]
+    assert lin.entity(dst).sha256 == file_tensor_hash(dst).sha256 == state_hash(sd).sha256
+    assert sums == {"big.safetensors": hashlib.sha256(dst.read_bytes()).hexdigest()}
+    lin.close()

@@ -19,17 +19,24 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from ...errors import MLMFError
 from . import schema
-from .records import Activity, Entity
+from .records import Activity, Entity, stored_activity, stored_entity
 
 BUSY_TIMEOUT_MS = 60_000
 # kinds and activity names become PROV qualified names (mlmf:<name>)
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 ENTITY_COLUMNS = ("id", "kind", "label", "path", "sha256", "hash_kind", "created", "attrs")
+# An activity row as ``Database.to_activities`` reads it (by position), and its agent's.
+ACTIVITY_COLUMNS = ("id", "name", "started", "ended", "params", "agent", "pid")
+ACTIVITY_SELECT = ", ".join(f"a.{c}" for c in ACTIVITY_COLUMNS)
+AGENT_COLUMNS = ("id", "user", "host", "versions", "git_commit")
+_NO_AGENT = (None,) * len(AGENT_COLUMNS)
+_ROLES = {"used": 0, "generated": 1}  # usages.role -> side of an activity
 _TIME_LIMIT = 1e11  # seconds since the epoch (year 5138): what datetime can hold, with room
 
 
@@ -89,9 +96,17 @@ class Database:
                 raise
 
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """Rows that can be read by column name."""
+        return self._fetch(sql, args, sqlite3.Row)
+
+    def rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Plain tuples, read by position (what the record builders read: faster)."""
+        return self._fetch(sql, args, None)
+
+    def _fetch(self, sql: str, args: tuple[Any, ...], factory: Any) -> list[Any]:
         with self._lock:
             c = self.conn()
-            c.row_factory = sqlite3.Row
+            c.row_factory = factory
             try:
                 return c.execute(sql, args).fetchall()
             except sqlite3.DatabaseError as e:
@@ -129,31 +144,45 @@ class Database:
                    known: dict[str, Entity] | None = None) -> list[Activity]:
         """Activities matching ``where`` (SQL on table ``a``), oldest first, with their entities
         (those in ``known`` are not read again)."""
-        rows = self.query(  # the columns _to_activity unpacks, in its order
-            "SELECT a.id, a.name, a.started, a.ended, a.params, a.agent, a.pid, g.user, g.host, "
-            f"g.versions, g.git_commit FROM activities a LEFT JOIN agents g ON g.id = a.agent "
-            f"{where} ORDER BY a.started, a.id", args)
-        if not rows:
-            return []
-        ids = [r[0] for r in rows]  # by position: sqlite3.Row finds a name in a linear search
-        links: dict[str, dict[str, list[str]]] = {i: {"used": [], "generated": []} for i in ids}
-        for start in range(0, len(ids), 500):
-            part = ids[start : start + 500]
-            marks = ",".join("?" * len(part))
-            for u in self.query(f"SELECT activity, entity, role FROM usages WHERE activity IN "
-                                f"({marks}) ORDER BY rowid", tuple(part)):
-                activity, entity, role = u
-                roles = links.get(activity, {})
-                if role not in roles:  # an index that disagrees with its table
-                    raise self._bad(f"usage of activity {str(activity)[:40]!r}",
-                                    "it names an activity or a role that is not stored")
-                roles[role].append(entity)
+        rows = self.rows(f"SELECT {ACTIVITY_SELECT} FROM activities a {where} "
+                         "ORDER BY a.started, a.id", args)
+        return self.to_activities(rows, self.usages([r[0] for r in rows]), known)
+
+    def _in(self, sql: str, values: list[Any]) -> list[tuple[Any, ...]]:
+        """Rows of ``sql`` with its ``IN ({})`` filled with ``values``, 500 at a time."""
+        out: list[tuple[Any, ...]] = []
+        for start in range(0, len(values), 500):
+            part = values[start : start + 500]
+            out += self.rows(sql.format(",".join("?" * len(part))), tuple(part))
+        return out
+
+    def usages(self, activities: list[Any]) -> list[tuple[Any, ...]]:
+        """The ``(activity, entity, role)`` usages of these activities, each activity's in
+        recorded order."""
+        return self._in("SELECT activity, entity, role FROM usages WHERE activity IN ({}) "
+                        "ORDER BY rowid", activities)
+
+    def to_activities(self, rows: list[tuple[Any, ...]], usages: list[tuple[Any, ...]],
+                      known: dict[str, Entity] | None = None) -> list[Activity]:
+        """Records from ``activities`` rows (``ACTIVITY_COLUMNS``, in the order wanted) and
+        the ``(activity, entity, role)`` usages of all of them (in recorded order); their
+        agents, and the entities not in ``known``, are read."""
+        links: dict[Any, tuple[list[Any], list[Any]]] = {r[0]: ([], []) for r in rows}
+        for activity, entity, role in usages:
+            side = _ROLES.get(role)
+            pair = links.get(activity)
+            if side is None or pair is None:  # an index that disagrees with its table
+                raise self._bad(f"usage of activity {str(activity)[:40]!r}",
+                                "it names an activity or a role that is not stored")
+            pair[side].append(entity)
         ents = dict(known or {})
         # ids sorted as text: a changed store may hold a blob among them
-        ents.update(self.entities(sorted({e for d in links.values() for v in d.values()
-                                          for e in v if e not in ents}, key=str)))
+        ents.update(self.entities(sorted({e for pair in links.values() for side in pair
+                                          for e in side if e not in ents}, key=str)))
+        stored = {g[0]: g for g in self._in(f"SELECT {', '.join(AGENT_COLUMNS)} FROM agents "
+                                            "WHERE id IN ({})", list({r[5] for r in rows}))}
         agents: dict[Any, dict[str, Any]] = {}  # one agent records many activities
-        return [self._to_activity(r, links[r["id"]], ents, agents) for r in rows]
+        return [self._to_activity(r, links[r[0]], ents, stored, agents) for r in rows]
 
     # -- rows checked as they become records ---------------------------------------------
     def _bad(self, what: str, problem: str) -> MLMFError:
@@ -191,13 +220,8 @@ class Database:
         """An ``entities`` row (or its columns in table order) as a record, every column
         checked."""
         row = tuple(r)  # by position: sqlite3.Row finds a name in a linear search
-        if _plain_entity(row):  # what the store writes: checked in one pass
-            attrs = _plain_json(row[7])
-            if attrs is not None:
-                return Entity(row[0], row[1], row[2], row[3], row[4], row[5], float(row[6]),
-                              attrs)
-        return self._checked_entity(r if isinstance(r, sqlite3.Row)
-                                    else dict(zip(ENTITY_COLUMNS, row, strict=False)))
+        return _plain_entity(row) or self._checked_entity(
+            r if isinstance(r, sqlite3.Row) else dict(zip(ENTITY_COLUMNS, row, strict=False)))
 
     def _checked_entity(self, r: Any) -> Entity:
         what = f"entity {str(r['id'])[:40]!r}"
@@ -207,46 +231,51 @@ class Database:
                       f(r, "sha256", what, "str?"), f(r, "hash_kind", what, "str?"),
                       f(r, "created", what, "time"), self._json(r["attrs"], f"{what}: attrs"))
 
-    def _to_activity(self, r: sqlite3.Row, links: dict[str, list[str]],
-                     ents: dict[str, Entity], agents: dict[Any, dict[str, Any]]) -> Activity:
-        # sqlite3.Row finds a column by name in a linear search: read the row once, by position
-        aid, name, started, ended, params, agent_id, pid, user, host, versions, commit = r
-        missing = [e for e in links["used"] + links["generated"] if e not in ents]
-        if missing:
-            raise self._bad(f"activity {str(aid)[:40]!r}",
-                            f"it names entity {repr(missing[0])[:40]}, which is not stored")
-        key = (agent_id, user, host, versions, commit)
-        if key not in agents:
-            what = f"activity {str(aid)[:40]!r}"
-            f = self._field
-            agents[key] = {"user": f(r, "user", what, "str?"), "host": f(r, "host", what, "str?"),
-                           "versions": self._json(versions, f"{what}: agent versions", True),
-                           "git_commit": f(r, "git_commit", what, "str?")}
-        agent = dict(agents[key])  # the versions inside are shared: records are read-only
-        used = tuple([ents[e] for e in links["used"]])
-        generated = tuple([ents[e] for e in links["generated"]])
+    def _to_activity(self, r: tuple[Any, ...], links: tuple[list[Any], list[Any]],
+                     ents: dict[Any, Entity], stored: dict[Any, tuple[Any, ...]],
+                     agents: dict[Any, dict[str, Any]]) -> Activity:
+        aid, name, started, ended, params, agent_id, pid = r
+        try:
+            used = tuple(map(ents.__getitem__, links[0]))
+            generated = tuple(map(ents.__getitem__, links[1]))
+        except KeyError as e:
+            raise self._bad(f"activity {str(aid)[:40]!r}", f"it names entity "
+                            f"{repr(e.args[0])[:40]}, which is not stored") from None
+        if agent_id not in agents:  # as a LEFT JOIN: an agent that is not stored has no facts
+            g = dict(zip(AGENT_COLUMNS, stored.get(agent_id, _NO_AGENT), strict=True))
+            what, f = f"activity {str(aid)[:40]!r}", self._field
+            agents[agent_id] = {
+                "user": f(g, "user", what, "str?"), "host": f(g, "host", what, "str?"),
+                "versions": self._json(g.get("versions"), f"{what}: agent versions", True),
+                "git_commit": f(g, "git_commit", what, "str?")}
+        agent = dict(agents[agent_id])  # the versions inside are shared: records are read-only
         if _plain_activity(aid, name, started, ended, params, pid):  # as the store writes them
             value = _plain_json(params)
             if value is not None:
-                return Activity(aid, name, float(started), float(ended), value, agent, used,
-                                generated, pid or 0)
+                return stored_activity(aid, name, float(started), float(ended), value, agent,
+                                       used, generated, pid or 0)
         what = f"activity {str(aid)[:40]!r}"
-        f = self._field
+        f, cols = self._field, dict(zip(ACTIVITY_COLUMNS, r, strict=True))
         return Activity(
-            f(r, "id", what, "str"), f(r, "name", what, "name"), f(r, "started", what, "time"),
-            f(r, "ended", what, "time"), self._json(r["params"], f"{what}: params"), agent,
-            used, generated, f(r, "pid", what, "int?") or 0)
+            f(cols, "id", what, "str"), f(cols, "name", what, "name"),
+            f(cols, "started", what, "time"), f(cols, "ended", what, "time"),
+            self._json(params, f"{what}: params"), agent, used, generated,
+            f(cols, "pid", what, "int?") or 0)
+
+
+_DECODER = json.JSONDecoder()
 
 
 def _plain_json(text: str) -> dict[str, Any] | None:
-    """A JSON object, or None for anything else (then ``Database._json`` names the problem)."""
+    """A JSON object as the store writes it (no surrounding blanks), or None for anything
+    else (then ``Database._json`` reads it or names the problem)."""
     if text == "{}":
         return {}
-    try:
-        value = json.loads(text)
+    try:  # ``raw_decode``: ``json.loads`` without its wrapper, a third of the time
+        value, end = _DECODER.raw_decode(text)
     except (ValueError, RecursionError):
         return None
-    return value if isinstance(value, dict) else None
+    return value if end == len(text) and isinstance(value, dict) else None
 
 
 def _plain_activity(aid: Any, name: Any, started: Any, ended: Any, params: Any,
@@ -259,16 +288,36 @@ def _plain_activity(aid: Any, name: Any, started: Any, ended: Any, params: Any,
             and type(params) is str and (pid is None or type(pid) is int))
 
 
-def _plain_entity(row: tuple[Any, ...]) -> bool:
-    """The columns of an entity as the store writes them (else ``_field`` says what is wrong)."""
+def _plain_entity(row: tuple[Any, ...]) -> Entity | None:
+    """The record of an entity row as the store writes it, checked in one pass; None for
+    anything else (then ``_field`` says what is wrong)."""
     if len(row) != 8:
-        return False
+        return None
     eid, kind, label, path, sha, hkind, created, attrs = row
-    return (type(eid) is str and type(kind) is str and _NAME.fullmatch(kind) is not None
+    if (type(eid) is str and type(kind) is str and _NAME.fullmatch(kind) is not None
             and type(label) is str and (path is None or type(path) is str)
             and (sha is None or type(sha) is str) and (hkind is None or type(hkind) is str)
             and type(created) in (int, float) and abs(created) < _TIME_LIMIT
-            and type(attrs) is str)
+            and type(attrs) is str):
+        value = _plain_json(attrs)
+        if value is not None:
+            return stored_entity(eid, kind, label, path, sha, hkind, float(created), value)
+    return None
+
+
+def sql_order(rows: list[tuple[Any, ...]], columns: tuple[int, ...]) -> None:
+    """Sort ``rows`` by these columns in place, as SQLite's ``ORDER BY`` would: the values a
+    changed store may hold there, of different types, in SQLite's order of types."""
+    try:
+        rows.sort(key=itemgetter(*columns))
+    except TypeError:  # NULL < numbers < text < blobs; each compares as in SQLite
+        rows.sort(key=lambda r: tuple(_sql_key(r[i]) for i in columns))
+
+
+def _sql_key(v: Any) -> tuple[int, Any]:
+    if v is None:
+        return (0, 0)
+    return (1 if isinstance(v, int | float) else 2 if isinstance(v, str) else 3, v)
 
 
 def is_name(v: str) -> bool:

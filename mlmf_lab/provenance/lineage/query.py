@@ -10,19 +10,10 @@ links (the same content found at another path) count as derivations from the old
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from operator import itemgetter
 
-from .db import Database
+from .db import ACTIVITY_SELECT, Database, sql_order
 from .records import Activity, Entity, History, HistoryDiff
-
-BATCH = 500  # ids per ``IN (...)``: well under SQLite's limit on bound parameters
-
-
-def _batches(ids: list[str]) -> Iterator[tuple[list[str], str]]:
-    """``ids`` in slices, each with its ``?,?,...`` placeholder list."""
-    for i in range(0, len(ids), BATCH):
-        part = ids[i : i + BATCH]
-        yield part, ",".join("?" * len(part))
 
 
 def entities(db: Database, kind: str | None = None) -> list[Entity]:
@@ -50,22 +41,23 @@ def counts(db: Database) -> tuple[int, int]:
     return int(n_e), int(n_a)
 
 
-def _closure(up: bool) -> str:
-    """A recursive query of every entity reachable from ``?`` along derivations, ``?``
-    included: ``reach(id)``, to put in a ``WITH RECURSIVE``. ``UNION`` (not ``UNION ALL``)
-    keeps each id once, so a cycle in a changed store ends the recursion."""
+def _walk(up: bool) -> str:
+    """A recursive query of the derivations reachable from entity ``?1`` along derivations
+    (up: from what was generated to what it used): ``walk(generated, used, rid)``, to put in
+    a ``WITH RECURSIVE``. It carries the derivations themselves, so they are not looked up a
+    second time; ``UNION`` (not ``UNION ALL``) keeps each row once, so a cycle in a changed
+    store ends the recursion."""
     src, dst = ("generated", "used") if up else ("used", "generated")
-    return (f"reach(id) AS (SELECT ? UNION SELECT d.{dst} FROM derivations d "
-            f"JOIN reach r ON d.{src} = r.id)")
+    return (f"walk(generated, used, rid) AS (SELECT generated, used, rowid FROM derivations "
+            f"WHERE {src} = ?1 UNION SELECT d.generated, d.used, d.rowid FROM walk w "
+            f"JOIN derivations d ON d.{src} = w.{dst})")
 
 
 def _edges(db: Database, start: str, up: bool) -> list[tuple[str, str]]:
     """The derivations (from, to) among everything reachable from ``start``, in one query."""
     src, dst = ("generated", "used") if up else ("used", "generated")
-    rows = db.query(f"WITH RECURSIVE {_closure(up)} SELECT d.{src} AS f, d.{dst} AS t "
-                    f"FROM derivations d WHERE d.{src} IN (SELECT id FROM reach) "
-                    f"ORDER BY d.rowid", (start,))
-    return [(r["f"], r["t"]) for r in rows]
+    return [(r[0], r[1]) for r in db.rows(f"WITH RECURSIVE {_walk(up)} SELECT {src}, {dst} "
+                                          "FROM walk ORDER BY rid", (start,))]
 
 
 def walk(db: Database, start: str, up: bool) -> dict[str, int]:
@@ -99,33 +91,42 @@ def related(db: Database, start: str, up: bool) -> list[Entity]:
     return sorted(ents.values(), key=lambda e: (depth[e.id], e.created, e.id))
 
 
+# What ``history`` reads in one recursive query: the derivations among the ancestors of ``?1``
+# (part 0: generated, used, rowid, then the record of the entity used) and the activities
+# that generated ``?1`` or an ancestor (part 1: ``ACTIVITY_SELECT``, padded to the 12
+# columns of part 0). Sorted in Python (``sql_order``): a sort in SQLite costs more.
+HISTORY = (
+    f"WITH RECURSIVE {_walk(True)} "
+    "SELECT 0, w.*, e.* FROM walk w LEFT JOIN entities e ON e.id = w.used "
+    f"UNION ALL SELECT 1, {ACTIVITY_SELECT}, NULL, NULL, NULL, NULL FROM activities a "
+    "WHERE a.id IN (SELECT activity FROM usages "
+    "WHERE role = 'generated' AND entity IN (SELECT ?1 UNION SELECT used FROM walk))")
+
+
 def history(db: Database, target: Entity) -> History:
     """Every activity behind ``target`` and the origins that nothing recorded generated.
 
-    A handful of queries whatever the length of the chain: the ancestors and their
-    derivations in one recursive query, their records in one, the activities that generated
-    any of them in one more, with their usages (entities already read are not read again).
+    One recursive query whatever the length of the chain (``HISTORY``), then the usages and
+    agents of the activities found, by id (and the entities they name beyond the ancestors,
+    if any).
     """
-    # the derivations among the ancestors, each with the record of the entity it leads to
-    rows = db.query(f"WITH RECURSIVE {_closure(True)} SELECT d.generated, d.used, e.* "
-                    "FROM derivations d LEFT JOIN entities e ON e.id = d.used "
-                    "WHERE d.generated IN (SELECT id FROM reach) ORDER BY d.rowid", (target.id,))
-    edges = [(r[0], r[1]) for r in rows]
-    depth = _depths(target.id, edges)
-    known = {r[1]: db.to_entity(r[2:]) for r in rows if r[2] is not None}
+    rows = db.rows(HISTORY, (target.id,))
+    derived = sorted((r for r in rows if not r[0]), key=itemgetter(3))  # in recorded order
+    acts = [r[1:8] for r in rows if r[0]]
+    sql_order(acts, (2, 0))  # oldest first, as ``ORDER BY a.started, a.id``
+    known = {r[2]: db.to_entity(r[4:]) for r in derived if r[4] is not None}
     known[target.id] = target
-    ancestors = sorted((known[i] for i in depth if i in known),
-                       key=lambda e: (depth[e.id], e.created, e.id))
-    found: dict[str, Activity] = {}
-    for part, marks in _batches([target.id, *depth]):
-        for a in db.activities(f"WHERE a.id IN (SELECT activity FROM usages WHERE role = "
-                               f"'generated' AND entity IN ({marks}))", tuple(part), known):
-            found[a.id] = a
-    steps = sorted(found.values(), key=lambda a: (a.started, a.id))
+    steps = db.to_activities(acts, db.usages([r[0] for r in acts]), known)
+    # origins: the target, then its ancestors, that nothing recorded generated or derived
     made = {e.id for a in steps for e in a.generated}
-    parents = {f for f, _ in edges}
-    origins = tuple(e for e in [target, *ancestors] if e.id not in made and e.id not in parents)
-    return History(target, tuple(steps), origins)
+    parents = {r[1] for r in derived}
+    first = [] if target.id in made or target.id in parents else [target]
+    below = [known[i] for i in {r[2] for r in derived} - made - parents - {target.id}
+             if i in known]
+    if len(below) > 1:  # nearest first
+        depth = _depths(target.id, [(r[1], r[2]) for r in derived])
+        below.sort(key=lambda e: (depth[e.id], e.created, e.id))
+    return History(target, tuple(steps), (*first, *below))
 
 
 def diff(db: Database, a: Entity, b: Entity) -> HistoryDiff:

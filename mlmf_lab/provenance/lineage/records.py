@@ -92,6 +92,30 @@ class Activity:
                  "generated": [e.short() for e in self.generated]}]
 
 
+def stored_entity(id: str, kind: str, label: str, path: str | None, sha256: str | None,
+                  hash_kind: str | None, created: float, attrs: dict[str, Any]) -> Entity:
+    """``Entity(...)`` of values the store has checked, set straight into the record: a
+    frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``, twice the
+    time (a long ``Lineage.history`` builds hundreds). There is no ``__post_init__`` to skip;
+    a test keeps both ways equal."""
+    record = _new(Entity)
+    record.__dict__.update(id=id, kind=kind, label=label, path=path, sha256=sha256,
+                           hash_kind=hash_kind, created=created, attrs=attrs)
+    return record
+
+
+def stored_activity(id: str, name: str, started: float, ended: float, params: dict[str, Any],
+                    agent: dict[str, Any], used: tuple[Entity, ...],
+                    generated: tuple[Entity, ...], pid: int) -> Activity:
+    """``Activity(...)`` of values the store has checked (as ``stored_entity``)."""
+    record = _new(Activity)
+    record.__dict__.update(id=id, name=name, started=started, ended=ended, params=params,
+                           agent=agent, used=used, generated=generated, pid=pid)
+    return record
+
+
+_new = object.__new__
+
 ACTIVITY_COLUMNS = (Column("activity"), Column("params", "parameters", lambda params: ", ".join(
     f"{k}={v}" for k, v in params.items())), Column("used"), Column("generated"))
 

@@ -138,7 +138,7 @@ class Lineage:
     def _listen(self, event: events.Event) -> None:
         # The user's operation succeeded; a failing store must not turn it into an error.
         try:
-            self.record(event)
+            self._write(event)  # nobody reads the record back: ``record`` does
         except Exception as e:  # noqa: BLE001
             warnings.warn(f"lineage store {self.path}: could not record "
                           f"{event.activity!r}: {e}", RuntimeWarning, stacklevel=4)
@@ -170,6 +170,10 @@ class Lineage:
         Returns:
             The recorded ``Activity`` with its used and generated entities.
         """
+        return self._db.activities("WHERE a.id = ?", (self._write(event),))[0]
+
+    def _write(self, event: events.Event) -> str:
+        """Write one finished operation; returns the id of its activity."""
         if event.activity not in events.ACTIVITIES:
             raise MLMFError(f"unknown activity {event.activity!r}; "
                             f"known: {', '.join(events.ACTIVITIES)}", self.path)
@@ -201,7 +205,7 @@ class Lineage:
         for it, e in [*zip(used, used_ids, strict=True), *zip(made, made_ids, strict=True)]:
             if it.live and it.known != e:
                 self._tracker.remember(it.obj, e)
-        return self._db.activities("WHERE a.id = ?", (act_id,))[0]
+        return act_id
 
     def _insert(self, c: Any, it: Item, h: ContentHash | None, kind: str) -> str:
         eid = uuid.uuid4().hex
