@@ -7,16 +7,19 @@ the kernel; a pin button pins the entry in the Python cache; clicking a lineage 
 its record; clicking a layer's bar in CompareView selects it in the kernel and draws its
 tensor's histograms; no "Error displaying widget"; no console error; no request to any host but
 127.0.0.1 (``blob:``/``data:`` allowed). The kernel writes its views' state to a JSON file
-that the test reads. Screenshots go to ``.scratch/``. Every wait is bounded; the server is
-always stopped. Needs ``apt-get install chromium`` (``.ci/run`` does it); no browser is
-downloaded.
+that the test reads. In the same JupyterLab, the real ``notebooks/09_model_comparison.ipynb``
+runs from top to bottom: no error output, its CompareView drawn, a bar click answered by the
+kernel. Screenshots go to ``.scratch/``. Every wait is bounded; the server is always stopped.
+Needs ``apt-get install chromium`` (``.ci/run`` does it); no browser is downloaded.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +28,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlparse
 
 import nbformat
@@ -35,6 +39,30 @@ CHROMIUM = os.environ.get("MLMF_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]
 SCRATCH = Path(os.environ.get("MLMF_SCRATCH", ROOT / ".scratch"))
+# the tutorial, as nbval runs it (cwd notebooks/); it reads no file next to it (its data come
+# from ml.examples, its work goes to a temporary folder), so the notebook alone is copied
+NB09 = ROOT / "notebooks" / "09_model_comparison.ipynb"
+# a canvas has painted something that is neither blank nor white
+PAINTED = ("c => Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)"
+           ".some(v => v > 0 && v < 255)")
+# JupyterLab shows notebook `path` and its kernel is idle
+KERNEL_IDLE = ("path => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+               " return !!w && w.context?.path === path"
+               " && w.sessionContext?.session?.kernel?.status === 'idle'; }")
+# run-all is over: the cells' error outputs as soon as there is one (the cells after it never
+# run), else [] once the kernel is idle and every code cell has an execution count. Read from
+# the notebook's model: JupyterLab draws an error as stderr text, and offscreen cells
+# (content-visibility) have no innerText
+RUN_STATE = """() => {
+  const w = window.jupyterapp.shell.currentWidget;
+  const cells = w.content.widgets.filter((c) => c.model.type === "code");
+  const errors = cells.flatMap((c, i) => c.model.outputs.toJSON()
+    .filter((o) => o.output_type === "error")
+    .map((o) => `code cell ${i + 1}: ${o.ename}: ${o.evalue}`));
+  if (errors.length) return errors;
+  return w.sessionContext.session?.kernel?.status === "idle"
+    && cells.every((c) => c.model.executionCount !== null) ? [] : null;
+}"""
 
 SETUP = '''
 import json, threading, time, torch
@@ -110,6 +138,18 @@ SWITCH = """async ([layer, head]) => {
 }"""
 
 
+class Lab(NamedTuple):
+    """The JupyterLab the tests share: its address, token and root folder."""
+
+    base: str
+    token: str
+    root: Path
+
+    def tree(self, name: str) -> str:
+        """The address that opens notebook ``name`` in a fresh workspace (no tab restored)."""
+        return f"{self.base}/lab/tree/{name}?token={self.token}&reset"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -117,7 +157,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory) -> Iterator[tuple[str, Path]]:
+def lab(tmp_path_factory) -> Iterator[Lab]:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y "
                     "chromium) or set MLMF_CHROMIUM; the browser test never downloads one")
@@ -127,6 +167,7 @@ def lab(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
     nbformat.write(nb, root / "views.ipynb")
+    shutil.copy(NB09, root / NB09.name)
     # no "get Jupyter news?" prompt over the views (and no news fetched)
     settings = root / "settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
@@ -160,7 +201,7 @@ def lab(tmp_path_factory) -> Iterator[tuple[str, Path]]:
                     raise RuntimeError("JupyterLab did not start:\n" + (
                         root / "server.log").read_text(errors="replace")[-3000:]) from None
                 time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/lab/tree/views.ipynb?token={token}", root
+        yield Lab(f"http://127.0.0.1:{port}", token, root)
     finally:
         server.send_signal(signal.SIGINT)  # shuts its kernels down, then exits
         try:
@@ -185,11 +226,9 @@ def wait_state(root: Path, check, timeout: float = 30.0) -> dict:
     raise AssertionError(f"the kernel's state never got there: {state}")
 
 
-def test_views_render_and_clicks_reach_the_kernel(lab) -> None:
-    from playwright.sync_api import sync_playwright
-
-    url, root = lab
-    SCRATCH.mkdir(parents=True, exist_ok=True)
+def watch(page) -> tuple[list[str], list[str]]:
+    """Record the page's console errors, and abort (and record) any request that would leave
+    127.0.0.1 (``blob:`` and ``data:`` stay in the page). Returns (errors, foreign requests)."""
     errors: list[str] = []
     foreign: list[str] = []
 
@@ -201,19 +240,25 @@ def test_views_render_and_clicks_reach_the_kernel(lab) -> None:
             foreign.append(r.request.url)
             r.abort()
 
+    page.set_default_timeout(60_000)
+    page.route("**/*", route)
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    return errors, foreign
+
+
+def test_views_render_and_clicks_reach_the_kernel(lab) -> None:
+    from playwright.sync_api import sync_playwright
+
+    url, root = lab.tree("views.ipynb"), lab.root
+    SCRATCH.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, timeout=60_000)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(60_000)
-            page.route("**/*", route)
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+            errors, foreign = watch(page)
             page.goto(url)
-            page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell"
-                                   ".currentWidget && window.jupyterapp.shell.currentWidget"
-                                   ".sessionContext?.session?.kernel?.status === 'idle'",
-                                   timeout=90_000)
+            page.wait_for_function(KERNEL_IDLE, arg="views.ipynb", timeout=90_000)
             page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
             for name in ("attention", "cache", "lineage", "compare"):
                 page.wait_for_selector(f".mlmf-view[data-view='{name}']", timeout=120_000)
@@ -223,10 +268,7 @@ def test_views_render_and_clicks_reach_the_kernel(lab) -> None:
             # rendered with content: thumbnails and a painted heatmap, rows, SVG nodes
             att = page.locator(".mlmf-view[data-view='attention']").first
             assert att.locator(".mlmf-thumb").count() == 6 * 12
-            painted = att.locator(".mlmf-heatmap").evaluate(
-                "c => Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)"
-                ".some(v => v > 0 && v < 255)")
-            assert painted
+            assert att.locator(".mlmf-heatmap").evaluate(PAINTED)
             cache = page.locator(".mlmf-view[data-view='cache']")
             lin = page.locator(".mlmf-view[data-view='lineage']")
             assert lin.locator(".mlmf-node[data-node]").count() == 7
@@ -268,10 +310,7 @@ def test_views_render_and_clicks_reach_the_kernel(lab) -> None:
             # tensor: its histograms and ΔW spectrum are drawn; a tensor click switches it
             cmp = page.locator(".mlmf-view[data-view='compare']")
             assert cmp.locator(".mlmf-bar[data-layer]").count() == 7
-            painted = cmp.locator("canvas.mlmf-cka").evaluate(
-                "c => Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)"
-                ".some(v => v > 0 && v < 255)")
-            assert painted
+            assert cmp.locator("canvas.mlmf-cka").evaluate(PAINTED)
             cmp.locator(".mlmf-bar[data-layer='layer 2']").click()
             state = wait_state(root, lambda s: s["cmp_layer"] == "layer 2"
                                and s["cmp_tensor"].startswith("encoder.layer.2."))
@@ -280,15 +319,77 @@ def test_views_render_and_clicks_reach_the_kernel(lab) -> None:
                                    arg=state["cmp_tensor"])
             assert cmp.locator(".mlmf-detail svg").count() == 4
             other = cmp.locator(".mlmf-tensor[data-tensor]").nth(0)
-            name = other.get_attribute("data-tensor")
+            picked = other.get_attribute("data-tensor")
             other.click()
-            wait_state(root, lambda s: s["cmp_tensor"] == name)
+            wait_state(root, lambda s: s["cmp_tensor"] == picked)
 
-            for name, view in (("attention", att), ("cache", cache), ("lineage", lin),
-                               ("compare", cmp)):
-                view.screenshot(path=str(SCRATCH / f"view-{name}.png"))
+            for label, view in (("attention", att), ("cache", cache), ("lineage", lin),
+                                ("compare", cmp)):
+                view.screenshot(path=str(SCRATCH / f"view-{label}.png"))
             page.screenshot(path=str(SCRATCH / "views-lab.png"), full_page=True)
-            assert "Error displaying widget" not in page.inner_text("body")
+            assert "Error displaying widget" not in (page.locator("body").text_content() or "")
+        finally:
+            browser.close()
+    assert foreign == [], f"requests to other hosts: {foreign}"
+    assert errors == [], f"console errors: {errors}"
+
+
+def shown_views(path: Path) -> list[str]:
+    """The views a notebook displays (``data-view`` names), read from the outputs it stores."""
+    plain = [out["data"].get("text/plain", "") for cell in nbformat.read(path, as_version=4).cells
+             for out in cell.get("outputs", [])
+             if "application/vnd.jupyter.widget-view+json" in out.get("data", {})]
+    return [m[1].lower() for m in map(re.compile(r"(\w+)View\(").match, plain) if m]
+
+
+def test_notebook_09_runs_in_the_lab(lab) -> None:
+    """The real tutorial 09, run from top to bottom in JupyterLab, shows a working CompareView."""
+    from playwright.sync_api import sync_playwright
+
+    expected = shown_views(NB09)
+    assert "compare" in expected, f"{NB09} stores no CompareView output"
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, timeout=60_000)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors, foreign = watch(page)
+            page.goto(lab.tree(NB09.name))
+            page.wait_for_function(KERNEL_IDLE, arg=NB09.name, timeout=90_000)
+            # the stored outputs go first, so every execution count seen later is this run's
+            page.evaluate("() => window.jupyterapp.commands.execute("
+                          "'notebook:clear-all-cell-outputs')")
+            page.wait_for_function("() => window.jupyterapp.shell.currentWidget.content.widgets"
+                                   ".every((c) => c.model.type !== 'code' || "
+                                   "c.model.executionCount === null)")
+            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            failed = page.wait_for_function(RUN_STATE, timeout=300_000).json_value()
+            assert failed == [], f"{NB09.name} failed in the lab: {failed}"
+
+            # every view the notebook shows is drawn, with content
+            views = page.locator(".mlmf-view")
+            assert [v.get_attribute("data-view") for v in views.all()] == expected
+            for view in views.all():
+                assert view.evaluate("e => e.childElementCount > 0 && "
+                                     "e.textContent.trim().length > 0")
+            cmp = page.locator(".mlmf-view[data-view='compare']")
+            assert cmp.locator(".mlmf-bar[data-layer]").count() == 7  # 6 layers + "other"
+            assert cmp.locator("canvas.mlmf-cka").evaluate(PAINTED)
+
+            # a bar click: the page only sets `layer`; the tensor list and the tensor whose
+            # histograms are drawn come from the kernel, so seeing them proves the round trip
+            target = "layer 4" if cmp.get_attribute("data-layer") != "layer 4" else "layer 5"
+            prefix = f"encoder.layer.{target[-1]}."
+            cmp.locator(f".mlmf-bar[data-layer='{target}']").click()
+            page.wait_for_function(
+                "p => { const d = document.querySelector(\"[data-view='compare'] .mlmf-detail\");"
+                " return d.dataset.tensor.startsWith(p); }", arg=prefix, timeout=30_000)
+            tensors = cmp.locator(".mlmf-tensor[data-tensor]").evaluate_all(
+                "es => es.map((e) => e.dataset.tensor)")
+            assert tensors and all(t.startswith(prefix) for t in tensors), tensors
+            assert cmp.locator(".mlmf-detail svg").count() == 4
+            cmp.screenshot(path=str(SCRATCH / "view-compare-09.png"))
+            assert "Error displaying widget" not in (page.locator("body").text_content() or "")
         finally:
             browser.close()
     assert foreign == [], f"requests to other hosts: {foreign}"
