@@ -30,24 +30,22 @@ deleted after each run and at the end.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish, table  # noqa: E402
+from common import busy_neighbour, publish, table  # noqa: E402
 
 import mlmf_lab as ml  # noqa: E402
 from mlmf_lab.checkpoint.verify import cpu_count  # noqa: E402
@@ -128,22 +126,6 @@ def sha256_of(views: list[memoryview]) -> str:
     for v in views:
         h.update(v)
     return h.hexdigest()
-
-
-SPIN = ("import sys, time\nend = time.monotonic() + float(sys.argv[1])\n"
-        "while time.monotonic() < end: pass")
-
-
-@contextlib.contextmanager
-def busy_neighbour(seconds: float) -> Iterator[None]:
-    """Another process spinning on a core for at most ``seconds`` (killed on exit)."""
-    proc = subprocess.Popen([sys.executable, "-c", SPIN, str(seconds)])
-    try:
-        time.sleep(0.2)  # let it start spinning
-        yield
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def without_chunks(step_dir: Path, root: Path) -> Path:

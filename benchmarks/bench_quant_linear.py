@@ -26,15 +26,13 @@ q4_0 kernels.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
 import gc
 import os
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -42,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved, table  # noqa: E402
+from common import busy_neighbour, interleaved, table  # noqa: E402
 
 import mlmf_lab as ml  # noqa: E402
 from mlmf_lab.quant import QuantLinear  # noqa: E402
@@ -141,22 +139,6 @@ def section_linear(quick: bool) -> str:
             "busy-neighbour table below).")
     return (f"Forward of a {n}x{n} linear (float32 in and out)\n\n{goals} {note}\n\n"
             + table(header, rows))
-
-
-SPIN = ("import sys, time\nend = time.monotonic() + float(sys.argv[1])\n"
-        "while time.monotonic() < end: pass")
-
-
-@contextlib.contextmanager
-def busy_neighbour(seconds: float) -> Iterator[None]:
-    """Another process spinning on a core for at most ``seconds`` (killed on exit)."""
-    proc = subprocess.Popen([sys.executable, "-c", SPIN, str(seconds)])
-    try:
-        time.sleep(0.2)  # let it start spinning
-        yield
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def per_call(fn: Callable[[], object], calls: int) -> list[float]:

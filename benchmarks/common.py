@@ -1,7 +1,9 @@
-"""Shared helpers for the benchmarks: subprocess cases, medians, markdown tables."""
+"""Shared helpers for the benchmarks: subprocess cases, medians, markdown tables, a busy
+neighbour."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -9,7 +11,8 @@ import platform
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -84,3 +87,19 @@ def publish(name: str, title: str, how: str, body: str, quick: bool) -> None:
     if not quick:
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / f"{name}.md").write_text(text)
+
+
+SPIN = ("import sys, time\nend = time.monotonic() + float(sys.argv[1])\n"
+        "while time.monotonic() < end: pass")
+
+
+@contextlib.contextmanager
+def busy_neighbour(seconds: float) -> Iterator[None]:
+    """Another process spinning on a core for at most ``seconds`` (killed on exit)."""
+    proc = subprocess.Popen([sys.executable, "-c", SPIN, str(seconds)])
+    try:
+        time.sleep(0.2)  # let it start spinning
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
