@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import busy_neighbour, publish, table  # noqa: E402
+from common import busy_neighbour, drop_cache, publish, table, timed  # noqa: E402
 
 import mlmf_lab as ml  # noqa: E402
 from mlmf_lab.checkpoint.verify import cpu_count  # noqa: E402
@@ -74,16 +74,6 @@ def fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def drop_cache(path: Path) -> None:
-    """Evict a file's (clean) pages from the page cache, so the next read hits the disk."""
-    for p in [path] if path.is_file() else sorted(path.iterdir()):
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def raw_write(model: nn.Module, path: Path) -> None:
@@ -143,12 +133,6 @@ def without_chunks(step_dir: Path, root: Path) -> Path:
     doc["version"] = 1
     (copy / "manifest.json").write_text(json.dumps(doc))
     return copy
-
-
-def timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def run(size_mib: int, repeats: int, folder: Path) -> tuple[str, float]:

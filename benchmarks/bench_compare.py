@@ -18,8 +18,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_loading import current_rss_mib, peak_rss_mib, reset_peak_rss  # noqa: E402
-from common import publish, run_case, table  # noqa: E402
+from common import (  # noqa: E402
+    current_rss_mib,
+    peak_rss_mib,
+    publish,
+    reset_peak_rss,
+    run_case,
+    table,
+)
 
 CASES = {
     "ml.compare (weights: metrics, histograms, ΔW spectra)": "ml",

@@ -48,11 +48,10 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from common import publish, table
+from common import drop_cache, publish, reset_peak_rss, status_kib, table, timed
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -83,21 +82,6 @@ def make_model(path: Path, quick: bool) -> Path:
     t["lm_head.weight"] = torch.randn(vocab, hidden, generator=g)
     ml.save_state_dict(t, path, metadata={"model_type": "llama"})
     return path
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def _hwm_kib() -> int:
-    return _status_kib("VmHWM")
-
-
-def _reset_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
 
 
 def _load(method: str, path: str, layers: D.ShardPlan, tensor: D.ShardPlan,
@@ -157,15 +141,15 @@ def rank_main(path: str, repeat: int, methods: list[str],
     def measure(method: str) -> tuple[float, int, int, int, float]:
         gc.collect()
         dist.barrier()
-        _reset_peak()
-        base, file_base = _hwm_kib(), _status_kib("RssFile")
+        reset_peak_rss()
+        base, file_base = status_kib("VmHWM"), status_kib("RssFile")
         start = time.perf_counter()
         tensors, nread = _load(method, path, layers, tensor, rank)
         loaded = time.perf_counter() - start
         _touch(tensors)
         seconds = time.perf_counter() - start
-        return (seconds, (_hwm_kib() - base) * 1024, nread,
-                (_status_kib("RssFile") - file_base) * 1024, loaded)
+        return (seconds, (status_kib("VmHWM") - base) * 1024, nread,
+                (status_kib("RssFile") - file_base) * 1024, loaded)
 
     runs = [m for m in methods if m != "broadcast" or n > 1]
     out: Timings = {m: [] for m in runs}
@@ -210,16 +194,6 @@ def _read_bytes() -> int:
     raise RuntimeError("no read_bytes in /proc/self/io")
 
 
-def _drop_cache(path: Path) -> None:
-    """Evict ``path``'s pages from the page cache (flushed first, so they are clean)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def node_local_main(path: str, workdir: str) -> dict[str, tuple[int, int, int]]:
     """Runs on every rank: its own copy, dropped from the cache before each load."""
     rank, n = D.world()
@@ -229,7 +203,7 @@ def node_local_main(path: str, workdir: str) -> dict[str, tuple[int, int, int]]:
     for strategy in ("layers", "tensor"):
         plan = D.plan(copy, strategy)
         for mode in ("direct", "mmap"):
-            _drop_cache(copy)
+            drop_cache(copy)
             before = _read_bytes()
             shard = D.load_shard(copy, plan, mode=mode, progress=False)
             _touch(shard.tensors)
@@ -291,7 +265,7 @@ def main() -> None:
         path = make_model(Path(tmp) / "model.safetensors", args.quick)
         total = ml.open_weights(path).nbytes
         header_s = statistics.median(
-            _timed(lambda: ml.open_weights(path).close()) for _ in range(9))
+            timed(lambda: ml.open_weights(path).close()) for _ in range(9))
         rows, goal, cast, base = [], [], [], {}
         cells: dict[tuple[int, str], float] = {}
         for n in sorted(args.n):
@@ -371,12 +345,6 @@ def main() -> None:
         "N processes. Node-local table: each rank's own copy, cold, read_bytes of "
         "/proc/self/io (the rank with the largest read / share is shown).")
     publish("distributed", "Distributed loading: time and memory per rank", how, body, partial)
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 if __name__ == "__main__":

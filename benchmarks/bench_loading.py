@@ -9,14 +9,20 @@ reports wall time and peak RSS above the interpreter's baseline (after imports).
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish, run_case, table  # noqa: E402
+from common import (  # noqa: E402
+    current_rss_mib,
+    peak_rss_mib,
+    publish,
+    reset_peak_rss,
+    run_case,
+    table,
+)
 
 CASES = {
     "ml.open_weights (open only)": "open",
@@ -25,23 +31,6 @@ CASES = {
     "torch.load(mmap, weights_only) + touch": "torch",
     "plain read into memory + touch (reference)": "copy",
 }
-
-
-def reset_peak_rss() -> None:
-    """Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def peak_rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        line = next(ln for ln in f if ln.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024  # KiB
-
-
-def current_rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def case(kind: str, st_path: str, pt_path: str) -> None:

@@ -1,5 +1,5 @@
-"""Shared helpers for the benchmarks: subprocess cases, medians, markdown tables, a busy
-neighbour."""
+"""Shared helpers for the benchmarks: subprocess cases, timings and medians, markdown tables,
+a cold page cache, peak memory, a busy neighbour."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -16,6 +17,49 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds one call of ``fn`` takes."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def drop_cache(path: Path) -> None:
+    """Evict a file's pages (or those of every file in a folder) from the page cache, so the
+    next read hits the disk; flushed first, so that the pages are clean and can go."""
+    for p in [path] if path.is_file() else sorted(path.iterdir()):
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def status_kib(field: str) -> int:
+    """A ``/proc/self/status`` field in KiB (Linux), e.g. ``VmHWM`` (peak RSS) or ``RssFile``."""
+    with open("/proc/self/status") as f:
+        line = next((ln for ln in f if ln.startswith(field + ":")), None)
+    if line is None:
+        raise RuntimeError(f"no {field} in /proc/self/status")
+    return int(line.split()[1])
+
+
+def reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss_mib() -> float:
+    return status_kib("VmHWM") / 1024
+
+
+def current_rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def median_time(fn: Callable[[], object], repeat: int = 5) -> float:

@@ -4,7 +4,8 @@
 >>> sd = cache.get_or_load("model.safetensors")   # doctest: +SKIP
 
 Modules: ``memory`` (ModelCache), ``entry``, ``keys`` (file stamps and keys), ``stats``,
-``disk`` (DiskCache), ``warmup`` (background loads), ``footprint`` (measured bytes).
+``disk`` (DiskCache), ``collect`` (its garbage collection), ``warmup`` (background loads),
+``footprint`` (measured bytes).
 """
 
 from __future__ import annotations

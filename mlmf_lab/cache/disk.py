@@ -39,6 +39,7 @@ from ..files import sha256_file
 from ..tables import Table
 from ..units import human_bytes, parse_size
 from .blobs import CHECKS, check_files, link, stamps, store_blob
+from .collect import collect
 from .disk_records import COLUMNS, DiskEntry, PruneReport, read_ref
 from .keys import derive_key, parse_age
 
@@ -321,31 +322,10 @@ class DiskCache:
         self._ref(key).unlink(missing_ok=True)  # first: the entry is gone from here on
         shutil.rmtree(self.root / "snapshots" / key, ignore_errors=True)
 
-    def _collect(self, stale_tmp: float = 3600.0) -> int:
-        """Delete unreferenced blobs, orphan snapshots and old temporaries; returns bytes freed.
-        An unreadable ref's snapshots stay (hard links: they keep their bytes) until ``prune``."""
+    def _collect(self) -> int:
+        """Delete what no ref holds (``collect.collect``); returns bytes freed."""
         entries, unreadable = self._scan()
-        keep = {d for e in entries for d in e.files.values()}
-        keys = {e.key for e in entries} | set(unreadable)
-        freed = 0
-        for blob in (self.root / "blobs").iterdir():
-            if blob.name not in keep:
-                freed += blob.stat().st_size
-                blob.unlink()
-        now = time.time()
-        for p in (self.root / "tmp").iterdir():  # by age: another process may be building
-            if now - p.stat().st_mtime > stale_tmp:
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-        revs = {(e.key, e.rev) for e in entries}
-        for snap in (self.root / "snapshots").iterdir():  # revisions no ref names
-            if snap.name in unreadable:
-                continue
-            for rev in list(snap.iterdir()) if snap.is_dir() else []:
-                if (snap.name, rev.name) not in revs:
-                    shutil.rmtree(rev, ignore_errors=True)
-            if snap.name not in keys:
-                shutil.rmtree(snap, ignore_errors=True)
-        return freed
+        return collect(self.root, entries, unreadable)
 
     def prune(self, max_bytes: int | str | None = None, older_than: float | str | None = None,
               *, dry_run: bool = False) -> PruneReport:
@@ -383,7 +363,7 @@ class DiskCache:
             if not dry_run:
                 for key in [*(e.key for e in removed), *unreadable]:
                     self._unlink_entry(key)
-                self._collect()
+                collect(self.root, kept, ())  # under the lock: no ref to read again
         return PruneReport(tuple(removed), before - after, after, dry_run)
 
     # -- views ----------------------------------------------------------------------------

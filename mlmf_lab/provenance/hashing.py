@@ -28,7 +28,13 @@ import torch
 
 from ..errors import MLMFError
 from ..files import hash_file_into, read_json, walk_files
-from ..formats.write import dedupe_shared, record_line, sha256_of, tensor_hash_views
+from ..formats.write import (
+    dedupe_shared,
+    record_line,
+    sha256_of,
+    tensor_hash_views,
+    tensor_view,
+)
 from ..tables import fields_dict, fields_row
 
 CHUNK = 8 * 1024 * 1024
@@ -61,12 +67,6 @@ def _update_from_file(h: hashlib._Hash, mm: mmap.mmap, offset: int, nbytes: int)
         view.release()
 
 
-def tensor_bytes(t: torch.Tensor) -> memoryview:
-    """The bytes of ``t`` in row-major order (a copy only if it is not contiguous on CPU)."""
-    flat = t.detach().to("cpu").contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy().data)
-
-
 def file_tensor_hash(path: str | os.PathLike[str]) -> ContentHash:
     """Tensor hash of any file ``ml.open_weights`` reads, streamed from its memory map.
 
@@ -93,7 +93,7 @@ def file_tensor_hash(path: str | os.PathLike[str]) -> ContentHash:
                                 f"past the end of the file ({size} bytes)", file)
                         _update_from_file(h, mm, offset, nbytes)
                 else:
-                    h.update(tensor_bytes(wf.tensor(name)))
+                    h.update(tensor_view(wf.tensor(name)))
         finally:
             for mm, _ in maps.values():
                 mm.close()
