@@ -11,6 +11,7 @@ it into tokens ``(B, N, dim)`` (with the attention maps of whatever it runs insi
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -97,7 +98,7 @@ def check_len(cfg: ModalityConfig, n: int) -> None:
 Embedded = tuple[torch.Tensor, torch.Tensor, list[AttentionMaps]]
 
 
-class Encoder(nn.Module):
+class Encoder(nn.Module, ABC):
     """Shared shell: subclasses define ``embed`` (and ``describe``); ``blocks`` come from
     ``cfg.layers``."""
 
@@ -115,11 +116,11 @@ class Encoder(nn.Module):
         """The tokens ``embed`` makes of ``x``: by default one per position, numbered."""
         return TokenInfo.uniform(self.cfg.name, [str(i) for i in range(x.shape[1])], x.shape[0])
 
+    @abstractmethod
     def embed(self, x: torch.Tensor, mask: torch.Tensor | None,
               info: TokenInfo | None = None) -> Embedded:
         """(tokens (B, N, dim), mask (B, N), attention maps of what runs inside (when
         ``info`` is given))."""
-        raise NotImplementedError(type(self).__name__)
 
     def forward(self, x: torch.Tensor,
                 mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

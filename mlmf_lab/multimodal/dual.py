@@ -18,7 +18,7 @@ from ..errors import MLMFError
 from ..formats import open_weights
 from . import hf
 from .config import Modality
-from .maps import AttentionMaps, TokenInfo, patch_labels
+from .maps import AttentionMaps, TokenInfo, patch_labels, token_labels
 from .preprocess.image import ImageBatch
 from .preprocess.text import TextBatch
 
@@ -116,10 +116,7 @@ class DualEncoder(nn.Module):
         logits = contrastive_logits(t.text_embeds, i.image_embeds, self.logit_scale)
         maps: dict[str, AttentionMaps] = {}
         if output_attentions:
-            ids, _ = _text(text)
-            labels = (tuple(tuple(x) for x in text.tokens) if isinstance(text, TextBatch)
-                      else tuple(tuple(str(int(v)) for v in row) for row in ids))
-            words = TokenInfo("text", labels)
+            words = TokenInfo("text", token_labels(text, _text(text)[0]))
             config: Any = self.image.config
             side = int(config.image_size) // int(config.patch_size)
             patches = TokenInfo.uniform("image", patch_labels((side, side), 1),

@@ -17,10 +17,9 @@ from torch import nn
 from ..errors import ConfigError, MLMFError
 from .blocks import Block, Embedded, Encoder, check_len, full_mask, masked_mean
 from .config import PRETRAINED, Modality, ModalityConfig
-from .maps import AttentionMaps, TokenInfo, patch_labels, time_labels
+from .maps import AttentionMaps, TokenInfo, patch_labels, time_labels, token_labels
 from .preprocess.audio import AudioBatch
 from .preprocess.config import ImagePreprocessing, VideoPreprocessing
-from .preprocess.text import TextBatch
 from .preprocess.video import VideoBatch
 from .pretrained import PretrainedEncoder
 
@@ -34,9 +33,7 @@ class TextEncoder(Encoder):
         self.pos = nn.Parameter(torch.randn(cfg.max_tokens, cfg.dim) * 0.02)
 
     def describe(self, value: Any, x: torch.Tensor) -> TokenInfo:
-        if isinstance(value, TextBatch):
-            return TokenInfo(self.cfg.name, tuple(tuple(t) for t in value.tokens))
-        return TokenInfo(self.cfg.name, tuple(tuple(str(int(i)) for i in row) for row in x))
+        return TokenInfo(self.cfg.name, token_labels(value, x))
 
     def embed(self, x: torch.Tensor, mask: torch.Tensor | None,
               info: TokenInfo | None = None) -> Embedded:

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ..errors import MLMFError
+from .preprocess.text import TextBatch
 
 Labels = tuple[tuple[str, ...], ...]  # per sample, one label per token
 
@@ -57,6 +58,13 @@ class TokenInfo(NamedTuple):
 def patch_labels(grid: tuple[int, int], cls_tokens: int = 0) -> list[str]:
     """``["[CLS]"] * cls_tokens`` then ``"r{row}c{col}"`` for each patch, row by row."""
     return ["[CLS]"] * cls_tokens + [f"r{r}c{c}" for r in range(grid[0]) for c in range(grid[1])]
+
+
+def token_labels(value: Any, ids: torch.Tensor) -> Labels:
+    """A text input's labels: a ``TextBatch``'s tokens, otherwise the ids (B, L) as text."""
+    if isinstance(value, TextBatch):
+        return tuple(tuple(t) for t in value.tokens)
+    return tuple(tuple(str(int(i)) for i in row) for row in ids)
 
 
 def time_labels(times: torch.Tensor) -> Labels:

@@ -20,11 +20,9 @@ from ..errors import ConfigError, MLMFError
 from . import hf
 from .blocks import Embedded, Encoder, full_mask
 from .config import Modality, ModalityConfig
-from .maps import AttentionMaps, TokenInfo, patch_labels, time_labels
-from .preprocess.audio import AudioBatch
+from .maps import AttentionMaps, TokenInfo, patch_labels, time_labels, token_labels
 from .preprocess.config import AudioPreprocessing, ImagePreprocessing
 from .preprocess.image import ImageBatch
-from .preprocess.text import TextBatch
 
 
 class PretrainedEncoder(Encoder):
@@ -68,12 +66,8 @@ class PretrainedEncoder(Encoder):
                                   "preprocessing_for(folder).audio", folder)
 
     def prepare(self, value: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if isinstance(value, ImageBatch):
+        if isinstance(value, ImageBatch):  # the backbone reads pixels, not patches
             return value.pixels, None
-        if isinstance(value, TextBatch):
-            return value.input_ids, value.attention_mask
-        if isinstance(value, AudioBatch):
-            return value.mel, value.mask
         return super().prepare(value)
 
     def describe(self, value: Any, x: torch.Tensor) -> TokenInfo:
@@ -87,9 +81,7 @@ class PretrainedEncoder(Encoder):
                         else 0.01)  # Whisper's 10 ms hop
             times = (torch.arange(self.frames // 2) * step).expand(b, -1)
             return TokenInfo(name, time_labels(times), times=times)
-        if isinstance(value, TextBatch):
-            return TokenInfo(name, tuple(tuple(t) for t in value.tokens))
-        return TokenInfo(name, tuple(tuple(str(int(i)) for i in row) for row in x))
+        return TokenInfo(name, token_labels(value, x))
 
     def embed(self, x: torch.Tensor, mask: torch.Tensor | None,
               info: TokenInfo | None = None) -> Embedded:
