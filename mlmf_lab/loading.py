@@ -191,6 +191,7 @@ def rebuild_buffers(model: nn.Module, path: str | os.PathLike[str]) -> None:
     # the outermost ones: initialize_weights covers everything below them
     tops = [m for n, m in hf if not any(o != n and (o == "" or n.startswith(o + "."))
                                         for o, _ in hf)]
+    left = list(meta)
     if tops:
         for t in model.state_dict(keep_vars=True).values():
             if not t.is_meta:
@@ -202,14 +203,13 @@ def rebuild_buffers(model: nn.Module, path: str | os.PathLike[str]) -> None:
         with torch.no_grad():
             for top in tops:
                 top.initialize_weights()
-    left = [n for n, t in model.named_buffers() if n in meta and t.is_meta]
-    if not tops:
-        left = list(meta)
+        left = [n for n, t in model.named_buffers() if n in meta and t.is_meta]
     if left:
         raise StateDictError(
             f"buffers {left[:5]} are on the meta device and in no file; build the model with "
             "only its parameters on the meta device (e.g. accelerate's init_empty_weights()) "
             "so that buffers computed at construction keep their values", path)
+
 
 def quantized_state(model: nn.Module, wf: WeightFile) -> dict[str, torch.Tensor | QTensor]:
     """The state of a weight file with its quantized linear weights left quantized.

@@ -29,6 +29,7 @@ from ..atomic import replacing_dir
 from ..errors import FormatError, MLMFError, UnsafeFileError
 from ..files import open_regular, read_json, sha256_file
 from .base import TensorInfo, WeightFile, check_extent, dtype_name
+from .pickle import torch_reason
 from .registry import Format, Writer, register_format, register_writer
 
 METADATA_FILE = ".metadata"
@@ -246,9 +247,7 @@ def _reason(e: BaseException) -> str:
     if isinstance(failures, dict) and failures:  # rank -> (exception, its traceback)
         first = next(iter(failures.values()))
         e = first[0] if isinstance(first, tuple) else first
-    text = str(e).partition("WeightsUnpickler error:")[2] or str(e)  # past torch's preamble
-    lines = text.strip().splitlines()
-    return f"{type(e).__name__}: {lines[0][:200] if lines else ''}"
+    return f"{type(e).__name__}: {torch_reason(e)}"
 
 
 def _side_metadata(folder: Path) -> dict[str, Any]:

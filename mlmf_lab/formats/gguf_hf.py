@@ -43,7 +43,13 @@ from .gguf_model import (
     read_config,
     write_model_gguf,
 )
-from .gguf_rope import rope_freqs_name, scaling_from_gguf, scaling_from_hf, scaling_to_hf
+from .gguf_rope import (
+    rope_freqs_name,
+    scaling_from_gguf,
+    scaling_from_hf,
+    scaling_to_hf,
+    to_float32,
+)
 from .gguf_vocab import hf_tokenizer_files, read_vocabulary
 from .registry import detect, open_weights
 
@@ -153,7 +159,7 @@ def model_view(wf: WeightFile, keys: Iterable[str]) -> WeightFile:
 def agree(a: Any, b: Any) -> bool:
     """Equal, or the same number once stored as GGUF's float32."""
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return bool(torch.tensor(float(a)).float() == torch.tensor(float(b)).float())
+        return to_float32(a) == to_float32(b)
     return bool(a == b)
 
 

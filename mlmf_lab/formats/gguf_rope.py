@@ -75,7 +75,8 @@ def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
     return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
 
 
-def _f32(x: float) -> float:
+def to_float32(x: float) -> float:
+    """``x`` as GGUF stores it: rounded to float32."""
     return float(torch.tensor(x, dtype=torch.float32))
 
 
@@ -106,8 +107,9 @@ class RopeScaling:
                 self.divisors.shape == other.divisors.shape
                 and torch.allclose(self.divisors, other.divisors, rtol=1e-6, atol=0)):
             return False
-        return (self.kind, _f32(self.factor), self.original_context, _f32(self.attn_factor)) == \
-            (other.kind, _f32(other.factor), other.original_context, _f32(other.attn_factor))
+        f32 = to_float32
+        return (self.kind, f32(self.factor), self.original_context, f32(self.attn_factor)) == \
+            (other.kind, f32(other.factor), other.original_context, f32(other.attn_factor))
 
 
 # -- Hugging Face -> llama.cpp ------------------------------------------------------------------
@@ -187,7 +189,7 @@ def write_scaling(s: RopeScaling, rope: Mapping[str, Any],
         for key, add in copied.items():
             if rope.get(key) is not None:
                 add(float(rope[key]))
-        if _f32(s.attn_factor) != 1.0:  # the one llama.cpp reads
+        if to_float32(s.attn_factor) != 1.0:  # the one llama.cpp reads
             w.add_rope_scaling_attn_factors(s.attn_factor)
     return {} if s.divisors is None else {rope_freqs_name(): s.divisors}
 
@@ -257,7 +259,7 @@ def scaling_to_hf(s: RopeScaling, base: float, dim: int,
     if s.kind == "yarn":
         out: dict[str, Any] = {"rope_type": "yarn", "factor": s.factor,
                                "original_max_position_embeddings": s.original_context}
-        if _f32(s.attn_factor) != 1.0:
+        if to_float32(s.attn_factor) != 1.0:
             out["attention_factor"] = s.attn_factor * yarn_mscale(s.factor)
         return out
     return {"rope_type": "default"}

@@ -26,6 +26,13 @@ _PICKLE_PROTOCOL_BYTE = b"\x80"
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
+def torch_reason(e: BaseException) -> str:
+    """The first line of torch's own words in ``e`` (past its general preamble about
+    ``weights_only``), at most 200 characters; "" when it says nothing."""
+    lines = (str(e).partition("WeightsUnpickler error:")[2] or str(e)).strip().splitlines()
+    return lines[0][:200] if lines else ""
+
+
 def _load(path: Path) -> object:
     try:
         zipped = zipfile.is_zipfile(path)
@@ -36,9 +43,7 @@ def _load(path: Path) -> object:
     try:
         return torch.load(os.fspath(path), map_location="cpu", weights_only=True, mmap=zipped)
     except pickle.UnpicklingError as e:
-        # torch's own words come after its general preamble about weights_only
-        lines = (str(e).partition("WeightsUnpickler error:")[2] or str(e)).strip().splitlines()
-        reason = lines[0][:200] if lines else "unpickling refused"
+        reason = torch_reason(e) or "unpickling refused"
         if reason.startswith("Unsupported operand"):  # an opcode no pickler writes: damage
             raise FormatError(f"not a readable PyTorch file (its pickle is damaged: {reason})",
                               path) from None
